@@ -1,0 +1,248 @@
+"""Log-mel features and the divide-and-conquer snippet cutting.
+
+The mel spectrogram of a track is computed **once** and its frames are sliced into snippets. Snippet starts
+are snapped to the STFT frame grid (a shift of at most ``hop / 2`` samples, 11.6 ms at the defaults), so every
+interior frame of a slice equals the frame that a separate computation on the snippet's own samples gives.
+Only the ``ceil(n_fft / 2 / hop)`` frames at each end of a snippet differ (2 at the defaults): there the
+separate computation sees zero padding where the track has real neighbouring samples.
+
+Decibels use a fixed reference (``ref=1.0``, no ``top_db`` clipping) so a frame's value never depends on
+which excerpt it was computed from. Optional per-snippet peak normalisation is applied exactly in the dB
+domain: scaling a waveform by ``g`` adds ``20 log10 g`` dB to each of its mel bins.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+AMIN = 1e-10  # power floor before the log: -100 dB
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Every parameter that shapes a dataset's features (stored in the dataset card)."""
+
+    sample_rate: int = 22050
+    snippet_s: float = 3.0
+    overlap_s: float = 1.0
+    max_snippets: int = 14  # 0 = every snippet of the track
+    selection: str = "first"  # "first" or "random"
+    selection_seed: int = 0
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 100
+    log: bool = True
+    peak_normalize: bool = False
+    pad_short: bool = False  # zero-pad tracks shorter than one snippet instead of skipping them
+    mode: str = "snippet"  # "snippet" or "full" (one spectrogram per track)
+    full_clip_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.sample_rate < 1000:
+            raise ValueError("sample_rate must be at least 1000 Hz")
+        if self.snippet_s <= 0:
+            raise ValueError("snippet length must be positive")
+        if not 0 <= self.overlap_s < self.snippet_s:
+            raise ValueError("overlap must be >= 0 and shorter than the snippet")
+        if self.max_snippets < 0:
+            raise ValueError("max_snippets must be >= 0 (0 = all)")
+        if self.selection not in ("first", "random"):
+            raise ValueError("selection must be 'first' or 'random'")
+        if self.mode not in ("snippet", "full"):
+            raise ValueError("mode must be 'snippet' or 'full'")
+        if self.n_fft < 16 or self.hop_length < 1 or self.n_mels < 1:
+            raise ValueError("n_fft, hop_length and n_mels must be positive")
+        if self.full_clip_s <= 0:
+            raise ValueError("full_clip_s must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeatureParams":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    # derived sizes -------------------------------------------------------------------------------
+    @property
+    def snippet_samples(self) -> int:
+        return int(round(self.snippet_s * self.sample_rate))
+
+    @property
+    def step_s(self) -> float:
+        return self.snippet_s - self.overlap_s
+
+    @property
+    def snippet_frames(self) -> int:
+        """Frames of one snippet: 130 at the defaults (3 s, hop 512, centred frames)."""
+        return frames_for(self.snippet_samples, self.hop_length)
+
+    @property
+    def full_samples(self) -> int:
+        return int(round(self.full_clip_s * self.sample_rate))
+
+    @property
+    def full_frames(self) -> int:
+        """Frames of a full clip: 1292 at the defaults (30 s)."""
+        return frames_for(self.full_samples, self.hop_length)
+
+    @property
+    def input_frames(self) -> int:
+        return self.full_frames if self.mode == "full" else self.snippet_frames
+
+    @property
+    def edge_frames(self) -> int:
+        return int(math.ceil(self.n_fft / 2 / self.hop_length))
+
+
+def frames_for(n_samples: int, hop_length: int) -> int:
+    """Number of centred STFT frames librosa gives for ``n_samples`` samples."""
+    return 1 + n_samples // hop_length
+
+
+_MEL_BASIS: dict[tuple, np.ndarray] = {}
+
+
+def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    key = (sr, n_fft, n_mels)
+    if key not in _MEL_BASIS:
+        import librosa
+
+        _MEL_BASIS[key] = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
+    return _MEL_BASIS[key]
+
+
+def mel_power(y: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Mel power spectrogram, shape ``(frames, n_mels)`` (time first), float32.
+
+    Same as ``librosa.feature.melspectrogram(y=y, sr, n_fft, hop_length, n_mels)`` (centred frames,
+    zero padding, Hann window, power 2), transposed.
+    """
+    import librosa
+
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    stft = librosa.stft(y, n_fft=params.n_fft, hop_length=params.hop_length, center=True, pad_mode="constant")
+    power = (stft.real**2 + stft.imag**2).astype(np.float32)
+    mel = _mel_basis(params.sample_rate, params.n_fft, params.n_mels) @ power
+    return np.ascontiguousarray(mel.T)
+
+
+def to_db(power: np.ndarray) -> np.ndarray:
+    """``10 log10(max(power, 1e-10))`` with a fixed reference of 1.0 (no top-dB clipping)."""
+    return (10.0 * np.log10(np.maximum(power, AMIN))).astype(np.float32)
+
+
+def mel_spectrogram(y: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """The feature matrix of a signal: log-mel (dB) if ``params.log`` else mel power, ``(frames, n_mels)``."""
+    p = mel_power(y, params)
+    return to_db(p) if params.log else p
+
+
+def snippet_start_frames(n_samples: int, params: FeatureParams, step_s: float | None = None) -> list[int]:
+    """Start frames of every snippet that fits in a signal of ``n_samples`` (snapped to the frame grid).
+
+    ``step_s`` defaults to ``snippet_s - overlap_s``. Returns an empty list when not even one snippet fits.
+    """
+    step = params.step_s if step_s is None else step_s
+    if step <= 0:
+        raise ValueError("the hop between snippets must be positive")
+    total = frames_for(n_samples, params.hop_length)
+    need = params.snippet_frames
+    if n_samples < params.snippet_samples:
+        return []
+    starts: list[int] = []
+    k = 0
+    while True:
+        f = int(round(k * step * params.sample_rate / params.hop_length))
+        if f + need > total or f * params.hop_length + params.snippet_samples > n_samples + params.hop_length:
+            break
+        if not starts or f > starts[-1]:
+            starts.append(f)
+        k += 1
+    return starts
+
+
+def select_snippets(starts: list[int], params: FeatureParams, key: str = "") -> list[int]:
+    """Keep at most ``max_snippets`` starts: the first N, or N at random (seeded by the seed and ``key``)."""
+    n = params.max_snippets
+    if n == 0 or len(starts) <= n:
+        return list(starts)
+    if params.selection == "first":
+        return list(starts[:n])
+    seed = (params.selection_seed * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2**32)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(starts), size=n, replace=False))
+    return [starts[i] for i in idx]
+
+
+def _peak_offsets_db(y: np.ndarray, starts: list[int], params: FeatureParams) -> np.ndarray:
+    offs = []
+    for f in starts:
+        seg = y[f * params.hop_length : f * params.hop_length + params.snippet_samples]
+        peak = float(np.max(np.abs(seg))) if seg.size else 0.0
+        offs.append(0.0 if peak <= 1e-8 else -20.0 * math.log10(peak))
+    return np.asarray(offs, dtype=np.float32)
+
+
+def pad_to(y: np.ndarray, n_samples: int) -> np.ndarray:
+    """Zero-pad (or cut) ``y`` to exactly ``n_samples``."""
+    if y.size >= n_samples:
+        return y[:n_samples]
+    return np.concatenate([y, np.zeros(n_samples - y.size, dtype=np.float32)])
+
+
+def track_snippets(
+    y: np.ndarray,
+    params: FeatureParams,
+    *,
+    key: str = "",
+    step_s: float | None = None,
+    select: bool = True,
+    mel: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a track into snippet features with one mel computation.
+
+    Returns ``(features, start_seconds)`` with features shaped ``(k, snippet_frames, n_mels)``. A track
+    shorter than one snippet is zero-padded to one snippet (callers decide whether that is allowed).
+    ``select=False`` keeps every snippet (inference); ``step_s`` overrides the hop between snippets.
+    """
+    if y.size < params.snippet_samples:
+        y = pad_to(y, params.snippet_samples)
+    starts = snippet_start_frames(y.size, params, step_s)
+    if select:
+        starts = select_snippets(starts, params, key)
+    if mel is None:
+        mel = mel_spectrogram(y, params)
+    F = params.snippet_frames
+    out = np.stack([mel[f : f + F] for f in starts]).astype(np.float32)
+    if params.peak_normalize:
+        offs = _peak_offsets_db(y, starts, params)
+        if params.log:
+            out += offs[:, None, None]
+        else:
+            out *= (10.0 ** (offs / 10.0))[:, None, None]
+    secs = np.asarray(starts, dtype=np.float64) * params.hop_length / params.sample_rate
+    return out, secs
+
+
+def full_clip(y: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """One spectrogram of the first ``full_clip_s`` seconds (zero-padded), shape ``(1, full_frames, n_mels)``."""
+    y = pad_to(y, params.full_samples)
+    m = mel_spectrogram(y, params)
+    if params.peak_normalize:
+        peak = float(np.max(np.abs(y)))
+        if peak > 1e-8:
+            off = -20.0 * math.log10(peak)
+            m = m + off if params.log else m * 10.0 ** (off / 10.0)
+    return m[None].astype(np.float32)
+
+
+def snippet_reference(y: np.ndarray, start_frame: int, params: FeatureParams) -> np.ndarray:
+    """Features of one snippet computed on its own samples (slow path; used to test the slicing)."""
+    s = start_frame * params.hop_length
+    seg = pad_to(y[s : s + params.snippet_samples], params.snippet_samples)
+    return mel_spectrogram(seg, params)
