@@ -216,7 +216,9 @@ def track_snippets(
     if select:
         starts = select_snippets(starts, params, key)
     if mel is None:
-        mel = mel_spectrogram(y, params)
+        # Only the prefix that the kept snippets need (plus half a window, so its last frame is exact).
+        last = (max(starts) + params.snippet_frames - 1) * params.hop_length + params.n_fft // 2 + 1
+        mel = mel_spectrogram(y[: min(y.size, last)], params)
     F = params.snippet_frames
     out = np.stack([mel[f : f + F] for f in starts]).astype(np.float32)
     if params.peak_normalize:

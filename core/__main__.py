@@ -1,0 +1,45 @@
+"""Command line of Genre Lab: ``python -m core COMMAND ...`` (``--help`` on each command)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Each module below defines ``register_cli(subparsers)``, adding its commands with ``set_defaults(func=...)``;
+# ``func(args)`` returns the process exit code.
+CLI_MODULES = [
+    "core.dataset",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Genre Lab: divide-and-conquer CRNN music-genre classification, headless.",
+    )
+    parser.add_argument("--version", action="version", version=f"genre-lab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in CLI_MODULES:
+        importlib.import_module(name).register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\nstopped; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,708 @@
+"""Dataset engine: a folder of labelled audio -> a segmented, split, normalised log-mel dataset.
+
+``SRC`` holds one sub-folder per class with audio files inside (GTZAN's ``genres/<genre>/<genre>.000NN.au``
+is the flagship case). :func:`build_dataset` decodes every track once, computes its mel spectrogram once,
+slices it into snippets (or one full clip per track), splits the tracks (never the snippets) into
+train/val/test stratified by class, computes normalisation statistics on the training split only and
+writes everything as plain files (see ``docs/ARCHITECTURE.md``):
+
+* ``card.json`` (written last: its presence means the dataset is complete), ``manifest.json``,
+  ``split.json``, ``norm.json``;
+* ``{train,val,test}_{X,y,track,start}.npy``, memory-mappable.
+
+Builds are resumable: each track's result is written atomically to ``OUT/.work-<hash>/`` as soon as it is
+done, so a killed build (SIGKILL included) continues where it stopped and ends with the same files as an
+uninterrupted build. The work folder is keyed by the feature parameters: changing one starts a new build.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from core import __version__
+from core.audio import AUDIO_EXTENSIONS, AudioError, is_silent, load_audio
+from core.features import FeatureParams, full_clip, track_snippets
+from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
+
+SPLITS = ("train", "val", "test")
+FORMAT_VERSION = 1
+FEATURE_CODE_VERSION = 1  # bump when the feature computation changes: invalidates resumable work
+KNOWN_CORRUPT = {"jazz.00054": "known corrupt file in some GTZAN copies (e.g. Kaggle's jazz.00054.wav)"}
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class DatasetError(Exception):
+    """A problem with the source folder, the options or a dataset folder; the message is for the user."""
+
+
+class BuildStopped(Exception):
+    """The build was stopped on request; running it again resumes."""
+
+
+@dataclass
+class SplitConfig:
+    val_share: float = 0.1
+    test_share: float = 0.1
+    seed: int = 0
+    split_file: str | None = None  # JSON, or a folder / list of plain list files (train/valid/test)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.val_share < 1 and 0 <= self.test_share < 1 and self.val_share + self.test_share < 1):
+            raise DatasetError("val and test shares must be between 0 and 1 and leave room for training")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scanning
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Track:
+    relpath: str  # relative to SRC, forward slashes
+    abs_path: str
+    label: str
+
+    @property
+    def key(self) -> str:
+        """Split-matching key: ``class/stem`` (published split lists name files with another extension)."""
+        return track_key(self.relpath)
+
+
+def track_key(path: str) -> str:
+    """``'blues/blues.00012.wav'`` -> ``'blues/blues.00012'`` (extension-free, forward slashes)."""
+    p = path.replace("\\", "/").strip().lstrip("./")
+    head, _, tail = p.rpartition("/")
+    stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+    return f"{head}/{stem}" if head else stem
+
+
+def _skip(relpath: str, abs_path: str, label: str, reason: str) -> dict[str, Any]:
+    return {"path": relpath, "abs_path": abs_path, "class": label, "split": "", "duration_s": None,
+            "n_snippets": 0, "sha256": None, "skipped": True, "reason": reason}
+
+
+def scan_source(src: str | os.PathLike) -> tuple[list[Track], list[dict[str, Any]], list[str]]:
+    """List the audio tracks of a class-folder tree.
+
+    Returns ``(tracks, skipped_records, classes)``; hidden files, files outside class folders and files
+    without an audio extension are returned as skipped records with a reason.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise DatasetError(f"source folder not found: {src}")
+    if not src.is_dir():
+        raise DatasetError(f"source is not a folder: {src}")
+    tracks: list[Track] = []
+    skipped: list[dict[str, Any]] = []
+    classes: list[str] = []
+    for entry in sorted(src.iterdir(), key=lambda p: p.name):
+        rel = entry.name
+        if entry.is_file():
+            reason = "hidden file" if rel.startswith(".") else "file outside a class folder"
+            skipped.append(_skip(rel, str(entry), "", reason))
+            continue
+        if not entry.is_dir() or rel.startswith(".") or rel == "__MACOSX":
+            continue
+        n_audio = 0
+        for root, dirs, files in os.walk(entry):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+            for name in sorted(files):
+                ap = Path(root) / name
+                rp = ap.relative_to(src).as_posix()
+                if name.startswith("."):
+                    skipped.append(_skip(rp, str(ap), entry.name, "hidden file"))
+                elif ap.suffix.lower() not in AUDIO_EXTENSIONS:
+                    skipped.append(_skip(rp, str(ap), entry.name, f"not an audio file extension ({ap.suffix or 'none'})"))
+                else:
+                    tracks.append(Track(rp, str(ap), entry.name))
+                    n_audio += 1
+        if n_audio:
+            classes.append(entry.name)
+    return tracks, skipped, classes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# splits
+# ---------------------------------------------------------------------------------------------------------
+def read_split_file(path: str | os.PathLike | Iterable[str]) -> dict[str, list[str]]:
+    """Read a split: a JSON file ``{"train": [...], "val": [...], "test": [...]}`` (``valid``/``validation``
+    accepted), a folder of plain list files whose names contain train / val(id) / test (one path a line,
+    like the published GTZAN splits), or a list of such files. Returns track keys per split."""
+    if isinstance(path, (str, os.PathLike)):
+        p = Path(path)
+        if not p.exists():
+            raise DatasetError(f"split file not found: {p}")
+        if p.is_dir():
+            files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+        elif p.suffix.lower() == ".json":
+            try:
+                raw = read_json(p)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise DatasetError(f"split file is not valid JSON: {p} ({exc})") from exc
+            if not isinstance(raw, dict):
+                raise DatasetError("a JSON split file must be an object with train/val/test lists")
+            out: dict[str, list[str]] = {s: [] for s in SPLITS}
+            for k, v in raw.items():
+                name = _split_name(k)
+                if name and isinstance(v, list):
+                    out[name] += [track_key(str(x)) for x in v]
+            if not out["train"]:
+                raise DatasetError("the split file has no 'train' list")
+            return out
+        else:
+            files = [p]
+    else:
+        files = [Path(x) for x in path]
+    out = {s: [] for s in SPLITS}
+    for f in files:
+        name = _split_name(f.stem)
+        if name is None:
+            raise DatasetError(f"cannot tell which split the list file {f.name} is (name it train/val/test)")
+        lines = f.read_text(encoding="utf-8").splitlines()
+        out[name] += [track_key(x) for x in lines if x.strip() and not x.lstrip().startswith("#")]
+    if not out["train"]:
+        raise DatasetError("the split lists have no training list (a file named like 'train*.txt')")
+    return out
+
+
+def _split_name(name: str) -> str | None:
+    n = name.lower()
+    if "train" in n:
+        return "train"
+    if "val" in n:
+        return "val"
+    if "test" in n or "eval" in n:
+        return "test"
+    return None
+
+
+def stratified_split(keys_by_class: dict[str, list[str]], val_share: float, test_share: float,
+                     seed: int) -> dict[str, str]:
+    """Assign each track key to a split, per class, seeded. Each class with >= 3 tracks gets at least one
+    val and one test track when the share is positive. Returns ``{key: split}``."""
+    rng = np.random.default_rng(seed)
+    assign: dict[str, str] = {}
+    for label in sorted(keys_by_class):
+        keys = sorted(keys_by_class[label])
+        order = rng.permutation(len(keys))
+        n = len(keys)
+        n_test = int(round(n * test_share))
+        n_val = int(round(n * val_share))
+        if test_share > 0:
+            n_test = max(1, n_test)
+        if val_share > 0:
+            n_val = max(1, n_val)
+        while n_test + n_val >= n and (n_test > 0 or n_val > 0):  # keep at least one training track
+            if n_val >= n_test and n_val > 0:
+                n_val -= 1
+            else:
+                n_test -= 1
+        for rank, idx in enumerate(order):
+            assign[keys[idx]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return assign
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-track work (runs in worker processes)
+# ---------------------------------------------------------------------------------------------------------
+def _work_name(relpath: str) -> str:
+    return hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:20]
+
+
+def process_track(abs_path: str, relpath: str, label: str, params_dict: dict[str, Any], work_dir: str) -> dict:
+    """Decode one track, compute its features and write them to ``work_dir`` (atomic). Returns its record."""
+    params = FeatureParams.from_dict(params_dict)
+    rec = _skip(relpath, abs_path, label, "")
+    rec["skipped"] = False
+    name = _work_name(relpath)
+    try:
+        rec["sha256"] = sha256_file(abs_path)
+        y = load_audio(abs_path, params.sample_rate)
+        rec["duration_s"] = round(y.size / params.sample_rate, 3)
+        if is_silent(y):
+            raise AudioError("silent (peak below -80 dBFS)")
+        min_len = params.snippet_samples
+        if y.size < min_len and not params.pad_short:
+            raise AudioError(f"shorter than one snippet ({y.size / params.sample_rate:.2f} s < {params.snippet_s:g} s)")
+        if params.mode == "full":
+            X = full_clip(y, params)
+            starts = np.zeros(1)
+        else:
+            X, starts = track_snippets(y, params, key=relpath)
+        rec["n_snippets"] = int(X.shape[0])
+        npz_tmp = Path(work_dir) / f".{name}.npz.tmp"
+        with open(npz_tmp, "wb") as fh:
+            np.savez(fh, X=X.astype(np.float32), start=starts.astype(np.float64))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(npz_tmp, Path(work_dir) / f"{name}.npz")
+    except AudioError as exc:
+        rec.update(skipped=True, reason=str(exc), n_snippets=0)
+    except Exception as exc:  # never abort a build for one file
+        rec.update(skipped=True, reason=f"could not process: {type(exc).__name__}: {exc}"[:300], n_snippets=0)
+    if rec["skipped"]:
+        stem = track_key(relpath).rsplit("/", 1)[-1]
+        if stem in KNOWN_CORRUPT:
+            rec["reason"] += f" ({KNOWN_CORRUPT[stem]})"
+    atomic_write_json(Path(work_dir) / f"{name}.json", rec)
+    return rec
+
+
+def _process_star(args: tuple) -> dict:
+    return process_track(*args)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the build
+# ---------------------------------------------------------------------------------------------------------
+def library_versions() -> dict[str, str]:
+    import librosa
+    import soundfile
+
+    return {"genre_lab": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "librosa": librosa.__version__, "soundfile": soundfile.__version__,
+            "libsndfile": soundfile.__libsndfile_version__}
+
+
+def feature_hash(params: FeatureParams) -> str:
+    return stable_hash({"params": params.to_dict(), "code": FEATURE_CODE_VERSION})
+
+
+def build_dataset(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    params: FeatureParams | None = None,
+    split: SplitConfig | None = None,
+    *,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    min_tracks_per_class: int | None = None,
+) -> Path:
+    """Build (or resume, or reuse) a dataset from ``src`` into ``out``; returns ``out``.
+
+    ``progress(done, total, message)`` is called after each track and during assembly; ``should_stop()``
+    returning True stops the build between tracks (raising :class:`BuildStopped`; run again to resume).
+    Errors in the source or options raise :class:`DatasetError` before any audio is decoded.
+    """
+    params = params or FeatureParams()
+    split = split or SplitConfig()
+    src, out = Path(src).resolve(), Path(out).resolve()
+    if out == src or src in out.parents:
+        raise DatasetError("the output folder must not be inside the source folder")
+    tracks, skipped, classes = scan_source(src)
+    custom = read_split_file(split.split_file) if split.split_file else None
+    _check_classes(tracks, classes, split, custom, min_tracks_per_class)
+
+    fhash = feature_hash(params)
+    build_id = stable_hash({"features": fhash, "split": {"val": split.val_share, "test": split.test_share,
+                            "seed": split.seed, "custom": custom}, "files": [t.relpath for t in tracks]})
+    card_path = out / "card.json"
+    if card_path.exists():
+        try:
+            if read_json(card_path).get("build_id") == build_id:
+                if progress:
+                    progress(len(tracks), len(tracks), "already built")
+                return out
+        except (ValueError, OSError):
+            pass
+    if out.is_dir() and any(out.iterdir()) and not (card_path.exists() or any(out.glob(".work-*"))
+                                                     or (out / "manifest.json").exists()):
+        raise DatasetError(f"output folder {out} is not empty and is not a Genre Lab dataset: "
+                           "choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / f".work-{fhash}"
+    work.mkdir(exist_ok=True)
+    atomic_write_json(work / "params.json", params.to_dict())
+
+    # 1. per-track features (resumable)
+    records: dict[str, dict] = {}
+    todo = []
+    for t in tracks:
+        jp = work / f"{_work_name(t.relpath)}.json"
+        if jp.exists():
+            try:
+                rec = read_json(jp)
+                if rec["skipped"] or (work / f"{_work_name(t.relpath)}.npz").exists():
+                    records[t.relpath] = rec
+                    continue
+            except (ValueError, KeyError, OSError):
+                pass
+        todo.append((t.abs_path, t.relpath, t.label, params.to_dict(), str(work)))
+    total = len(tracks)
+    done = len(records)
+    if progress:
+        progress(done, total, f"{done} of {total} tracks already done" if done else "starting")
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    if todo:
+        if n_workers == 1:
+            for args in todo:
+                if should_stop and should_stop():
+                    raise BuildStopped(f"stopped after {done} of {total} tracks; run again to resume")
+                rec = process_track(*args)
+                records[rec["path"]] = rec
+                done += 1
+                if progress:
+                    progress(done, total, rec["path"])
+        else:
+            ctx = mp.get_context("spawn")
+            pool = ctx.Pool(n_workers, maxtasksperchild=200)
+            try:
+                for rec in pool.imap_unordered(_process_star, todo, chunksize=1):
+                    records[rec["path"]] = rec
+                    done += 1
+                    if progress:
+                        progress(done, total, rec["path"])
+                    if should_stop and should_stop():
+                        pool.terminate()
+                        raise BuildStopped(f"stopped after {done} of {total} tracks; run again to resume")
+                pool.close()
+            finally:
+                pool.terminate()
+                pool.join()
+
+    # 2. split, assemble, normalise
+    if progress:
+        progress(done, total, "assembling arrays")
+    manifest = [records[t.relpath] for t in tracks]
+    _assign_splits(manifest, tracks, split, custom)
+    manifest_all = manifest + skipped
+    counts = _check_after_processing(manifest, classes, custom is not None)
+    card_path.unlink(missing_ok=True)
+    _assemble(out, work, manifest_all, classes, params)
+    norm = _norm_stats(out, params)
+    atomic_write_json(out / "norm.json", norm)
+    atomic_write_json(out / "split.json", {s: [r["path"] for r in manifest if r["split"] == s] for s in SPLITS})
+    atomic_write_json(out / "manifest.json", manifest_all)
+    card = {
+        "format_version": FORMAT_VERSION,
+        "build_id": build_id,
+        "feature_hash": fhash,
+        "source": str(src),
+        "params": params.to_dict(),
+        "split": {"val_share": split.val_share, "test_share": split.test_share, "seed": split.seed,
+                  "split_file": str(split.split_file) if split.split_file else None,
+                  "custom_missing": _custom_missing(custom, tracks) if custom else []},
+        "classes": classes,
+        "input_shape": [params.input_frames, params.n_mels, 1],
+        "counts": counts,
+        "n_tracks": len(tracks),
+        "n_skipped": sum(1 for r in manifest_all if r["skipped"]),
+        "versions": library_versions(),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(card_path, card)
+    shutil.rmtree(work, ignore_errors=True)
+    if progress:
+        progress(total, total, "done")
+    return out
+
+
+def _check_classes(tracks: list[Track], classes: list[str], split: SplitConfig, custom: dict | None,
+                   min_tracks: int | None) -> None:
+    if len(classes) < 2:
+        found = ", ".join(classes) or "none"
+        raise DatasetError(
+            f"need at least two class folders with audio files in them (found: {found}). "
+            "The source must hold one sub-folder per class, e.g. genres/blues/*.wav, genres/rock/*.wav")
+    if custom is not None:
+        return
+    need = min_tracks or (1 + (split.val_share > 0) + (split.test_share > 0))
+    per = {c: sum(1 for t in tracks if t.label == c) for c in classes}
+    few = {c: n for c, n in per.items() if n < need}
+    if few:
+        detail = ", ".join(f"{c} ({n})" for c, n in sorted(few.items()))
+        raise DatasetError(
+            f"every class needs at least {need} tracks for a train/val/test split; too few in: {detail}")
+
+
+def _assign_splits(manifest: list[dict], tracks: list[Track], split: SplitConfig, custom: dict | None) -> None:
+    ok = [(r, t) for r, t in zip(manifest, tracks) if not r["skipped"]]
+    if custom is not None:
+        where = {k: s for s in SPLITS for k in custom[s]}
+        for r, t in ok:
+            s = where.get(t.key) or where.get(t.key.rsplit("/", 1)[-1])
+            r["split"] = s or ""
+            if not s:
+                r["reason"] = "not in the split file"
+        return
+    by_class: dict[str, list[str]] = {}
+    for r, t in ok:
+        by_class.setdefault(t.label, []).append(t.key)
+    assign = stratified_split(by_class, split.val_share, split.test_share, split.seed)
+    for r, t in ok:
+        r["split"] = assign[t.key]
+
+
+def _custom_missing(custom: dict, tracks: list[Track]) -> list[str]:
+    have = {t.key for t in tracks} | {t.key.rsplit("/", 1)[-1] for t in tracks}
+    return sorted(k for s in SPLITS for k in custom[s] if k not in have and k.rsplit("/", 1)[-1] not in have)
+
+
+def _check_after_processing(manifest: list[dict], classes: list[str], custom: bool) -> dict:
+    counts: dict[str, dict] = {}
+    for s in SPLITS:
+        rows = [r for r in manifest if r["split"] == s]
+        counts[s] = {"tracks": len(rows), "snippets": int(sum(r["n_snippets"] for r in rows)),
+                     "per_class": {c: sum(1 for r in rows if r["class"] == c) for c in classes}}
+    if counts["train"]["tracks"] == 0:
+        why = "the split file matches no usable track" if custom else "every track was skipped"
+        raise DatasetError(f"the training split is empty: {why} (see the skipped files in manifest.json)")
+    used = sum(1 for r in manifest if not r["skipped"])
+    if used and len({r["class"] for r in manifest if not r["skipped"]}) < 2:
+        raise DatasetError("fewer than two classes have usable tracks after decoding")
+    return counts
+
+
+def _assemble(out: Path, work: Path, manifest: list[dict], classes: list[str], params: FeatureParams) -> None:
+    """Write the per-split arrays (memory-bounded: one track at a time into memmaps), atomically per file."""
+    cidx = {c: i for i, c in enumerate(classes)}
+    T, M = params.input_frames, params.n_mels
+    for s in SPLITS:
+        rows = [(i, r) for i, r in enumerate(manifest) if r["split"] == s and not r["skipped"]]
+        n = int(sum(r["n_snippets"] for _, r in rows))
+        tmp = out / f".{s}_X.npy.tmp"
+        X = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, T, M))
+        y = np.empty(n, dtype=np.int64)
+        tr = np.empty(n, dtype=np.int64)
+        st = np.empty(n, dtype=np.float64)
+        pos = 0
+        for i, r in rows:
+            with np.load(work / f"{_work_name(r['path'])}.npz") as z:
+                x, starts = z["X"], z["start"]
+            k = x.shape[0]
+            X[pos:pos + k] = x
+            y[pos:pos + k] = cidx[r["class"]]
+            tr[pos:pos + k] = i
+            st[pos:pos + k] = starts
+            pos += k
+        X.flush()
+        del X
+        os.replace(tmp, out / f"{s}_X.npy")
+        atomic_save_npy(out / f"{s}_y.npy", y)
+        atomic_save_npy(out / f"{s}_track.npy", tr)
+        atomic_save_npy(out / f"{s}_start.npy", st)
+
+
+def _norm_stats(out: Path, params: FeatureParams, chunk: int = 512) -> dict[str, Any]:
+    """Min/max (the article's min-max scaling) and per-mel mean/std over the training split only."""
+    X = np.load(out / "train_X.npy", mmap_mode="r")
+    M = params.n_mels
+    lo, hi = math.inf, -math.inf
+    s1 = np.zeros(M, dtype=np.float64)
+    s2 = np.zeros(M, dtype=np.float64)
+    count = 0
+    for a in range(0, X.shape[0], chunk):
+        b = np.asarray(X[a:a + chunk], dtype=np.float64)
+        lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
+        s1 += b.sum(axis=(0, 1))
+        s2 += (b * b).sum(axis=(0, 1))
+        count += b.shape[0] * b.shape[1]
+    mean = s1 / max(count, 1)
+    std = np.sqrt(np.maximum(s2 / max(count, 1) - mean**2, 0.0))
+    std = np.where(std < 1e-6, 1.0, std)
+    return {"min": lo, "max": hi, "mean": mean.tolist(), "std": std.tolist(), "source_split": "train",
+            "n_frames": count}
+
+
+def apply_norm(X: np.ndarray, norm: dict[str, Any], method: str = "minmax") -> np.ndarray:
+    """Scale features with stored training statistics: ``minmax`` -> ``(X - min) / (max - min)``;
+    ``standard`` -> per-mel ``(X - mean) / std``. Used identically in training and at inference."""
+    X = np.asarray(X, dtype=np.float32)
+    if method == "minmax":
+        span = float(norm["max"]) - float(norm["min"])
+        return (X - np.float32(norm["min"])) / np.float32(span if span > 0 else 1.0)
+    if method == "standard":
+        return (X - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+    if method == "none":
+        return X
+    raise ValueError(f"unknown normalisation {method!r} (minmax, standard or none)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Dataset:
+    """A built dataset folder; arrays are memory-mapped read-only views."""
+
+    path: Path
+    card: dict[str, Any]
+    norm: dict[str, Any]
+    _manifest: Any = field(default=None, repr=False)
+
+    @property
+    def params(self) -> FeatureParams:
+        return FeatureParams.from_dict(self.card["params"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def manifest(self):
+        """All files seen (pandas DataFrame), skipped ones included with their reason."""
+        if self._manifest is None:
+            import pandas as pd
+
+            self._manifest = pd.DataFrame(read_json(self.path / "manifest.json"))
+        return self._manifest
+
+    def _arr(self, split: str, what: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r} (train, val or test)")
+        return np.load(self.path / f"{split}_{what}.npy", mmap_mode="r")
+
+    def X(self, split: str) -> np.ndarray:
+        return self._arr(split, "X")
+
+    def y(self, split: str) -> np.ndarray:
+        return self._arr(split, "y")
+
+    def track(self, split: str) -> np.ndarray:
+        return self._arr(split, "track")
+
+    def start(self, split: str) -> np.ndarray:
+        return self._arr(split, "start")
+
+    def tracks(self, split: str):
+        m = self.manifest
+        return m[(m["split"] == split) & (~m["skipped"].astype(bool))]
+
+    def normalize(self, X: np.ndarray, method: str = "minmax") -> np.ndarray:
+        return apply_norm(X, self.norm, method)
+
+    def load_split(self, split: str, method: str = "minmax") -> tuple[np.ndarray, np.ndarray]:
+        """Normalised features and labels of a split, in memory."""
+        return self.normalize(np.asarray(self.X(split)), method), np.asarray(self.y(split))
+
+
+def load_dataset(path: str | os.PathLike) -> Dataset:
+    """Open a built dataset folder (raises :class:`DatasetError` with a reason if it is not one)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise DatasetError(f"dataset folder not found: {p}")
+    card_path = p / "card.json"
+    if not card_path.exists():
+        if any(p.glob(".work-*")):
+            raise DatasetError(f"{p} is an unfinished build: run the same build command again to finish it")
+        raise DatasetError(f"{p} is not a Genre Lab dataset (no card.json)")
+    card = read_json(card_path)
+    if card.get("format_version", 0) > FORMAT_VERSION:
+        raise DatasetError(f"{p} was written by a newer Genre Lab (format {card.get('format_version')}); update")
+    return Dataset(p, card, read_json(p / "norm.json"))
+
+
+def is_dataset(path: str | os.PathLike) -> bool:
+    return (Path(path) / "card.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------
+def add_feature_args(p) -> None:
+    d = FeatureParams()
+    g = p.add_argument_group("features (defaults: the article's)")
+    g.add_argument("--sample-rate", type=int, default=d.sample_rate, help="target sample rate in Hz (%(default)s)")
+    g.add_argument("--snippet", type=float, default=d.snippet_s, help="snippet length in seconds (%(default)s)")
+    g.add_argument("--overlap", type=float, default=d.overlap_s, help="overlap of snippets in seconds (%(default)s)")
+    g.add_argument("--max-snippets", type=int, default=d.max_snippets,
+                   help="at most this many snippets per track, 0 = all (%(default)s)")
+    g.add_argument("--selection", choices=["first", "random"], default=d.selection,
+                   help="which snippets to keep when a track has more: first N or N at random (%(default)s)")
+    g.add_argument("--selection-seed", type=int, default=d.selection_seed, help="seed of random selection")
+    g.add_argument("--n-fft", type=int, default=d.n_fft, help="FFT size (%(default)s)")
+    g.add_argument("--hop", type=int, default=d.hop_length, help="STFT hop in samples (%(default)s)")
+    g.add_argument("--n-mels", type=int, default=d.n_mels, help="mel bands (%(default)s)")
+    g.add_argument("--linear", action="store_true", help="keep mel power instead of decibels")
+    g.add_argument("--peak-normalize", action="store_true", help="normalise each snippet to peak 0 dBFS")
+    g.add_argument("--pad-short", action="store_true",
+                   help="zero-pad tracks shorter than one snippet instead of skipping them")
+    g.add_argument("--full", action="store_true",
+                   help="full-clip mode: one spectrogram of the first --full-clip seconds per track (30 s model)")
+    g.add_argument("--full-clip", type=float, default=d.full_clip_s, help="full-clip length in seconds (%(default)s)")
+
+
+def params_from_args(a) -> FeatureParams:
+    try:
+        return FeatureParams(sample_rate=a.sample_rate, snippet_s=a.snippet, overlap_s=a.overlap,
+                             max_snippets=a.max_snippets, selection=a.selection, selection_seed=a.selection_seed,
+                             n_fft=a.n_fft, hop_length=a.hop, n_mels=a.n_mels, log=not a.linear,
+                             peak_normalize=a.peak_normalize, pad_short=a.pad_short,
+                             mode="full" if a.full else "snippet", full_clip_s=a.full_clip)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "build-dataset", help="segment a folder of class sub-folders of audio into a mel-spectrogram dataset",
+        description="Build a segmented, track-wise split, normalised log-mel dataset from SRC (one sub-folder "
+                    "per class, audio files inside: wav, au, mp3, flac, ogg, m4a ...). Resumable: run the same "
+                    "command again after a stop or crash and it continues.")
+    p.add_argument("src", help="source folder: one sub-folder per class")
+    p.add_argument("out", help="output dataset folder")
+    add_feature_args(p)
+    g = p.add_argument_group("split")
+    g.add_argument("--val-share", type=float, default=0.1, help="share of tracks for validation (%(default)s)")
+    g.add_argument("--test-share", type=float, default=0.1, help="share of tracks for testing (%(default)s)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the track-wise split (%(default)s)")
+    g.add_argument("--split", dest="split_file", default=None,
+                   help="custom split: a JSON file {train,val,test: [paths]} or a folder of list files "
+                        "(e.g. GTZAN's fault-filtered train/valid/test lists); matched by class/stem")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.set_defaults(func=_cli_build)
+
+
+def _cli_build(a) -> int:
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int, msg: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="track", desc="building", dynamic_ncols=True)
+        bar.n = done
+        bar.set_postfix_str(msg[-40:], refresh=False)
+        bar.refresh()
+
+    try:
+        params = params_from_args(a)
+        split = SplitConfig(a.val_share, a.test_share, a.split_seed, a.split_file)
+        t0 = time.time()
+        out = build_dataset(a.src, a.out, params, split, workers=a.workers, progress=progress)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        print("\nstopped; run the same command again to resume.", file=sys.stderr)
+        return 130
+    finally:
+        if bar:
+            bar.close()
+    ds = load_dataset(out)
+    c = ds.card["counts"]
+    print(f"dataset: {out} ({time.time() - t0:.1f} s)")
+    print(f"classes: {', '.join(ds.classes)}")
+    print(f"input shape: {tuple(ds.card['input_shape'])}")
+    for s in SPLITS:
+        print(f"  {s:5s}: {c[s]['tracks']:5d} tracks, {c[s]['snippets']:6d} snippets")
+    if ds.card["n_skipped"]:
+        print(f"skipped {ds.card['n_skipped']} files:")
+        for r in ds.manifest[ds.manifest["skipped"].astype(bool)].itertuples():
+            print(f"  {r.path}: {r.reason}")
+    return 0
