@@ -10,6 +10,7 @@ import sys
 # ``func(args)`` returns the process exit code.
 CLI_MODULES = [
     "core.dataset",
+    "core.download",
 ]
 
 

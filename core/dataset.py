@@ -263,6 +263,18 @@ def _process_star(args: tuple) -> dict:
     return process_track(*args)
 
 
+def _pool_context():
+    """``fork`` after warming librosa up in this process (workers start in milliseconds, not seconds),
+    unless a threaded ML framework is loaded here, where forking is unsafe: then ``spawn``."""
+    heavy = {"tensorflow", "torch", "jax", "streamlit"} & set(sys.modules)
+    if heavy or "fork" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    import librosa
+
+    librosa.stft(np.zeros(4096, dtype=np.float32))  # first call loads librosa's lazy submodules (~1.5 s)
+    return mp.get_context("fork")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the build
 # ---------------------------------------------------------------------------------------------------------
@@ -356,7 +368,7 @@ def build_dataset(
                 if progress:
                     progress(done, total, rec["path"])
         else:
-            ctx = mp.get_context("spawn")
+            ctx = _pool_context()
             pool = ctx.Pool(n_workers, maxtasksperchild=200)
             try:
                 for rec in pool.imap_unordered(_process_star, todo, chunksize=1):

@@ -104,15 +104,19 @@ def frames_for(n_samples: int, hop_length: int) -> int:
     return 1 + n_samples // hop_length
 
 
-_MEL_BASIS: dict[tuple, np.ndarray] = {}
+_MEL_BASIS: dict[tuple, Any] = {}
 
 
-def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+def _mel_basis(sr: int, n_fft: int, n_mels: int):
+    """librosa's mel filter bank as a sparse matrix (each filter spans a few FFT bins: ~2k non-zeros of
+    100k at the defaults, so the projection costs ~2 ms per 30 s instead of ~10 ms dense)."""
     key = (sr, n_fft, n_mels)
     if key not in _MEL_BASIS:
         import librosa
+        import scipy.sparse
 
-        _MEL_BASIS[key] = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
+        dense = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
+        _MEL_BASIS[key] = scipy.sparse.csr_matrix(dense)
     return _MEL_BASIS[key]
 
 
@@ -126,9 +130,9 @@ def mel_power(y: np.ndarray, params: FeatureParams) -> np.ndarray:
 
     y = np.ascontiguousarray(y, dtype=np.float32)
     stft = librosa.stft(y, n_fft=params.n_fft, hop_length=params.hop_length, center=True, pad_mode="constant")
-    power = (stft.real**2 + stft.imag**2).astype(np.float32)
+    power = stft.real**2 + stft.imag**2
     mel = _mel_basis(params.sample_rate, params.n_fft, params.n_mels) @ power
-    return np.ascontiguousarray(mel.T)
+    return np.ascontiguousarray(np.asarray(mel, dtype=np.float32).T)
 
 
 def to_db(power: np.ndarray) -> np.ndarray:

@@ -314,3 +314,15 @@ def test_fault_filtered_split_file_reads():
     split = read_split_file(lists)
     assert (len(split["train"]), len(split["val"]), len(split["test"])) == (443, 197, 290)
     assert split["val"][0] == "blues/blues.00000"
+
+
+def test_mel_power_equals_librosa_melspectrogram():
+    import librosa
+
+    from core.features import mel_power
+
+    y = synth_clip(4, 5.0)
+    p = FeatureParams()
+    ref = librosa.feature.melspectrogram(y=y, sr=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop_length,
+                                         n_mels=p.n_mels).T
+    np.testing.assert_allclose(mel_power(y, p), ref, rtol=1e-4, atol=1e-6 * ref.max())

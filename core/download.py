@@ -1,0 +1,773 @@
+"""Streamed, resumable, checksum-verified downloads (GTZAN) and safe archive extraction.
+
+* :func:`download_file` streams a URL into ``DEST.part`` (resuming it with an HTTP ``Range`` request),
+  checks size and optional sha256, then renames it into place atomically.
+* :func:`download_gtzan` fetches ``genres.tar.gz`` (Hugging Face mirror of GTZAN) and extracts it safely.
+* :func:`extract_zip_dataset` unpacks a user-uploaded zip (one folder per class) without path escapes,
+  zip bombs or half-extracted leftovers.
+
+Every failure is raised with a short plain-language message (``str(err)``) fit for the user:
+:class:`DownloadError` (network, HTTP, checksum, damaged download), :class:`DownloadStopped` (a stop request;
+the partial file is kept), :class:`ArchiveError` / :class:`DatasetArchiveError` (unsafe or unusable archive).
+Only the standard library is used for HTTP (``urllib``); ``tqdm`` is imported by the CLI only.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import http.client
+import os
+import re
+import shutil
+import socket
+import ssl
+import stat
+import tarfile
+import tempfile
+import time
+import unicodedata
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+from typing import IO, Callable
+
+from core.audio import AUDIO_EXTENSIONS
+from core.utils import atomic_write_json, read_json, sha256_file
+
+#: Where GTZAN lives now (the original marsyas.info / opihi.cs.uvic.ca URLs are dead).
+GTZAN_URL = "https://huggingface.co/datasets/marsyas/gtzan/resolve/main/data/genres.tar.gz"
+GTZAN_URL_ENV = "GENRELAB_GTZAN_URL"
+GTZAN_SHA256_ENV = "GENRELAB_GTZAN_SHA256"
+GTZAN_ARCHIVE_NAME = "genres.tar.gz"
+GTZAN_FOLDER_NAME = "genres"
+#: Written in DEST (next to ``genres/``) once extraction is complete; its presence = nothing left to do.
+GTZAN_MARKER_NAME = ".genres.extracted.json"
+
+PART_SUFFIX = ".part"
+_META_SUFFIX = ".part.json"  # validator (ETag / Last-Modified) of the partial download, for If-Range
+_USER_AGENT = "genre-lab-downloader/1.0 (+python urllib)"
+_JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+
+ProgressFn = Callable[[int, "int | None"], None]
+StopFn = Callable[[], bool]
+
+
+class DownloadError(Exception):
+    """A download that failed; ``str(err)`` is the reason for the user. ``status`` is the HTTP status if any."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class DownloadStopped(Exception):
+    """The download was stopped on request; the partial file is kept so that the next call resumes."""
+
+
+class ArchiveError(Exception):
+    """An archive that is unreadable or unsafe to extract (path escape, link, device, bomb ...)."""
+
+
+class DatasetArchiveError(ArchiveError):
+    """An uploaded archive that cannot be used as a dataset; ``str(err)`` says why, for the user."""
+
+
+class _Restart(Exception):
+    """Internal: the partial file cannot be resumed, start again from byte 0."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _fmt_bytes(n: int | None) -> str:
+    """Human size: ``1.23 GB``."""
+    if n is None:
+        return "an unknown number of bytes"
+    value = float(n)
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{n} bytes"  # pragma: no cover
+
+
+def part_path(dest: str | os.PathLike) -> Path:
+    """Path of the partial download kept for ``dest`` (``dest + ".part"``)."""
+    return Path(str(dest) + PART_SUFFIX)
+
+
+def _meta_path(dest: Path) -> Path:
+    return Path(str(dest) + _META_SUFFIX)
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).hostname or url
+
+
+def _normalise_sha256(value: str | None) -> str | None:
+    """Lower-case hex digest, or None; a malformed value is a :class:`ValueError`."""
+    if value is None or not str(value).strip():
+        return None
+    value = str(value).strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(f"not a sha256 hex digest (64 hex characters): {value!r}")
+    return value
+
+
+def _check_url(url: str) -> None:
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise DownloadError(f"cannot download {url!r}: only http:// and https:// addresses are supported")
+
+
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _network_message(url: str, exc: BaseException, timeout: float) -> str:
+    """Plain-language reason for a failure to connect (DNS, refused, timeout, TLS, ...)."""
+    host = _host(url)
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, socket.gaierror):
+        return (f"could not reach {host}: no network connection? (the name {host} could not be looked up; "
+                "check the internet connection, proxy or firewall)")
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return (f"could not reach {host}: its certificate could not be verified ({reason.verify_message}); "
+                "a proxy intercepting HTTPS, or a wrong system clock?")
+    if isinstance(reason, ssl.SSLError):
+        return f"could not reach {host}: the secure connection failed ({reason}); a proxy or firewall?"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"could not reach {host}: the connection was refused (no network connection, or server down?)"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"could not reach {host}: no answer within {timeout:g} s (no network connection, or very slow?)"
+    if isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return f"could not reach {host}: no network connection? (network unreachable)"
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return f"could not reach {host}: no network connection? ({text})"
+
+
+def _http_message(url: str, code: int, reason: str) -> str:
+    """Plain-language reason for an HTTP error status."""
+    hint = {
+        401: "the file is private, gated or no longer exists",
+        403: "access is forbidden",
+        404: "the file is not there (moved or deleted?)",
+        429: "too many requests; wait a little and try again",
+    }.get(code, "the server had a problem; try again later" if code >= 500 else "")
+    tail = f": {hint}" if hint else ""
+    return f"could not download {url}: the server {_host(url)} answered HTTP {code} {reason}{tail}"
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)", re.IGNORECASE)
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``Content-Range`` -> (first byte, total size); None for parts that are absent or ``*``."""
+    m = _CONTENT_RANGE.match((value or "").strip())
+    if not m:
+        return None, None
+    start = int(m.group(1)) if m.group(1) is not None else None
+    total = int(m.group(3)) if m.group(3) != "*" else None
+    return start, total
+
+
+def _content_length(headers) -> int | None:
+    try:
+        value = int(headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _validator(headers) -> str | None:
+    """A strong ETag, else Last-Modified: what ``If-Range`` may carry to resume only an unchanged file."""
+    etag = (headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    return (headers.get("Last-Modified") or "").strip() or None
+
+
+def _load_validator(dest: Path, url: str) -> str | None:
+    try:
+        meta = read_json(_meta_path(dest))
+    except (OSError, ValueError):
+        return None
+    return meta.get("validator") if isinstance(meta, dict) and meta.get("url") == url else None
+
+
+def _existing_ok(dest: Path, sha256: str | None, expected_size: int | None) -> bool:
+    """True when ``dest`` is already complete (only ever renamed into place after verification)."""
+    if not dest.is_file():
+        return False
+    if expected_size is not None and dest.stat().st_size != expected_size:
+        return False
+    return sha256 is None or sha256_file(dest) == sha256
+
+
+# ------------------------------------------------------------------------------------------- download
+
+
+def _open(url: str, offset: int, validator: str | None, timeout: float):
+    """Send the GET (with ``Range`` from ``offset``); returns the response, or the HTTPError for 416."""
+    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+        if validator:
+            headers["If-Range"] = validator
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        return urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset > 0:
+            return e
+        e.close()
+        raise DownloadError(_http_message(url, e.code, e.reason), status=e.code) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise DownloadError(_network_message(url, e, timeout)) from None
+
+
+def _check_disk_space(folder: Path, needed: int) -> None:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if needed > free:
+        raise DownloadError(f"not enough disk space in {folder}: {_fmt_bytes(needed)} needed, "
+                            f"{_fmt_bytes(free)} free")
+
+
+def _stream(resp, url: str, part: Path, offset: int, total: int | None, *, progress: ProgressFn | None,
+            should_stop: StopFn | None, timeout: float, chunk: int) -> int:
+    """Append the response body to ``part`` (truncated first when ``offset`` is 0); returns bytes on disk."""
+    done = offset
+    if progress:
+        progress(done, total)
+    try:
+        fh = open(part, "ab" if offset else "wb")
+    except OSError as e:
+        raise DownloadError(f"cannot write {part}: {e.strerror or e}") from None
+    read = getattr(resp, "read1", resp.read)  # read1: whatever has arrived (<= chunk), so stops react fast
+    with fh:
+        while True:
+            if should_stop is not None and should_stop():
+                raise DownloadStopped(f"download stopped after {_fmt_bytes(done)} of {_fmt_bytes(total)}; "
+                                      f"the partial file {part.name} is kept: run again to resume")
+            try:
+                block = read(chunk)
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                reason = ("no data for {:g} s".format(timeout) if isinstance(e, (TimeoutError, socket.timeout))
+                          else "the connection was cut" if isinstance(e, http.client.IncompleteRead)
+                          else str(e) or type(e).__name__)
+                raise DownloadError(
+                    f"the download from {_host(url)} was interrupted after {_fmt_bytes(done)} of "
+                    f"{_fmt_bytes(total)} ({reason}); the partial file is kept: run again to resume") from None
+            if not block:
+                break
+            try:
+                fh.write(block)
+            except OSError as e:
+                raise DownloadError(f"cannot write {part}: {e.strerror or e} (disk full?); "
+                                    "the partial file is kept: free some space and run again") from None
+            done += len(block)
+            if progress:
+                progress(done, total)
+    if total is not None and done != total:
+        raise DownloadError(
+            f"the download from {_host(url)} ended early: {_fmt_bytes(done)} of {_fmt_bytes(total)}; "
+            "the partial file is kept: run again to resume")
+    return done
+
+
+def _fetch(url: str, dest: Path, part: Path, offset: int, *, expected_size: int | None,
+           progress: ProgressFn | None, should_stop: StopFn | None, timeout: float, chunk: int) -> int:
+    """One request: resume ``part`` from ``offset`` (or restart); returns its final size. May raise _Restart."""
+    resp = _open(url, offset, _load_validator(dest, url) if offset else None, timeout)
+    with resp:
+        if isinstance(resp, urllib.error.HTTPError):  # 416: nothing left after `offset`
+            _, total = _parse_content_range(resp.headers.get("Content-Range"))
+            if total == offset and (expected_size is None or expected_size == offset):
+                if progress:
+                    progress(offset, total)
+                return offset
+            raise _Restart()
+        status = resp.status
+        if status == 206 and offset > 0:
+            start, total = _parse_content_range(resp.headers.get("Content-Range"))
+            if start != offset:
+                raise _Restart()
+            if total is None:
+                length = _content_length(resp.headers)
+                total = offset + length if length is not None else None
+        elif status == 200:  # fresh download, or a server that ignores Range: start from byte 0
+            offset = 0
+            total = _content_length(resp.headers)
+        else:
+            raise DownloadError(f"could not download {url}: unexpected answer HTTP {status} from "
+                                f"{_host(url)}", status=status)
+        if expected_size is not None and total is not None and total != expected_size:
+            raise DownloadError(f"the server {_host(url)} offers {_fmt_bytes(total)} but "
+                                f"{_fmt_bytes(expected_size)} were expected: wrong URL or changed file?")
+        total = total if total is not None else expected_size
+        if total is not None:
+            _check_disk_space(part.parent, total - offset)
+        atomic_write_json(_meta_path(dest), {"url": url, "validator": _validator(resp.headers), "total": total})
+        return _stream(resp, url, part, offset, total, progress=progress, should_stop=should_stop,
+                       timeout=timeout, chunk=chunk)
+
+
+def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
+                  expected_size: int | None = None, progress: ProgressFn | None = None,
+                  should_stop: StopFn | None = None, timeout: float = 30, chunk: int = 1 << 20) -> Path:
+    """Download ``url`` to ``dest``: streamed into ``dest.part``, resumable, verified, renamed atomically.
+
+    * ``dest`` already there (and matching ``sha256`` / ``expected_size`` when given): returned at once.
+    * An existing ``dest.part`` is resumed with ``Range: bytes=N-`` (``If-Range`` with the ETag seen before);
+      a server that ignores Range (200) or a part that cannot be resumed (416, other start) restarts at 0.
+    * The size must equal ``Content-Length`` (and ``expected_size``); ``sha256`` is checked at the end:
+      on mismatch the part file is deleted and :class:`DownloadError` raised.
+    * ``progress(done_bytes, total_bytes_or_None)`` is called after each chunk; ``should_stop()`` is polled
+      between chunks and a True stops with :class:`DownloadStopped`, keeping the part for a later resume.
+    * Network / HTTP failures raise :class:`DownloadError` with a plain message; the part file is kept.
+    """
+    dest = Path(dest)
+    part = part_path(dest)
+    _check_url(url)
+    sha256 = _normalise_sha256(sha256)
+    if _existing_ok(dest, sha256, expected_size):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if should_stop is not None and should_stop():
+        raise DownloadStopped("download stopped before it started")
+    for attempt in range(2):
+        offset = part.stat().st_size if part.is_file() else 0
+        if expected_size is not None and offset > expected_size:
+            _remove(part)
+            offset = 0
+        try:
+            if expected_size is not None and offset == expected_size and offset > 0:
+                size = offset  # complete part left by an earlier run (stopped before verification)
+                if progress:
+                    progress(size, expected_size)
+            else:
+                size = _fetch(url, dest, part, offset, expected_size=expected_size, progress=progress,
+                              should_stop=should_stop, timeout=timeout, chunk=chunk)
+            break
+        except _Restart:
+            _remove(part, _meta_path(dest))
+            if attempt:
+                raise DownloadError(f"could not download {url}: the server does not answer consistently to "
+                                    "resumed downloads; try again later") from None
+    if expected_size is not None and size != expected_size:  # pragma: no cover - guarded in _fetch
+        raise DownloadError(f"downloaded {_fmt_bytes(size)} but {_fmt_bytes(expected_size)} were expected")
+    if sha256 is not None:
+        got = sha256_file(part)
+        if got != sha256:
+            _remove(part, _meta_path(dest))
+            raise DownloadError(
+                f"the file downloaded from {_host(url)} is corrupt or not the expected one: sha256 checksum "
+                f"mismatch (expected {sha256}, got {got}); the partial file was deleted, run again to retry")
+    os.replace(part, dest)
+    _remove(_meta_path(dest))
+    return dest
+
+
+# ---------------------------------------------------------------------------------- safe name checking
+
+
+def _safe_parts(name: str) -> tuple[str, ...]:
+    """Split an archive member name into path parts; :class:`ArchiveError` for anything escaping."""
+    norm = name.replace("\\", "/")
+    if "\x00" in norm:
+        raise ArchiveError(f"unsafe archive: member name {name!r} contains a NUL character")
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        raise ArchiveError(f"unsafe archive: member {name!r} has an absolute path")
+    parts = tuple(p for p in norm.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise ArchiveError(f"unsafe archive: member {name!r} points outside the extraction folder ('..')")
+    return parts
+
+
+def _inside(root: Path, target: Path) -> bool:
+    """True when ``target`` (after resolving) lies inside ``root``."""
+    root = root.resolve()
+    try:
+        target.resolve().relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ignored(parts: tuple[str, ...]) -> bool:
+    """macOS resource forks, hidden files / folders and OS junk are skipped."""
+    if not parts:
+        return True
+    if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+        return True
+    return parts[-1].lower() in _JUNK_NAMES
+
+
+# ---------------------------------------------------------------------------------- dataset layout check
+
+
+def _count_audio(folder: Path) -> int:
+    """Number of audio files (by extension) under ``folder``, hidden files and folders skipped."""
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        n += sum(1 for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS)
+    return n
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_dataset_layout(root: str | os.PathLike, what: str = "the zip") -> dict[str, int]:
+    """``{class folder: number of audio files}`` for ``root``; :class:`DatasetArchiveError` unless at least
+    two visible sub-folders hold audio files (``core.audio.AUDIO_EXTENSIONS``, searched recursively)."""
+    root = Path(root)
+    with_audio: dict[str, int] = {}
+    without: list[str] = []
+    loose: list[str] = []
+    for child in sorted(root.iterdir(), key=lambda p: p.name):
+        if child.name.startswith(".") or child.name == "__MACOSX":
+            continue
+        if child.is_dir():
+            n = _count_audio(child)
+            if n:
+                with_audio[child.name] = n
+            else:
+                without.append(child.name)
+        else:
+            loose.append(child.name)
+    if len(with_audio) >= 2:
+        return with_audio
+    found = []
+    if with_audio:
+        found.append(f"{len(with_audio)} folder with audio files ("
+                     + _listing([f"{k}: {v}" for k, v in with_audio.items()]) + ")")
+    if without:
+        found.append(f"{len(without)} folder(s) without audio files ({_listing(without)})")
+    if loose:
+        found.append(f"{len(loose)} loose file(s) at the top level ({_listing(loose)})")
+    raise DatasetArchiveError(
+        f"{what} must contain one folder per class with audio files inside (at least two classes); found: "
+        + ("; ".join(found) if found else "nothing usable (empty archive?)"))
+
+
+def _content_root(folder: Path) -> Path:
+    """The single visible top-level folder of an extraction, else the extraction folder itself."""
+    children = [c for c in folder.iterdir() if not c.name.startswith(".") and c.name != "__MACOSX"]
+    if len(children) == 1 and children[0].is_dir():
+        return children[0]
+    return folder
+
+
+# --------------------------------------------------------------------------------------------- tar
+
+
+def _check_tar_member(member: tarfile.TarInfo, root: Path) -> tuple[str, ...]:
+    """Reject absolute / '..' names, links leaving ``root`` and devices; returns the name's parts."""
+    parts = _safe_parts(member.name)
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise ArchiveError(f"unsafe archive: member {member.name!r} is a device or FIFO")
+    if member.issym() or member.islnk():
+        link = member.linkname.replace("\\", "/")
+        base = root.joinpath(*parts[:-1]) if member.issym() else root
+        if link.startswith("/") or re.match(r"^[A-Za-z]:", link) or not _inside(root, base / link):
+            raise ArchiveError(f"unsafe archive: link {member.name!r} -> {member.linkname!r} points outside "
+                               "the extraction folder")
+    elif not (member.isfile() or member.isdir()):
+        raise ArchiveError(f"unsafe archive: member {member.name!r} has an unsupported type")
+    if not _inside(root, root.joinpath(*parts)):
+        raise ArchiveError(f"unsafe archive: member {member.name!r} points outside the extraction folder")
+    return parts
+
+
+def extract_tar_safely(archive: str | os.PathLike, into: str | os.PathLike) -> int:
+    """Extract a (gzip) tar into the existing folder ``into``, member by member after safety checks
+    (plus tarfile's ``filter='data'`` when available). Returns the number of files extracted.
+
+    :class:`ArchiveError` for an unreadable/damaged archive or an unsafe member; ``OSError`` (disk full ...)
+    passes through. The caller extracts into a temporary folder and removes it on error.
+    """
+    into = Path(into)
+    use_filter = hasattr(tarfile, "data_filter")
+    n_files = 0
+    try:
+        with tarfile.open(archive, mode="r|*") as tf:  # streamed: one pass over the compressed data
+            for member in tf:
+                parts = _check_tar_member(member, into)
+                if not parts:
+                    continue
+                if use_filter:
+                    tf.extract(member, into, set_attrs=False, filter="data")
+                else:  # pragma: no cover - Python < 3.11.4
+                    tf.extract(member, into, set_attrs=False)
+                n_files += member.isfile()
+    except tarfile.FilterError as e:  # pragma: no cover - our own checks come first
+        raise ArchiveError(f"unsafe archive: {e}") from None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ArchiveError(f"not a readable .tar.gz archive (damaged or incomplete download?): "
+                           f"{e or type(e).__name__}") from None
+    return n_files
+
+
+# --------------------------------------------------------------------------------------------- GTZAN
+
+
+def _gtzan_extract(archive: Path, dest_dir: Path) -> tuple[Path, dict[str, int]]:
+    """Extract ``archive`` into a temp folder in ``dest_dir``, check it, rename its content root to
+    ``dest_dir/genres`` (atomic). Nothing is left behind on error."""
+    target = dest_dir / GTZAN_FOLDER_NAME
+    tmp = Path(tempfile.mkdtemp(prefix=f".{GTZAN_FOLDER_NAME}.extract-", dir=dest_dir))
+    try:
+        extract_tar_safely(archive, tmp)
+        root = _content_root(tmp)
+        classes = check_dataset_layout(root, what="the GTZAN archive")
+        os.rename(root, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, classes
+
+
+def download_gtzan(dest_dir: str | os.PathLike, url: str | None = None, sha256: str | None = None,
+                   progress: ProgressFn | None = None, should_stop: StopFn | None = None, *,
+                   keep_archive: bool = True, timeout: float = 30) -> Path:
+    """Download GTZAN (``genres.tar.gz``, ~1.2 GB) into ``dest_dir`` and extract it to ``dest_dir/genres``.
+
+    Returns the folder holding the genre sub-folders (``dest_dir/genres``), the one to give to
+    ``build-dataset``. ``url`` defaults to ``$GENRELAB_GTZAN_URL`` then :data:`GTZAN_URL`; ``sha256`` to
+    ``$GENRELAB_GTZAN_SHA256`` then None (no official checksum is known: the size must still match
+    Content-Length and the archive must be a readable gzip tar). Re-running resumes a partial download and
+    returns at once when a previous extraction completed (marker file written last). A damaged or unsafe
+    archive is deleted and reported as :class:`DownloadError`; a stop request raises :class:`DownloadStopped`.
+    """
+    dest_dir = Path(dest_dir)
+    target = dest_dir / GTZAN_FOLDER_NAME
+    marker = dest_dir / GTZAN_MARKER_NAME
+    if marker.is_file() and target.is_dir():
+        return target
+    if target.exists():
+        raise DownloadError(f"{target} already exists but was not made by a completed GTZAN download: "
+                            "delete it, or choose another folder")
+    url = url or os.environ.get(GTZAN_URL_ENV) or GTZAN_URL
+    sha256 = sha256 or os.environ.get(GTZAN_SHA256_ENV) or None
+    try:
+        sha256 = _normalise_sha256(sha256)
+    except ValueError as e:
+        raise DownloadError(f"bad GTZAN checksum: {e}") from None
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    archive = dest_dir / GTZAN_ARCHIVE_NAME
+    try:
+        download_file(url, archive, sha256=sha256, progress=progress, should_stop=should_stop, timeout=timeout)
+    except DownloadError as e:
+        if e.status is not None:
+            raise DownloadError(f"{e} (set {GTZAN_URL_ENV} or pass --url to use another copy of GTZAN)",
+                                status=e.status) from None
+        raise
+    try:
+        target, classes = _gtzan_extract(archive, dest_dir)
+    except ArchiveError as e:
+        _remove(archive)
+        raise DownloadError(f"the downloaded GTZAN archive is unusable: {e}. It was deleted: run again to "
+                            "download it afresh") from None
+    except OSError as e:
+        raise DownloadError(f"could not extract {archive} into {dest_dir}: {e.strerror or e} "
+                            "(disk full?); run again once fixed") from None
+    atomic_write_json(marker, {"url": url, "archive": archive.name, "archive_bytes": archive.stat().st_size,
+                               "sha256": sha256, "classes": classes, "folder": target.name,
+                               "extracted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if not keep_archive:
+        _remove(archive)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------- zip
+
+
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    """Member name as unicode (NFC): names without the UTF-8 flag that are really UTF-8 are repaired."""
+    name = info.filename
+    if not info.flag_bits & 0x800:
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except UnicodeError:
+            pass
+    return unicodedata.normalize("NFC", name)
+
+
+def _is_zip_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _open_zip(src) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(src)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+        raise DatasetArchiveError(f"this file is not a zip archive, or it is damaged ({e}); "
+                                  "upload a .zip with one folder per class") from None
+    except OSError as e:
+        raise DatasetArchiveError(f"cannot read the zip archive: {e.strerror or e}") from None
+
+
+def _plan_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int) -> list[tuple[zipfile.ZipInfo, tuple]]:
+    """Members to extract with their safe path parts; rejects escapes, links, encryption and bombs."""
+    plan = []
+    n_files = declared = 0
+    for info in zf.infolist():
+        try:
+            parts = _safe_parts(_zip_name(info))
+        except ArchiveError as e:
+            raise DatasetArchiveError(str(e)) from None
+        if _is_zip_symlink(info):
+            raise DatasetArchiveError(f"unsafe archive: member {info.filename!r} is a symbolic link")
+        if _is_ignored(parts):
+            continue
+        if not info.is_dir():
+            if info.flag_bits & 0x1:
+                raise DatasetArchiveError("password-protected zip files are not supported")
+            n_files += 1
+            declared += info.file_size
+            if n_files > max_files:
+                raise DatasetArchiveError(f"the zip holds more than {max_files} files, the limit")
+            if declared > max_total_bytes:
+                raise DatasetArchiveError(f"the zip would unpack to more than {_fmt_bytes(max_total_bytes)}, "
+                                          "the limit (zip bomb, or dataset too large)")
+        plan.append((info, parts))
+    return plan
+
+
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
+    """Write one member, never more than its declared size nor ``budget`` bytes; returns bytes written."""
+    written = 0
+    limit = min(info.file_size, budget)
+    with zf.open(info) as src, open(target, "wb") as out:
+        while True:
+            block = src.read(1 << 20)
+            if not block:
+                break
+            written += len(block)
+            if written > limit:
+                raise DatasetArchiveError(f"the zip unpacks to more data than it declares ({info.filename!r}): "
+                                          "zip bomb or damaged archive")
+            out.write(block)
+    return written
+
+
+def _extract_zip_members(zf: zipfile.ZipFile, plan, into: Path, max_total_bytes: int) -> None:
+    """Extract the planned members into ``into``, counting the bytes actually written."""
+    total = 0
+    for info, parts in plan:
+        target = into.joinpath(*parts)
+        if not _inside(into, target):  # belt and braces after _safe_parts
+            raise DatasetArchiveError(f"unsafe archive: member {info.filename!r} points outside the folder")
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        total += _copy_member(zf, info, target, max_total_bytes - total)
+
+
+def extract_zip_dataset(zip_path_or_fileobj: str | os.PathLike | IO[bytes], dest_dir: str | os.PathLike, *,
+                        max_total_bytes: int = 2_000_000_000, max_files: int = 20000) -> Path:
+    """Safely extract an uploaded dataset zip to ``dest_dir`` and return the dataset folder.
+
+    ``dest_dir`` must not exist (or be empty); extraction happens in a temporary folder beside it that is
+    renamed into place only when everything is checked, so nothing half-extracted is left on error.
+    Rejected with :class:`DatasetArchiveError`: not a zip / damaged, absolute or ``..`` names, symbolic links,
+    encrypted members, more than ``max_files`` files, more than ``max_total_bytes`` declared or written.
+    ``__MACOSX/``, hidden files and OS junk are skipped; names are unicode (NFC). Returns the single top-level
+    folder when there is one, else ``dest_dir``; it must hold at least two class folders with audio files.
+    """
+    dest_dir = Path(dest_dir)
+    if dest_dir.exists() and (not dest_dir.is_dir() or any(dest_dir.iterdir())):
+        raise FileExistsError(f"{dest_dir} already exists and is not an empty folder")
+    with _open_zip(zip_path_or_fileobj) as zf:
+        plan = _plan_zip(zf, max_total_bytes, max_files)
+        dest_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.extract-", dir=dest_dir.parent))
+        try:
+            try:
+                _extract_zip_members(zf, plan, tmp, max_total_bytes)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                raise DatasetArchiveError(f"the zip archive is damaged: {e}") from None
+            except NotImplementedError as e:
+                raise DatasetArchiveError(f"the zip uses a compression method that cannot be read ({e}); "
+                                          "re-create it with standard (deflate) compression") from None
+            except RuntimeError as e:  # encrypted member not flagged as such
+                raise DatasetArchiveError(f"cannot read the zip: {e}") from None
+            except OSError as e:
+                raise DatasetArchiveError(f"could not extract the zip: {e.strerror or e}") from None
+            root = _content_root(tmp)
+            check_dataset_layout(root, what="the zip")
+            if dest_dir.exists():
+                dest_dir.rmdir()
+            os.rename(tmp, dest_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest_dir if root == tmp else dest_dir / root.relative_to(tmp)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _cmd_download_gtzan(args) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    bars: list = []  # created on the first progress report: nothing is drawn when there is nothing to fetch
+
+    def progress(done: int, total: int | None) -> None:
+        if args.quiet:
+            return
+        if not bars:
+            bars.append(tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc="GTZAN", file=sys.stderr, dynamic_ncols=True))
+        bar = bars[0]
+        if total is not None and bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    try:
+        folder = download_gtzan(args.dest, url=args.url, sha256=args.sha256, progress=progress,
+                                keep_archive=not args.remove_archive)
+    except (DownloadError, DownloadStopped, ArchiveError) as e:
+        if bars:
+            bars[0].close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:  # Ctrl-C included: close the bar, the partial download stays for the next run
+        if bars:
+            bars[0].close()
+    print(f"GTZAN is ready in {folder}")
+    print(f"next: python -m core build-dataset {folder} OUT_FOLDER")
+    return 0
+
+
+def register_cli(sub) -> None:
+    """Add ``download-gtzan DEST [--url URL] [--sha256 HEX]`` to the ``python -m core`` sub-parsers."""
+    p = sub.add_parser(
+        "download-gtzan",
+        help="download and extract GTZAN (~1.2 GB, resumable)",
+        description=("Download GTZAN (genres.tar.gz) with a progress bar and extract it to DEST/genres. "
+                     "Ctrl-C keeps the partial download; running the same command again resumes it. "
+                     f"The URL can also be set with ${GTZAN_URL_ENV}, the checksum with ${GTZAN_SHA256_ENV}."),
+    )
+    p.add_argument("dest", metavar="DEST", help="folder to download into (created if needed)")
+    p.add_argument("--url", default=None, help=f"archive URL (default: ${GTZAN_URL_ENV} or {GTZAN_URL})")
+    p.add_argument("--sha256", default=None, metavar="HEX", help="expected sha256 of the archive (optional)")
+    p.add_argument("--remove-archive", action="store_true", help="delete genres.tar.gz after extraction")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download_gtzan)
