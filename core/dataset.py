@@ -685,10 +685,9 @@ def _cli_build(a) -> int:
     def progress(done: int, total: int, msg: str) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, unit="track", desc="building", dynamic_ncols=True)
-        bar.n = done
+            bar = tqdm(total=total, unit="track", desc="building", dynamic_ncols=True, mininterval=0.5)
         bar.set_postfix_str(msg[-40:], refresh=False)
-        bar.refresh()
+        bar.update(done - bar.n)
 
     try:
         params = params_from_args(a)
