@@ -301,12 +301,15 @@ def build_dataset(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     min_tracks_per_class: int | None = None,
+    limit_per_class: int = 0,
 ) -> Path:
     """Build (or resume, or reuse) a dataset from ``src`` into ``out``; returns ``out``.
 
     ``progress(done, total, message)`` is called after each track and during assembly; ``should_stop()``
     returning True stops the build between tracks (raising :class:`BuildStopped`; run again to resume).
     Errors in the source or options raise :class:`DatasetError` before any audio is decoded.
+    ``limit_per_class > 0`` keeps only the first N tracks (sorted by path) of each class: a capped build for
+    small machines (Community Cloud) and smoke runs.
     """
     params = params or FeatureParams()
     split = split or SplitConfig()
@@ -314,12 +317,24 @@ def build_dataset(
     if out == src or src in out.parents:
         raise DatasetError("the output folder must not be inside the source folder")
     tracks, skipped, classes = scan_source(src)
+    if limit_per_class > 0:
+        seen: dict[str, int] = {}
+        kept = []
+        for t in tracks:
+            seen[t.label] = seen.get(t.label, 0) + 1
+            if seen[t.label] <= limit_per_class:
+                kept.append(t)
+            else:
+                reason = f"not used: build capped at {limit_per_class} tracks per class"
+                skipped.append(_skip(t.relpath, t.abs_path, t.label, reason))
+        tracks = kept
     custom = read_split_file(split.split_file) if split.split_file else None
     _check_classes(tracks, classes, split, custom, min_tracks_per_class)
 
     fhash = feature_hash(params)
     build_id = stable_hash({"features": fhash, "split": {"val": split.val_share, "test": split.test_share,
-                            "seed": split.seed, "custom": custom}, "files": [t.relpath for t in tracks]})
+                            "seed": split.seed, "custom": custom}, "files": [t.relpath for t in tracks],
+                            "limit": limit_per_class})
     card_path = out / "card.json"
     if card_path.exists():
         try:
@@ -410,6 +425,7 @@ def build_dataset(
         "input_shape": [params.input_frames, params.n_mels, 1],
         "counts": counts,
         "n_tracks": len(tracks),
+        "limit_per_class": limit_per_class,
         "n_skipped": sum(1 for r in manifest_all if r["skipped"]),
         "versions": library_versions(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -673,6 +689,8 @@ def register_cli(sub) -> None:
     g.add_argument("--split", dest="split_file", default=None,
                    help="custom split: a JSON file {train,val,test: [paths]} or a folder of list files "
                         "(e.g. GTZAN's fault-filtered train/valid/test lists); matched by class/stem")
+    p.add_argument("--limit-per-class", type=int, default=0,
+                   help="use only the first N tracks of each class, 0 = all (capped builds, smoke runs)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=_cli_build)
 
@@ -693,7 +711,8 @@ def _cli_build(a) -> int:
         params = params_from_args(a)
         split = SplitConfig(a.val_share, a.test_share, a.split_seed, a.split_file)
         t0 = time.time()
-        out = build_dataset(a.src, a.out, params, split, workers=a.workers, progress=progress)
+        out = build_dataset(a.src, a.out, params, split, workers=a.workers, progress=progress,
+                            limit_per_class=a.limit_per_class)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

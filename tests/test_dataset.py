@@ -326,3 +326,10 @@ def test_mel_power_equals_librosa_melspectrogram():
     ref = librosa.feature.melspectrogram(y=y, sr=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop_length,
                                          n_mels=p.n_mels).T
     np.testing.assert_allclose(mel_power(y, p), ref, rtol=1e-4, atol=1e-6 * ref.max())
+
+
+def test_limit_per_class_caps_the_build(tmp_path, genre_folder):
+    ds = load_dataset(build_dataset(genre_folder, tmp_path / "ds", workers=1, limit_per_class=4))
+    assert ds.card["n_tracks"] == 12 and ds.card["limit_per_class"] == 4
+    capped = ds.manifest[ds.manifest["reason"].astype(str).str.startswith("not used: build capped")]
+    assert len(capped) == 6
