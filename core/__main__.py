@@ -11,6 +11,9 @@ import sys
 CLI_MODULES = [
     "core.dataset",
     "core.download",
+    "core.experiment",
+    "core.predictor",
+    "core.reproduce",
 ]
 
 

@@ -92,7 +92,7 @@ def train_linear(dataset, seed: int, run_dir: str | Path, *, norm_method: str = 
                  on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Fit the baseline on a dataset's train split; writes ``best.keras`` and ``history.json`` in ``run_dir``
     like the CRNN runs (one "epoch": the L-BFGS fit). The fit is deterministic, so ``seed`` only names the run.
-    Returns a summary dict."""
+    Returns a ``core.train.TrainResult``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -120,4 +120,7 @@ def train_linear(dataset, seed: int, run_dir: str | Path, *, norm_method: str = 
     atomic_write_json(run_dir / "history.json", [rec])
     if on_epoch:
         on_epoch(rec)
-    return {"epochs": 1, "best_epoch": 1, "history": [rec]}
+    from core.train import TrainResult
+
+    return TrainResult(run_dir, "done", 1, 1, rec.get("val_loss", rec["loss"]), [rec], "L-BFGS converged"
+                       if info["iterations"] < 500 else "L-BFGS iteration cap")

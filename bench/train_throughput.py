@@ -1,0 +1,122 @@
+"""Training throughput: Genre Lab's default training path vs a plain ``model.fit`` on in-memory arrays.
+
+Both use the same snippet CRNN (16/32/64/128 filters, 130 x 100 inputs, batch 32, Adam) in the same process:
+
+* ``plain``    ``model.fit(X, Y, batch_size=32)`` on normalised float32 numpy arrays held in memory;
+* ``default``  what ``core.train.train_run`` runs each epoch: ``model.fit(SnippetSequence)`` reading the
+               dataset's ``.npy`` memmap, normalising each batch on the fly, shuffled per epoch, with the
+               stop-request callback, using the default ``TrainConfig`` (float32, no XLA).
+
+After one warm-up epoch each (tracing), timed epochs alternate between the variants (plain, default, plain,
+...) so that load from other processes on a shared machine hits both alike; medians are reported, with the
+process CPU time per sample (robust to such load). ``--extra`` adds bf16 mixed precision, XLA and 2 loader
+threads for the default path; ``--wide`` adds a plain fit of a wide-filter variant (64/128/128/128).
+
+Usage: ``python bench/train_throughput.py [--samples 320] [--repeats 3] [--extra] [--wide]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=320, help="training snippets per timed epoch")
+    ap.add_argument("--repeats", type=int, default=3, help="timed epochs per variant")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--extra", action="store_true", help="also bf16, XLA and 2-thread loader variants")
+    ap.add_argument("--wide", action="store_true", help="also the wide-filter (64/128/128/128) plain fit")
+    a = ap.parse_args()
+
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    import keras
+
+    from core.dataset import apply_norm
+    from core.features import FeatureParams
+    from core.models import build_snippet_crnn
+    from core.train import SnippetSequence, TrainConfig, _StopCheck, build_compiled, compile_model
+
+    p = FeatureParams()
+    n, bs, n_classes = a.samples, a.batch, 10
+    rng = np.random.default_rng(0)
+    tmp = tempfile.TemporaryDirectory()
+    xpath = Path(tmp.name) / "train_X.npy"
+    np.save(xpath, (rng.standard_normal((n, p.snippet_frames, p.n_mels)) * 20 - 40).astype(np.float32))
+    X_mm = np.load(xpath, mmap_mode="r")
+    y = rng.integers(0, n_classes, n)
+    norm = {"min": float(X_mm.min()), "max": float(X_mm.max()),
+            "mean": X_mm.mean(axis=(0, 1)).tolist(), "std": X_mm.std(axis=(0, 1)).tolist()}
+    X_mem = apply_norm(np.asarray(X_mm), norm, "minmax")[..., None]
+    Y_mem = np.eye(n_classes, dtype=np.float32)[y]
+
+    variants = {}
+
+    def plain(model):
+        return lambda: model.fit(X_mem, Y_mem, batch_size=bs, epochs=1, shuffle=True, verbose=0)
+
+    def default_path(cfg):
+        model = build_compiled("snippet", n_classes, p, cfg)
+        seq = SnippetSequence(X_mm, y, n_classes, norm, cfg.norm_method, bs, True, 0, workers=cfg.workers)
+        state = {"epoch": 0}
+
+        def run():
+            seq.set_epoch(state["epoch"])
+            state["epoch"] += 1
+            model.fit(seq, epochs=1, verbose=0, shuffle=False, callbacks=[_StopCheck(lambda: False, None, 0, len(seq))])
+        return run
+
+    keras.utils.set_random_seed(0)
+    m = build_snippet_crnn(n_classes)
+    compile_model(m, 1e-4)
+    variants["plain model.fit (in-memory numpy)"] = plain(m)
+    variants["default path (train_run: PyDataset over memmap)"] = default_path(TrainConfig())
+    if a.extra:
+        variants["default path + mixed_bfloat16"] = default_path(TrainConfig(precision="mixed_bfloat16"))
+        variants["default path + jit_compile (XLA)"] = default_path(TrainConfig(jit_compile=True))
+        variants["default path + 2 loader threads"] = default_path(TrainConfig(workers=2))
+    if a.wide:
+        w = build_snippet_crnn(n_classes, filters=(64, 128, 128, 128))
+        compile_model(w, 1e-4)
+        variants["plain model.fit, wide filters 64/128/128/128"] = plain(w)
+
+    print(f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs, {n} samples of "
+          f"{p.snippet_frames}x{p.n_mels}, batch {bs}, {a.repeats} timed epochs per variant", flush=True)
+    for name, fn in variants.items():  # warm-up: tracing / compilation
+        t0 = time.perf_counter()
+        fn()
+        print(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    wall = {k: [] for k in variants}
+    cpu = {k: [] for k in variants}
+    for _ in range(a.repeats):
+        for name, fn in variants.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(n / (time.perf_counter() - t0))
+            cpu[name].append(1000 * (time.process_time() - c0) / n)
+    print(f"{'variant':52s} {'samples/s (median)':>18s} {'runs':>18s} {'CPU ms/sample':>14s}")
+    for name in variants:
+        runs = " ".join(f"{v:.0f}" for v in wall[name])
+        print(f"{name:52s} {np.median(wall[name]):18.1f} {runs:>18s} {np.median(cpu[name]):14.2f}")
+    names = list(variants)
+    ratio = np.median(wall[names[1]]) / np.median(wall[names[0]])
+    cpu_ratio = np.median(cpu[names[0]]) / np.median(cpu[names[1]])
+    print(f"ratio default / plain: {ratio:.2f}x samples/s ({cpu_ratio:.2f}x by CPU time per sample)")
+    for name in names[2:]:
+        print(f"ratio {name} / plain: {np.median(wall[name]) / np.median(wall[names[0]]):.2f}x samples/s")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

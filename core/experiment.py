@@ -1,0 +1,426 @@
+"""Experiments: seeds x models, trained, evaluated and recorded in an experiment store, resumably.
+
+:func:`run_experiment` runs every (seed, model) pair of a dataset: finished runs are skipped, unfinished ones
+resume from their last finished epoch, each trained model is evaluated (segment, track x 3 aggregations or
+full-clip level) and its metrics and predictions are written to the store. ``"full"`` models need a full-clip
+dataset: it is built next to the snippet dataset (``<dataset>-full``) from the same source files and the same
+track split (the snippet dataset's ``split.json``).
+
+CLI: ``python -m core run-experiment DATASET --store DIR ...`` and ``python -m core results --store DIR``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:  # core.train imports keras: keep `python -m core --help` fast
+    from core.train import TrainConfig
+
+ProgressFn = Callable[[dict], None]
+
+#: ``paper``: the article's settings; ``tuned``: what worked on this machine (shared/MEASURED.md: Adam 1e-3,
+#: longer patience); ``fast``: a smoke run (2 epochs of at most 20 batches).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tuned": {"lr": 1e-3, "max_epochs": 40, "patience": 8, "lr_patience": 4},
+    "fast": {"lr": 1e-3, "max_epochs": 2, "patience": 2, "lr_patience": 2, "max_train_batches": 20},
+}
+
+
+class ExperimentError(Exception):
+    """Bad input to an experiment (unknown dataset, wrong mode, unusable source ...); message for the user."""
+
+
+def preset_config(name: str = "paper", **overrides: Any) -> TrainConfig:
+    from core.train import TrainConfig
+
+    if name not in PRESETS:
+        raise ExperimentError(f"unknown preset {name!r} (use one of {', '.join(PRESETS)})")
+    cfg = dict(PRESETS[name])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**cfg)
+
+
+def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
+    """``"3"`` -> ``[0, 1, 2]``; ``"0,5,7"`` -> ``[0, 5, 7]``; ``"7,"`` -> ``[7]``."""
+    if isinstance(text, int):
+        return list(range(text))
+    if not isinstance(text, str):
+        return [int(s) for s in text]
+    text = text.strip()
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError as exc:
+        raise ExperimentError(f"--seeds takes a count (3) or a list (0,5,7), not {text!r}") from exc
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ExperimentError("seeds must be a positive count or a list of distinct non-negative integers")
+    return seeds
+
+
+def full_dataset_path(dataset) -> Path:
+    return dataset.path.with_name(dataset.path.name + "-full")
+
+
+def ensure_full_dataset(dataset, progress: ProgressFn | None = None, should_stop=None):
+    """The full-clip twin of a snippet dataset (built on first use; same source files, same split)."""
+    from core.dataset import DatasetError, SplitConfig, build_dataset, is_dataset, load_dataset
+
+    out = full_dataset_path(dataset)
+    params = replace(dataset.params, mode="full")
+    src = dataset.card.get("source")
+    if not src or not Path(src).is_dir():
+        if is_dataset(out) and load_dataset(out).params == params:
+            return load_dataset(out)  # source gone: reuse the existing build as is
+        raise ExperimentError(f"full-clip models need the source audio of {dataset.path}, but its source folder "
+                              f"{src} is not there")
+    sp = dataset.card.get("split", {})
+    split = SplitConfig(sp.get("val_share", 0.1), sp.get("test_share", 0.1), sp.get("seed", 0),
+                        split_file=str(dataset.path / "split.json"))
+
+    def prog(done: int, total: int, msg: str) -> None:
+        if progress:
+            progress({"state": "running", "phase": "dataset", "message": f"full-clip dataset {done}/{total}: {msg}"})
+
+    try:
+        build_dataset(src, out, params, split, progress=prog, should_stop=should_stop)
+    except DatasetError as exc:
+        raise ExperimentError(f"could not build the full-clip dataset {out}: {exc}") from exc
+    full = load_dataset(out)
+    if full.classes != dataset.classes:
+        raise ExperimentError(f"the full-clip dataset {out} has classes {full.classes}, the snippet dataset "
+                              f"{dataset.classes}: delete {out} and run again")
+    return full
+
+
+def _model_card(run_id: str, kind: str, seed: int, dataset, config: TrainConfig) -> dict:
+    from core.models import build_model, describe
+    from core.predictor import make_model_card
+
+    p = dataset.params
+    frames = p.input_frames
+    info = describe(build_model(kind, len(dataset.classes), p.n_mels, frames), (frames, p.n_mels))
+    return make_model_card(kind, dataset.classes, p, dataset.norm, config.norm_method, model_file="best.keras",
+                           run_id=run_id, seed=seed, dataset=str(dataset.path),
+                           dataset_build_id=dataset.card.get("build_id"), input_shape=[frames, p.n_mels, 1],
+                           n_params=info["params"], macs_per_sample=info["macs_per_sample"],
+                           config=config.to_dict())
+
+
+def run_experiment(
+    dataset_path: str | os.PathLike,
+    store_path: str | os.PathLike,
+    seeds: Iterable[int] | int | str = (0,),
+    models: Iterable[str] = ("snippet", "full"),
+    config: TrainConfig | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    hop_s: float = 1.0,
+    splits: Iterable[str] = ("val", "test"),
+    lock: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate every (seed, model) pair; returns ``{"runs": [...], "stopped": bool, "results": df}``.
+
+    ``progress(event)`` receives dicts with ``state`` (running/done/failed/stopped), ``phase`` (dataset, train,
+    batch, evaluate), ``seed``, ``model``, ``run``, ``epoch``, ``metrics`` and ``message``. ``should_stop()``
+    is polled between batches; a stop leaves every run resumable. Raises :class:`ExperimentError`,
+    ``DatasetError``, ``TrainError``, ``StoreError`` or ``LockError`` with a message for the user.
+    """
+    from core.dataset import DatasetError, load_dataset
+    from core.evaluate import evaluate_run
+    from core.jobs import StoreLock
+    from core.predictor import Predictor, PredictorError, write_model_card
+    from core.store import Store, make_run_id, results_frame
+    from core.baseline import train_linear
+    from core.train import TrainConfig, TrainError, train_run
+
+    config = config or TrainConfig()
+    seeds = parse_seeds(seeds) if not isinstance(seeds, (list, tuple)) else [int(s) for s in seeds]
+    models = list(models)
+    bad = [m for m in models if m not in ("snippet", "full", "linear")]
+    if bad or not models:
+        raise ExperimentError(f"models must be among snippet, full and linear (got {', '.join(bad) or 'none'})")
+    splits = tuple(splits)
+    emit = progress or (lambda ev: None)
+
+    try:
+        dataset = load_dataset(dataset_path)
+    except DatasetError as exc:
+        raise ExperimentError(str(exc)) from exc
+    if dataset.params.mode == "full" and "snippet" in models:
+        raise ExperimentError(f"{dataset.path} is a full-clip dataset: pass the snippet dataset (the full-clip "
+                              "one is derived from it), or use --models full")
+    for split in ("train", "val"):
+        if dataset.card["counts"][split]["tracks"] == 0:
+            raise ExperimentError(f"the {split} split of {dataset.path} is empty: rebuild it with more tracks "
+                                  "or a positive validation share")
+    store = Store(store_path)  # refuses a newer store before anything is written
+    store_lock = StoreLock(store.path).acquire() if lock else None
+    runs: list[dict] = []
+    stopped = False
+    try:
+        datasets = {}
+        if "snippet" in models:
+            datasets["snippet"] = dataset
+        if "linear" in models:
+            datasets["linear"] = dataset
+        if "full" in models:
+            datasets["full"] = dataset if dataset.params.mode == "full" else ensure_full_dataset(
+                dataset, emit, should_stop)
+        for seed in seeds:  # the plan, visible to readers of the store before training starts
+            for kind in models:
+                ds = datasets[kind]
+                rid = make_run_id(ds.card.get("build_id"), kind, seed, config.to_dict())
+                if store.get_run(rid) is None:
+                    store.upsert_run(rid, str(ds.path), ds.card.get("build_id"), kind, seed, config.to_dict(),
+                                     "queued")
+        for seed in seeds:
+            for kind in models:
+                if should_stop and should_stop():
+                    stopped = True
+                    break
+                ds = datasets[kind]
+                run_id = make_run_id(ds.card.get("build_id"), kind, seed, config.to_dict())
+                base = {"seed": seed, "model": kind, "run": run_id}
+                rec = store.get_run(run_id)
+                if rec and rec["status"] == "done":
+                    emit({**base, "state": "done", "phase": "skip", "message": f"{run_id} already done"})
+                    runs.append({**base, "status": "done", "skipped": True})
+                    continue
+                run_dir = store.run_dir(run_id)
+                store.upsert_run(run_id, str(ds.path), ds.card.get("build_id"), kind, seed, config.to_dict(),
+                                 "running")
+                resumed = (run_dir / "state.json").exists()
+                emit({**base, "state": "running", "phase": "train",
+                      "message": f"{'resuming' if resumed else 'starting'} {kind} model, seed {seed}"})
+                try:
+                    if not (run_dir / "model_card.json").exists():
+                        write_model_card(run_dir, _model_card(run_id, kind, seed, ds, config))
+
+                    def on_epoch(r, base=base, run_id=run_id):
+                        store.add_epochs(run_id, [r])
+                        emit({**base, "state": "running", "phase": "train", "epoch": r["epoch"],
+                              "max_epochs": r["max_epochs"],
+                              "metrics": {k: r[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr",
+                                                            "seconds")},
+                              "message": f"epoch {r['epoch']} done"})
+
+                    def on_batch(epoch, batch, n, base=base):
+                        emit({**base, "state": "running", "phase": "batch", "epoch": epoch + 1, "batch": batch,
+                              "n_batches": n})
+
+                    if kind == "linear":
+                        result = train_linear(ds, seed, run_dir, norm_method=config.norm_method,
+                                              on_epoch=lambda r, on_epoch=on_epoch: on_epoch(
+                                                  dict(r, max_epochs=1)))
+                    else:
+                        result = train_run(ds, kind, seed, config, run_dir, on_epoch=on_epoch,
+                                           should_stop=should_stop, on_batch=on_batch)
+                    store.add_epochs(run_id, result.history)
+                    if result.status == "stopped":
+                        store.set_status(run_id, "stopped", f"stopped after epoch {result.epochs_run}")
+                        emit({**base, "state": "stopped", "phase": "train", "epoch": result.epochs_run,
+                              "message": "stopped on request; run again to resume"})
+                        runs.append({**base, "status": "stopped"})
+                        stopped = True
+                        break
+                    emit({**base, "state": "running", "phase": "evaluate",
+                          "message": f"evaluating (best epoch {result.best_epoch} of {result.epochs_run})"})
+                    pred = Predictor(run_dir)
+
+                    def on_track(done, total, path, base=base):
+                        if done == total or done % 20 == 0:
+                            emit({**base, "state": "running", "phase": "evaluate",
+                                  "message": f"track-level evaluation {done}/{total} tracks"})
+
+                    results = evaluate_run(pred, ds, kind, splits, hop_s, progress=on_track)
+                    store.write_evaluation(run_id, results, "done")
+                    summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
+                    emit({**base, "state": "done", "phase": "evaluate", "metrics": summary,
+                          "message": f"{kind} seed {seed} done"})
+                    runs.append({**base, "status": "done", "metrics": summary})
+                except KeyboardInterrupt:
+                    store.set_status(run_id, "stopped", "interrupted; run again to resume")
+                    raise
+                except (TrainError, PredictorError, DatasetError, ExperimentError) as exc:
+                    store.set_status(run_id, "failed", str(exc))
+                    emit({**base, "state": "failed", "message": str(exc)})
+                    raise
+                except Exception as exc:
+                    store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}"[:500])
+                    emit({**base, "state": "failed", "message": f"{type(exc).__name__}: {exc}"})
+                    raise
+            if stopped:
+                break
+    finally:
+        if store_lock:
+            store_lock.release()
+    ids = {r["run"] for r in runs}
+    df = results_frame(store)
+    return {"runs": runs, "stopped": stopped, "results": df[df["run_id"].isin(ids)].reset_index(drop=True)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "run-experiment", help="train and evaluate models over several seeds into an experiment store",
+        description="Train the snippet and/or full-clip CRNN for each seed, evaluate at segment, track (sum / "
+                    "vote / log-prob) and full-clip level, record everything in the store. Resumable: after "
+                    "Ctrl-C, a kill or a crash, run the same command again.")
+    p.add_argument("dataset", help="snippet dataset folder (from build-dataset)")
+    p.add_argument("--store", required=True, help="experiment store folder (created if missing)")
+    p.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2) or a list (0,5,7) (default: 1)")
+    p.add_argument("--models", default="snippet,full",
+                   help="comma list of snippet, full and linear (the reference baseline) (%(default)s)")
+    p.add_argument("--preset", choices=list(PRESETS), default="paper",
+                   help="paper: the article's settings; tuned: Adam 1e-3, patience 8; fast: smoke run (%(default)s)")
+    g = p.add_argument_group("training (override the preset)")
+    g.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs")
+    g.add_argument("--lr", type=float, help="initial learning rate")
+    g.add_argument("--batch-size", type=int, help="batch size")
+    g.add_argument("--patience", type=int, help="early-stopping patience on val loss")
+    g.add_argument("--lr-patience", type=int, help="reduce-LR-on-plateau patience")
+    g.add_argument("--lr-factor", type=float, help="reduce-LR-on-plateau factor")
+    g.add_argument("--norm", dest="norm_method", choices=["minmax", "standard"], help="feature scaling")
+    g.add_argument("--dropout", type=float, help="dropout rate")
+    g.add_argument("--max-batches", type=int, dest="max_train_batches", help="cap batches per epoch (0 = all)")
+    g.add_argument("--precision", choices=["float32", "mixed_bfloat16"], help="Keras dtype policy")
+    p.add_argument("--hop", type=float, default=1.0, help="hop between track-level windows in s (%(default)s)")
+    p.add_argument("--events", help="append progress events (JSON lines) to this file")
+    p.add_argument("--stop-file", help="stop (resumably) when this file appears")
+    p.set_defaults(func=_cli_run)
+
+    r = sub.add_parser("results", help="show (and export) the results of an experiment store",
+                       description="Mean ± SD over seeds per model, level and split, and the paired test of "
+                                   "track-level (sum) against segment-level accuracy.")
+    r.add_argument("--store", required=True, help="experiment store folder")
+    r.add_argument("--csv", help="write the per-run results to this CSV file")
+    r.add_argument("--json", help="write a full JSON export (re-importable) to this file")
+    r.set_defaults(func=_cli_results)
+
+
+def _cli_run(a) -> int:
+    _quiet_backend_logs()
+    from tqdm import tqdm
+
+    from core.dataset import DatasetError
+    from core.jobs import EventLog, LockError, StopFlag
+    from core.store import StoreError
+    from core.train import TrainError
+
+    try:
+        names = ("max_epochs", "lr", "batch_size", "patience", "lr_patience", "lr_factor", "norm_method", "dropout",
+                 "max_train_batches", "precision")
+        config = preset_config(a.preset, **{k: getattr(a, k) for k in names})
+        seeds = parse_seeds(a.seeds)
+    except (ExperimentError, TrainError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log = EventLog(a.events) if a.events else None
+    stop = StopFlag(a.stop_file).install_signals()
+    bar = None
+    last_batch_event = [0.0]
+
+    def progress(ev: dict) -> None:
+        nonlocal bar
+        phase = ev.get("phase")
+        if log and (phase != "batch" or time.time() - last_batch_event[0] > 2.0):
+            if phase == "batch":
+                last_batch_event[0] = time.time()
+            log.emit(ev)
+        if phase == "batch":
+            desc = f"seed {ev['seed']} {ev['model']} epoch {ev['epoch']}"
+            if bar is None or bar.desc != desc:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=ev["n_batches"], desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+            bar.n = ev["batch"]
+            bar.refresh()
+            return
+        if bar is not None:
+            bar.close()
+            bar = None
+        m = ev.get("metrics") or {}
+        detail = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
+        tqdm.write(f"[{ev.get('state')}] {ev.get('message', '')} {detail}".rstrip())
+
+    if log:
+        log.emit(state="running", phase="start", message=f"run-experiment {a.dataset} seeds {seeds}")
+    try:
+        out = run_experiment(a.dataset, a.store, seeds, [m.strip() for m in a.models.split(",") if m.strip()],
+                             config, progress=progress, should_stop=stop, hop_s=a.hop)
+    except (ExperimentError, DatasetError, TrainError, StoreError, LockError) as exc:
+        if log:
+            log.emit(state="failed", phase="end", message=str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if log:
+            log.emit(state="stopped", phase="end", message="interrupted; run again to resume")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if out["stopped"]:
+        if log:
+            log.emit(state="stopped", phase="end", message="stopped; run the same command again to resume")
+        print("stopped; run the same command again to resume.", file=sys.stderr)
+        return 3
+    if log:
+        log.emit(state="done", phase="end", message="experiment finished")
+    _print_results(a.store)
+    return 0
+
+
+def _print_results(store) -> None:
+    import pandas as pd
+
+    from core.evaluate import compare_levels
+    from core.store import results_frame, summary_frame
+
+    df = results_frame(store)
+    if df.empty:
+        print("no results yet")
+        return
+    s = summary_frame(df)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(s[["split", "kind", "level", "n_seeds", "accuracy", "macro_f1"]].to_string(index=False))
+    for split in ("val", "test"):
+        sub = df[(df["split"] == split) & (df["kind"] == "snippet")]
+        if sub["seed"].nunique() >= 2 and {"segment", "track_sum"} <= set(sub["level"]):
+            t = compare_levels(df, "track_sum", "segment", split)
+            w = f", Wilcoxon p={t['p_wilcoxon']:.4g}" if t.get("p_wilcoxon") is not None else ""
+            note = f" ({t['note']})" if t.get("note") else ""
+            print(f"{split}: track (sum) - segment accuracy = {t['mean_diff']:+.4f} over {t['n']} seeds, "
+                  f"paired t p={t['p_ttest']:.4g}{w}{note}")
+
+
+def _cli_results(a) -> int:
+    from core.store import StoreError, Store, export_results
+
+    try:
+        store = Store(a.store, create=False)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_results(store)
+    if a.csv:
+        print(f"wrote {export_results(store, a.csv)}")
+    if a.json:
+        print(f"wrote {export_results(store, a.json)}")
+    return 0
+
+
+def _quiet_backend_logs() -> None:
+    """Hide TensorFlow's Python-side retracing warnings in CLI output (they are expected here)."""
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)

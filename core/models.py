@@ -1,0 +1,153 @@
+"""Backend-neutral Keras 3 CRNNs for genre classification (TensorFlow, JAX or PyTorch via ``KERAS_BACKEND``).
+
+Both models share one design: four conv blocks (Conv2D 3x3 -> BatchNorm -> ELU -> MaxPool -> Dropout, with
+16/32/64/128 filters) whose pooling collapses the mel axis to 1 while keeping a time axis, a reshape to
+``(time, 128)``, two stacked GRUs and a softmax layer.
+
+* :func:`build_snippet_crnn` takes 3 s snippets (130 x 100 at the defaults) but accepts any number of frames
+  (``frames=None``): the time axis is left open so inference can run on longer windows.
+  ~368k parameters for 10 classes.
+* :func:`build_full_crnn` takes whole 30 s clips (1292 x 100): it pools time 4x in the last three blocks
+  (10 GRU steps) and uses half-width GRUs, ~185k parameters.
+
+:func:`count_flops` gives the analytic multiply-accumulates of one forward pass (Conv2D, Dense, GRU).
+Only ``keras.layers`` / ``keras.ops`` are used here, never a backend directly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+from keras import layers
+
+MODEL_KINDS = ("snippet", "full", "linear")
+FILTERS = (16, 32, 64, 128)
+
+
+def _freq_after_pools(n_mels: int, n_pools: int = 3, factor: int = 2) -> int:
+    f = n_mels
+    for _ in range(n_pools):
+        f //= factor
+    return f
+
+
+def _conv_block(x, filters: int, pool: tuple[int, int], dropout: float, name: str):
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.ELU(name=f"{name}_elu")(x)
+    x = layers.MaxPooling2D(pool_size=pool, strides=pool, name=f"{name}_pool")(x)
+    return layers.Dropout(dropout, name=f"{name}_drop")(x)
+
+
+def _crnn(
+    n_classes: int,
+    n_mels: int,
+    frames: int | None,
+    time_pools: Sequence[int],
+    gru_units: tuple[int, int],
+    dropout: float,
+    name: str,
+    filters: Sequence[int] = FILTERS,
+) -> keras.Model:
+    if n_classes < 2:
+        raise ValueError("need at least 2 classes")
+    freq_left = _freq_after_pools(n_mels)
+    if freq_left < 1:
+        raise ValueError(f"n_mels={n_mels} is too small: the model halves the mel axis three times (need >= 8)")
+    inputs = keras.Input(shape=(frames, n_mels, 1), name="mel")
+    x = inputs
+    pools = [(time_pools[0], 2), (time_pools[1], 2), (time_pools[2], 2), (time_pools[3], freq_left)]
+    for i, (n_filters, pool) in enumerate(zip(filters, pools), start=1):
+        x = _conv_block(x, n_filters, pool, dropout, name=f"block{i}")
+    # (batch, time, 1, C) -> (batch, time, C); -1 keeps the time axis open for any input length
+    x = layers.Reshape((-1, filters[-1]), name="to_sequence")(x)
+    x = layers.GRU(gru_units[0], return_sequences=True, name="gru1")(x)
+    x = layers.GRU(gru_units[1], name="gru2")(x)
+    x = layers.Dropout(dropout, name="head_drop")(x)
+    # float32 output keeps the softmax/loss exact under a mixed-precision policy
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="genre")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_snippet_crnn(
+    n_classes: int, n_mels: int = 100, frames: int | None = None, dropout: float = 0.1,
+    filters: Sequence[int] = FILTERS,
+) -> keras.Model:
+    """CRNN for snippets; input ``(frames, n_mels, 1)`` with ``frames=None`` accepting any length >= 8.
+
+    Pools time 2x in the first three blocks (a 130-frame snippet becomes 16 GRU steps) and collapses the
+    remaining mel bins in the fourth. GRU(192, sequences) -> GRU(96) -> Dense softmax. ``filters`` (four
+    conv widths) exists for comparisons: the cost is dominated by the early conv widths, not the parameters.
+    """
+    return _crnn(n_classes, n_mels, frames, (2, 2, 2, 1), (192, 96), dropout, "snippet_crnn", filters)
+
+
+def build_full_crnn(
+    n_classes: int, n_mels: int = 100, frames: int | None = 1292, dropout: float = 0.1
+) -> keras.Model:
+    """CRNN for full 30 s clips (1292 frames at the defaults): time pooled 2/4/4/4 (1292 -> 10 GRU steps),
+    GRU(96, sequences) -> GRU(48) -> Dense softmax; about half the parameters of the snippet model."""
+    return _crnn(n_classes, n_mels, frames, (2, 4, 4, 4), (96, 48), dropout, "full_crnn")
+
+
+def build_model(kind: str, n_classes: int, n_mels: int, frames: int | None = None, dropout: float = 0.1):
+    """Build ``"snippet"`` or ``"full"``; ``frames`` is fixed for full clips (compute cost) and open otherwise."""
+    if kind == "snippet":
+        return build_snippet_crnn(n_classes, n_mels, None, dropout)
+    if kind == "full":
+        return build_full_crnn(n_classes, n_mels, frames, dropout)
+    if kind == "linear":  # the reference baseline (core.baseline): mel-band mean/std -> softmax regression
+        from core.baseline import build_linear
+
+        return build_linear(n_classes, n_mels)[0]
+    raise ValueError(f"unknown model kind {kind!r} (use one of {MODEL_KINDS})")
+
+
+def count_flops(model: keras.Model, input_shape: Sequence[int]) -> dict:
+    """Analytic cost of one forward pass on one sample of ``input_shape`` = ``(frames, n_mels[, 1])``.
+
+    Counts multiply-accumulates (MACs) of Conv2D, Dense and GRU layers (the rest is < 1 %); FLOPs = 2 x MACs.
+    Returns ``{"macs": int, "flops": int, "per_layer": {name: macs}}``.
+    """
+    shape = tuple(input_shape)
+    if len(shape) == 2:
+        shape = shape + (1,)
+    t, f, c = shape
+    per_layer: dict[str, int] = {}
+    seq_len = None
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            kh, kw = layer.kernel_size
+            per_layer[layer.name] = t * f * kh * kw * c * layer.filters  # 'same' padding, stride 1
+            c = layer.filters
+        elif isinstance(layer, layers.MaxPooling2D):
+            ph, pw = layer.pool_size
+            t, f = t // ph, f // pw
+        elif isinstance(layer, layers.Reshape):
+            seq_len, c = t, f * c  # mel axis is 1 here
+        elif isinstance(layer, layers.GRU):
+            u = layer.units
+            # 3 gates, each input (c) and recurrent (u) matmul, per time step
+            per_layer[layer.name] = seq_len * 3 * (c * u + u * u)
+            c = u
+            if not layer.return_sequences:
+                seq_len = 1
+        elif isinstance(layer, layers.Dense):
+            per_layer[layer.name] = c * layer.units
+            c = layer.units
+    macs = int(sum(per_layer.values()))
+    return {"macs": macs, "flops": 2 * macs, "per_layer": per_layer}
+
+
+def describe(model: keras.Model, input_shape: Sequence[int]) -> dict:
+    """Parameters and forward cost in one dict (for model cards and the README)."""
+    cost = count_flops(model, input_shape)
+    return {
+        "name": model.name,
+        "params": int(model.count_params()),
+        "trainable_params": int(sum(math.prod(w.shape) for w in model.trainable_weights)),
+        "input_shape": list(input_shape),
+        "macs_per_sample": cost["macs"],
+        "mflops_per_sample": round(cost["flops"] / 1e6, 2),
+    }

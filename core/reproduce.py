@@ -1,0 +1,285 @@
+"""The article's comparison, end to end: ``python -m core reproduce DATA_DIR OUT``.
+
+Builds the dataset with the article's parameters (and the matching full-clip dataset with the same track
+split), trains the snippet CRNN, the full-clip CRNN and the linear reference baseline over N seeds,
+evaluates segment-level, track-level (sum of scores, majority vote, mean log-probability) and full-clip
+accuracy on the same held-out tracks, and writes into ``OUT/results/``:
+
+* ``runs.csv``      one row per (model, seed, level, split): accuracy, macro-F1, epochs run, best epoch;
+* ``summary.csv``   mean ± SD over seeds per (model, level, split);
+* ``results.json``  both tables, the paired tests (track vs segment, track vs full clip), the preset, the
+  command, the git commit and the library versions that produced them;
+* ``figure4.svg``   the article's Figure 4: mean ± SD bars of the approaches, validation and test;
+* ``export.json``   the experiment store's export (what the dashboard's experiment page reads).
+
+Every step is resumable: the dataset build, each run (per epoch) and the evaluation skip what is done.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from core.utils import atomic_write_bytes, atomic_write_json
+
+#: Presets of the reproduction: feature parameters, training preset (core.experiment.PRESETS), seeds, cap.
+REPRO_PRESETS: dict[str, dict[str, Any]] = {
+    # the article: 3 s snippets, 1 s overlap, at most 14 per track, Adam 1e-4, 10 seeds
+    "paper": {"features": {}, "train": "paper", "seeds": 10, "limit_per_class": 0},
+    # what trains well on this CPU (shared/MEASURED.md): every snippet of each track, Adam 1e-3
+    "tuned": {"features": {"max_snippets": 0}, "train": "tuned", "seeds": 5, "limit_per_class": 0},
+    # a smoke run: 10 tracks per class, 2 short epochs, 2 seeds
+    "fast": {"features": {}, "train": "fast", "seeds": 2, "limit_per_class": 10},
+}
+LEVEL_NAMES = {"segment": "segment-level", "track_sum": "track-level (sum)", "track_vote": "track-level (vote)",
+               "track_logprob": "track-level (log-prob)", "full": "30 s model"}
+PUBLISHED = {"segment_best_val": 0.673, "track_gain_points": 12.0, "full_mean": 0.558, "full_sd": 0.043,
+             "source": "Hilsdorf 2022, full GTZAN (1000 x 30 s, 10 genres), random 80/10/10 split"}
+
+
+class ReproduceError(Exception):
+    """Bad input to the reproduction; the message is for the user."""
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    root = root or Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import keras
+
+    from core.dataset import library_versions
+
+    v = library_versions()
+    v["keras"] = keras.__version__
+    v["keras_backend"] = keras.backend.backend()
+    try:
+        import tensorflow as tf  # noqa: F401  (only to record the version)
+
+        v["tensorflow"] = tf.__version__
+    except ImportError:
+        pass
+    v["platform"] = platform.platform()
+    return v
+
+
+def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: str = "paper",
+              seeds: int | None = None, epochs: int | None = None, models: tuple[str, ...] = ("snippet", "full",
+              "linear"), full_clip_s: float = 30.0, limit_per_class: int | None = None,
+              workers: int | None = None, progress: Callable[[dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, command: str | None = None) -> dict[str, Any]:
+    """Run the whole reproduction (resumable); returns the ``results.json`` document."""
+    from core.dataset import build_dataset, load_dataset
+    from core.experiment import preset_config, run_experiment
+    from core.features import FeatureParams
+
+    if preset not in REPRO_PRESETS:
+        raise ReproduceError(f"unknown preset {preset!r} (use one of {', '.join(REPRO_PRESETS)})")
+    spec = REPRO_PRESETS[preset]
+    n_seeds = seeds or spec["seeds"]
+    limit = spec["limit_per_class"] if limit_per_class is None else limit_per_class
+    out = Path(out)
+    emit = progress or (lambda ev: None)
+    params = FeatureParams(**{**spec["features"], "full_clip_s": full_clip_s})
+    emit({"phase": "dataset", "message": f"building the dataset from {data_dir}"})
+
+    def on_build(done: int, total: int, msg: str) -> None:
+        emit({"phase": "dataset", "done": done, "total": total, "message": msg})
+
+    ds_path = build_dataset(data_dir, out / "dataset", params, workers=workers, progress=on_build,
+                            should_stop=should_stop, limit_per_class=limit)
+    dataset = load_dataset(ds_path)
+    config = preset_config(spec["train"], max_epochs=epochs)
+    t0 = time.time()
+    res = run_experiment(ds_path, out / "store", seeds=list(range(n_seeds)), models=models, config=config,
+                         progress=emit, should_stop=should_stop)
+    if res["stopped"]:
+        return {"stopped": True}
+    doc = write_results(out / "store", out / "results", dataset, preset=preset, config=config.to_dict(),
+                        command=command, seconds=time.time() - t0)
+    return doc
+
+
+def _fmt(m: float, s: float) -> str:
+    return "n/a" if m is None or math.isnan(m) else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def write_results(store_path: Path, folder: Path, dataset, *, preset: str, config: dict, command: str | None,
+                  seconds: float | None = None) -> dict[str, Any]:
+    """Tables, paired tests, Figure 4 and the store export of a finished reproduction."""
+    from core.evaluate import mean_sd, paired_test
+    from core.figures import bar_chart_svg
+    from core.store import export_results, results_frame, summary_frame
+
+    folder.mkdir(parents=True, exist_ok=True)
+    df = results_frame(store_path)
+    df = df[df["status"] == "done"].copy()
+    runs = df[["kind", "seed", "level", "split", "accuracy", "macro_f1", "n", "epochs", "best_epoch"]]
+    atomic_write_bytes(folder / "runs.csv", runs.to_csv(index=False).encode("utf-8"))
+    summ = summary_frame(df)
+    atomic_write_bytes(folder / "summary.csv", summ.to_csv(index=False).encode("utf-8"))
+
+    def series(kind: str, level: str, split: str):
+        s = df[(df["kind"] == kind) & (df["level"] == level) & (df["split"] == split)]
+        return s.set_index("seed")["accuracy"]
+
+    tests: dict[str, Any] = {}
+    for split in ("val", "test"):
+        for name, (ka, la), (kb, lb) in [
+            ("track_vs_segment", ("snippet", "track_sum"), ("snippet", "segment")),
+            ("track_vs_full", ("snippet", "track_sum"), ("full", "full")),
+            ("track_vs_linear_track", ("snippet", "track_sum"), ("linear", "track_sum")),
+        ]:
+            a, b = series(ka, la, split), series(kb, lb, split)
+            common = sorted(set(a.index) & set(b.index))
+            if len(common) >= 2:
+                t = paired_test(a.loc[common].to_numpy(), b.loc[common].to_numpy())
+                t["wins"] = int(sum(a.loc[s] > b.loc[s] for s in common))
+                t["seeds"] = [int(s) for s in common]
+                tests[f"{name}/{split}"] = t
+
+    approaches = [("snippet", "segment", "CRNN segment-level"), ("snippet", "track_sum", "CRNN track-level (sum)"),
+                  ("full", "full", "30 s CRNN"), ("linear", "segment", "linear segment-level"),
+                  ("linear", "track_sum", "linear track-level")]
+    approaches = [a for a in approaches if not series(a[0], a[1], "test").empty or not series(a[0], a[1], "val").empty]
+    means = [[mean_sd(series(k, lvl, sp))[0] if not series(k, lvl, sp).empty else None for k, lvl, _ in approaches]
+             for sp in ("val", "test")]
+    sds = [[mean_sd(series(k, lvl, sp))[1] if not series(k, lvl, sp).empty else None for k, lvl, _ in approaches]
+           for sp in ("val", "test")]
+    n_seeds = int(df["seed"].nunique()) if not df.empty else 0
+    counts = dataset.card["counts"]
+    title = f"Segment- vs track-level vs 30 s model: {Path(dataset.card['source']).name}"
+    notes = [f"mean ± SD over {n_seeds} seeds; {len(dataset.classes)} classes; "
+             f"{counts['train']['tracks']}/{counts['val']['tracks']}/{counts['test']['tracks']} train/val/test tracks; "
+             f"preset {preset}",
+             "published (Hilsdorf 2022, full GTZAN): segment 67.3 % best val, track ~ +12 points, 30 s 55.8 ± 4.3 %"]
+    svg = bar_chart_svg(["validation", "test"], [a[2] for a in approaches], means, sds, title=title, notes=notes)
+    atomic_write_bytes(folder / "figure4.svg", svg.encode("utf-8"))
+    export_results(store_path, folder / "export.json")
+    epochs = {f"{r.kind}/seed{r.seed}": {"epochs": int(r.epochs or 0), "best_epoch": int(r.best_epoch or 0)}
+              for r in df.drop_duplicates(["kind", "seed"]).itertuples()}
+    doc = {
+        "dataset": {"source": dataset.card["source"], "classes": dataset.classes, "counts": counts,
+                    "params": dataset.card["params"], "split": dataset.card["split"],
+                    "limit_per_class": dataset.card.get("limit_per_class", 0)},
+        "preset": preset, "config": config, "n_seeds": n_seeds, "epochs_per_run": epochs,
+        "summary": summ.drop(columns=["accuracy", "macro_f1"]).to_dict(orient="records"),
+        "headline": {f"{k}/{lvl}/{sp}": _fmt(*mean_sd(series(k, lvl, sp)))
+                     for k, lvl, _ in approaches for sp in ("val", "test")},
+        "paired_tests": tests, "published": PUBLISHED,
+        "command": command, "commit": git_commit(), "versions": versions(),
+        "wall_seconds": round(seconds, 1) if seconds else None,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(folder / "results.json", doc)
+    return doc
+
+
+def headline_markdown(doc: dict[str, Any]) -> str:
+    """A Markdown table of the headline figures (test and validation, mean ± SD in %)."""
+    rows = ["| approach | validation | test |", "| --- | --- | --- |"]
+    for key, name in [("snippet/segment", "CRNN, segment-level (3 s snippets)"),
+                      ("snippet/track_sum", "CRNN, track-level (sum of window scores)"),
+                      ("snippet/track_vote", "CRNN, track-level (majority vote)"),
+                      ("snippet/track_logprob", "CRNN, track-level (mean log-prob)"),
+                      ("full/full", "30 s CRNN (one prediction per clip)"),
+                      ("linear/segment", "linear baseline, segment-level"),
+                      ("linear/track_sum", "linear baseline, track-level (sum)")]:
+        v, t = doc["headline"].get(f"{key}/val"), doc["headline"].get(f"{key}/test")
+        if v or t:
+            rows.append(f"| {name} | {v or 'n/a'} | {t or 'n/a'} |")
+    return "\n".join(rows)
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "reproduce", help="the article's comparison end to end on a class-folder tree of audio",
+        description="Build the dataset, train the snippet CRNN, the 30 s CRNN and the linear baseline over N "
+                    "seeds, evaluate segment-, track- and full-clip level on the same held-out tracks, write "
+                    "tables (CSV + JSON with paired tests), Figure 4 (SVG) and a store export into OUT/results. "
+                    "Resumable: run the same command again after a stop.")
+    p.add_argument("data_dir", help="source folder: one sub-folder per class")
+    p.add_argument("out", help="output folder (dataset, store, results)")
+    p.add_argument("--preset", choices=sorted(REPRO_PRESETS), default="paper",
+                   help="paper: the article's settings, 10 seeds; tuned: every snippet and Adam 1e-3 (trains "
+                        "well on small data), 5 seeds; fast: smoke run (10 tracks/class, 2 short epochs, 2 seeds)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None, help="max epochs per run (default: the preset's)")
+    p.add_argument("--models", default="snippet,full,linear",
+                   help="comma list of snippet, full, linear (default: all three)")
+    p.add_argument("--full-clip", type=float, default=30.0,
+                   help="seconds the full-clip model sees: the first N s of each track (default 30)")
+    p.add_argument("--limit-per-class", type=int, default=None,
+                   help="use only the first N tracks per class (default: the preset's; 0 = all)")
+    p.add_argument("--workers", type=int, default=None, help="dataset build worker processes")
+    p.set_defaults(func=_cli_reproduce)
+
+
+def _cli_reproduce(a) -> int:
+    from tqdm import tqdm
+
+    from core.dataset import DatasetError
+    from core.experiment import ExperimentError
+    from core.jobs import LockError
+    from core.store import StoreError
+    from core.train import TrainError
+
+    bar: dict[str, Any] = {}
+
+    def progress(ev: dict) -> None:
+        phase = ev.get("phase")
+        if phase != "dataset" and bar.get("dataset"):
+            bar.pop("dataset").close()
+        if phase != "batch" and bar.get("batch"):
+            bar.pop("batch").close()
+            bar.pop("key", None)
+        if phase == "dataset" and "total" in ev:
+            b = bar.setdefault("dataset", tqdm(total=ev["total"], unit="track", desc="dataset", mininterval=0.5))
+            b.update(ev["done"] - b.n)
+        elif phase == "batch":
+            key = (ev.get("model"), ev.get("seed"), ev.get("epoch"))
+            if bar.get("key") != key:
+                if bar.get("batch"):
+                    bar["batch"].close()
+                bar["key"] = key
+                bar["batch"] = tqdm(total=ev.get("n_batches"), unit="batch", mininterval=1.0,
+                                    desc=f"{ev.get('model')} seed {ev.get('seed')} epoch {ev.get('epoch')}")
+            bar["batch"].update(ev["batch"] - bar["batch"].n)
+        elif ev.get("message") and phase != "batch":
+            tqdm.write(f"[{ev.get('model', '-')} seed {ev.get('seed', '-')}] {ev['message']}")
+
+    models = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    cmd = "python -m core reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
+    try:
+        doc = reproduce(a.data_dir, a.out, preset=a.preset, seeds=a.seeds, epochs=a.epochs, models=models,
+                        full_clip_s=a.full_clip, limit_per_class=a.limit_per_class, workers=a.workers,
+                        progress=progress, command=cmd)
+    except (ReproduceError, DatasetError, ExperimentError, StoreError, TrainError, LockError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for b in bar.values():
+            if hasattr(b, "close"):
+                b.close()
+    if doc.get("stopped"):
+        print("stopped; run the same command again to resume.", file=sys.stderr)
+        return 130
+    print(headline_markdown(doc))
+    for name, t in doc["paired_tests"].items():
+        print(f"{name}: mean difference {100 * t['mean_diff']:+.1f} points, wins {t['wins']}/{t['n']}, "
+              f"p = {t['p_ttest']:.4g} (paired t-test)")
+    print(f"results: {Path(a.out) / 'results'}")
+    return 0

@@ -1,0 +1,29 @@
+"""Tiny generated datasets for the experiment-engine tests (models, training, prediction, store, jobs)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+#: small features so a CRNN epoch takes ~1 s on 2 cores: 1 s snippets, 16 mel bands, 6 s full clips
+TINY = dict(n_mels=16, snippet_s=1.0, overlap_s=0.5, max_snippets=0, full_clip_s=6.0, n_fft=1024, hop_length=512)
+
+
+def build_tiny(root: Path, n_classes: int = 3, per_class: int = 5, seconds: float = 6.0) -> Path:
+    """Synthetic class folders + a built snippet dataset under ``root``; returns the dataset folder."""
+    from core.dataset import SplitConfig, build_dataset
+    from core.features import FeatureParams
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(root / "src", n_classes=n_classes, per_class=per_class, seconds=seconds)
+    return build_dataset(src, root / "ds", FeatureParams(**TINY), SplitConfig(0.2, 0.2, 0), workers=1)
+
+
+def run_core(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m core ARGS`` in a subprocess (text output)."""
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=e)

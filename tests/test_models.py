@@ -1,0 +1,79 @@
+"""CRNN architectures: sizes, variable-length input, FLOPs, and a train step under every installed backend."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+
+def test_snippet_crnn_has_about_367k_parameters_and_takes_any_length():
+    from core.models import build_snippet_crnn
+
+    m = build_snippet_crnn(10)
+    assert 350_000 <= m.count_params() <= 450_000
+    assert m.input_shape == (None, None, 100, 1)
+    for frames in (130, 200):  # variable-length inference windows
+        out = m(np.zeros((2, frames, 100, 1), np.float32), training=False)
+        assert tuple(out.shape) == (2, 10)
+        assert np.allclose(np.asarray(out).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_full_crnn_is_about_half_the_size():
+    from core.models import build_full_crnn, build_snippet_crnn
+
+    full = build_full_crnn(10)
+    assert 180_000 <= full.count_params() <= 200_000
+    assert full.count_params() < 0.6 * build_snippet_crnn(10).count_params()
+    assert full.input_shape == (None, 1292, 100, 1)
+
+
+def test_count_flops_matches_hand_count():
+    from core.models import build_snippet_crnn, count_flops, describe
+
+    m = build_snippet_crnn(10)
+    c = count_flops(m, (130, 100))
+    assert c["per_layer"]["block1_conv"] == 130 * 100 * 9 * 1 * 16
+    assert c["per_layer"]["block2_conv"] == 65 * 50 * 9 * 16 * 32
+    assert c["per_layer"]["gru1"] == 16 * 3 * (128 * 192 + 192 * 192)  # 130 frames -> 16 steps
+    assert c["per_layer"]["genre"] == 96 * 10
+    assert 45e6 < c["macs"] < 55e6 and c["flops"] == 2 * c["macs"]
+    assert describe(m, (130, 100))["params"] == m.count_params()
+
+
+def test_too_few_mels_is_a_clear_error():
+    from core.models import build_snippet_crnn
+
+    with pytest.raises(ValueError, match="n_mels"):
+        build_snippet_crnn(4, n_mels=4)
+
+
+_STEP = """
+import numpy as np, keras
+from core.models import build_snippet_crnn, build_full_crnn
+keras.utils.set_random_seed(0)
+for m, x in ((build_snippet_crnn(3, n_mels=16), np.random.rand(4, 24, 16, 1)),
+             (build_full_crnn(3, n_mels=16, frames=128), np.random.rand(4, 128, 16, 1))):
+    m.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
+    y = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    loss = m.train_on_batch(x.astype("float32"), y, return_dict=True)["loss"]
+    assert np.isfinite(loss), loss
+    assert m.predict_on_batch(x.astype("float32")).shape == (4, 3)
+print("OK", keras.backend.backend())
+"""
+
+
+@pytest.mark.parametrize("backend,module", [("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")])
+def test_one_train_step_under_each_installed_backend(backend, module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"Keras backend {backend!r} not installed ({module} is not importable)")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=path)
+    p = subprocess.run([sys.executable, "-c", _STEP], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"OK {backend}" in p.stdout
