@@ -37,3 +37,48 @@ def genre_folder(tmp_path):
     from core.synth import make_dataset_folder
 
     return make_dataset_folder(tmp_path / "src", n_classes=3, per_class=6, seconds=8.0)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory):
+    """The tiny synthetic demo model (core.dashboard_support.train_demo_model), trained once per session
+    (about 20-30 s on two cores): ``<dir>/model.keras`` + ``model_card.json``."""
+    from core.dashboard_support import train_demo_model
+
+    return train_demo_model(tmp_path_factory.mktemp("demo-model") / "synthetic-demo", epochs=4)
+
+
+def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full"), dataset="synth"):
+    """An experiment store written through the store API with made-up but well-formed results (test data:
+    per-run predictions drawn at fixed accuracies, so pages have curves, matrices and tests to show)."""
+    import numpy as np
+
+    from core.evaluate import classification_metrics
+    from core.store import Store, make_run_id
+
+    rng = np.random.default_rng(1)
+    store = Store(path)
+    n = len(classes)
+    target = {"segment": 0.6, "track_sum": 0.72, "track_vote": 0.7, "track_logprob": 0.71, "full": 0.5}
+    for seed in seeds:
+        for kind in kinds:
+            cfg = {"lr": 0.001, "max_epochs": 5}
+            run_id = make_run_id(f"build-{kind}", kind, seed, cfg)
+            store.upsert_run(run_id, f"/data/datasets/{dataset}", f"build-{kind}", kind, seed, cfg, "running")
+            store.add_epochs(run_id, [{"epoch": e, "loss": 1.5 / e, "accuracy": 0.4 + 0.1 * e,
+                                       "val_loss": 1.6 / e + 0.05 * e, "val_accuracy": 0.35 + 0.08 * e,
+                                       "lr": 0.001, "seconds": 1.0, "best": e == 4} for e in range(1, 6)])
+            levels = ["segment", "track_sum", "track_vote", "track_logprob"] if kind == "snippet" else ["full"]
+            results = {}
+            for split in ("val", "test"):
+                for level in levels:
+                    y = np.repeat(np.arange(n), 10)
+                    hit = rng.random(y.size) < target[level] + 0.02 * seed
+                    pred = np.where(hit, y, (y + 1 + rng.integers(0, n - 1, y.size)) % n)
+                    preds = [{"track": f"{classes[t]}/{classes[t]}.{i:05d}.wav", "start_s": 0.0, "true": classes[t],
+                              "pred": classes[p], "scores": [1.0 if j == p else 0.0 for j in range(n)]}
+                             for i, (t, p) in enumerate(zip(y, pred))]
+                    results[(level, split)] = {"metrics": classification_metrics(y, pred, classes),
+                                               "predictions": preds}
+            store.write_evaluation(run_id, results, "done")
+    return store
