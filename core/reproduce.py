@@ -86,6 +86,7 @@ def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: st
     from core.experiment import preset_config, run_experiment
     from core.features import FeatureParams
 
+    commit = git_commit()  # the code that produces the results: recorded now, not when they are written
     if preset not in REPRO_PRESETS:
         raise ReproduceError(f"unknown preset {preset!r} (use one of {', '.join(REPRO_PRESETS)})")
     spec = REPRO_PRESETS[preset]
@@ -109,7 +110,7 @@ def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: st
     if res["stopped"]:
         return {"stopped": True}
     doc = write_results(out / "store", out / "results", dataset, preset=preset, config=config.to_dict(),
-                        command=command, seconds=time.time() - t0)
+                        command=command, seconds=time.time() - t0, commit=commit)
     return doc
 
 
@@ -118,7 +119,7 @@ def _fmt(m: float, s: float) -> str:
 
 
 def write_results(store_path: Path, folder: Path, dataset, *, preset: str, config: dict, command: str | None,
-                  seconds: float | None = None) -> dict[str, Any]:
+                  seconds: float | None = None, commit: str | None = None) -> dict[str, Any]:
     """Tables, paired tests, Figure 4 and the store export of a finished reproduction."""
     from core.evaluate import mean_sd, paired_test
     from core.figures import bar_chart_svg
@@ -180,7 +181,7 @@ def write_results(store_path: Path, folder: Path, dataset, *, preset: str, confi
         "headline": {f"{k}/{lvl}/{sp}": _fmt(*mean_sd(series(k, lvl, sp)))
                      for k, lvl, _ in approaches for sp in ("val", "test")},
         "paired_tests": tests, "published": PUBLISHED,
-        "command": command, "commit": git_commit(), "versions": versions(),
+        "command": command, "commit": commit or git_commit(), "versions": versions(),
         "wall_seconds": round(seconds, 1) if seconds else None,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
