@@ -249,8 +249,9 @@ def _cli_reproduce(a) -> int:
             bar.pop("batch").close()
             bar.pop("key", None)
         if phase == "dataset" and "total" in ev:
-            b = bar.setdefault("dataset", tqdm(total=ev["total"], unit="track", desc="dataset", mininterval=0.5))
-            b.update(ev["done"] - b.n)
+            if "dataset" not in bar:
+                bar["dataset"] = tqdm(total=ev["total"], unit="track", desc="dataset", mininterval=0.5)
+            bar["dataset"].update(ev["done"] - bar["dataset"].n)
         elif phase == "batch":
             key = (ev.get("model"), ev.get("seed"), ev.get("epoch"))
             if bar.get("key") != key:
