@@ -13,6 +13,7 @@ domain: scaling a waveform by ``g`` adds ``20 log10 g`` dB to each of its mel bi
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -127,12 +128,24 @@ def mel_power(y: np.ndarray, params: FeatureParams) -> np.ndarray:
     zero padding, Hann window, power 2), transposed.
     """
     import librosa
+    import scipy.fft
 
     y = np.ascontiguousarray(y, dtype=np.float32)
-    stft = librosa.stft(y, n_fft=params.n_fft, hop_length=params.hop_length, center=True, pad_mode="constant")
+    with scipy.fft.set_workers(_fft_workers(y.size, params.sample_rate)):
+        stft = librosa.stft(y, n_fft=params.n_fft, hop_length=params.hop_length, center=True, pad_mode="constant")
     power = stft.real**2 + stft.imag**2
     mel = _mel_basis(params.sample_rate, params.n_fft, params.n_mels) @ power
     return np.ascontiguousarray(np.asarray(mel, dtype=np.float32).T)
+
+
+def _fft_workers(n_samples: int, sr: int) -> int:
+    """Threads for the FFT: all cores for signals over 20 s in a main process (inference on a long track),
+    one inside pool workers (the dataset build already runs one process per core)."""
+    import multiprocessing
+
+    if n_samples < 20 * sr or multiprocessing.current_process().name != "MainProcess":
+        return 1
+    return max(1, os.cpu_count() or 1)
 
 
 def to_db(power: np.ndarray) -> np.ndarray:
