@@ -263,6 +263,15 @@ def _process_star(args: tuple) -> dict:
     return process_track(*args)
 
 
+def _worker_init() -> None:
+    """Pool workers die on SIGTERM/SIGINT like any process: a handler inherited from a parent (a job's stop
+    flag) would otherwise keep ``Pool.terminate()`` from ending them. The parent handles Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _pool_context():
     """``fork`` after warming librosa up in this process (workers start in milliseconds, not seconds),
     unless a threaded ML framework is loaded here, where forking is unsafe: then ``spawn``."""
@@ -384,7 +393,7 @@ def build_dataset(
                     progress(done, total, rec["path"])
         else:
             ctx = _pool_context()
-            pool = ctx.Pool(n_workers, maxtasksperchild=200)
+            pool = ctx.Pool(n_workers, initializer=_worker_init, maxtasksperchild=200)
             try:
                 for rec in pool.imap_unordered(_process_star, todo, chunksize=1):
                     records[rec["path"]] = rec

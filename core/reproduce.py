@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -170,7 +171,10 @@ def write_results(store_path: Path, folder: Path, dataset, *, preset: str, confi
     svg = bar_chart_svg(["validation", "test"], [a[2] for a in approaches], means, sds, title=title, notes=notes)
     atomic_write_bytes(folder / "figure4.svg", svg.encode("utf-8"))
     export_results(store_path, folder / "export.json")
-    epochs = {f"{r.kind}/seed{r.seed}": {"epochs": int(r.epochs or 0), "best_epoch": int(r.best_epoch or 0)}
+    def _int(x) -> int:
+        return 0 if x is None or (isinstance(x, float) and math.isnan(x)) else int(x)
+
+    epochs = {f"{r.kind}/seed{r.seed}": {"epochs": _int(r.epochs), "best_epoch": _int(r.best_epoch)}
               for r in df.drop_duplicates(["kind", "seed"]).itertuples()}
     doc = {
         "dataset": {"source": dataset.card["source"], "classes": dataset.classes, "counts": counts,
@@ -286,7 +290,8 @@ def _cli_reproduce(a) -> int:
                 bar["batch"] = tqdm(total=ev.get("n_batches"), unit="batch", mininterval=1.0,
                                     desc=f"{ev.get('model')} seed {ev.get('seed')} epoch {ev.get('epoch')}")
             bar["batch"].update(ev["batch"] - bar["batch"].n)
-        elif ev.get("message") and phase != "batch":
+        elif ev.get("message") and phase != "batch" and not re.match(r"full-clip dataset \d+/\d+: (?!done)",
+                                                                      ev["message"]):
             tqdm.write(f"[{ev.get('model', '-')} seed {ev.get('seed', '-')}] {ev['message']}")
 
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
@@ -307,8 +312,9 @@ def _cli_reproduce(a) -> int:
         return 130
     print(headline_markdown(doc))
     for name, t in doc["paired_tests"].items():
+        p = "n/a (no variance across seeds)" if math.isnan(t["p_ttest"]) else f"{t['p_ttest']:.4g}"
         print(f"{name}: mean difference {100 * t['mean_diff']:+.1f} points, wins {t['wins']}/{t['n']}, "
-              f"p = {t['p_ttest']:.4g} (paired t-test)")
+              f"p = {p} (paired t-test)")
     print(f"results: {Path(a.out) / 'results'}")
     return 0
 

@@ -1,0 +1,384 @@
+"""Experiment: train the snippet and 30 s CRNNs over seeds in the background; compare the results with the
+published figures."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.dashboard_support import (experiment_groups, experiment_plan, experiment_progress, home_dir, list_datasets,
+                                    paired_sentence)
+from core.jobs import EVENTS_NAME, open_job, read_events
+from core.reproduce import PUBLISHED
+from ui.charts import aggregation_figure, confusion_figure, curves_figure, headline_figure
+from ui.common import guarded, show_error
+from ui.state import (local_results, reference_files, reference_results, results_csv, results_json, run_epochs,
+                      run_metrics_extra, store_path, store_stamp)
+
+KIND_NAMES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
+LEVEL_NAMES = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
+               "track_logprob": "track (log-prob)", "full": "30 s clip"}
+PRESET_HELP = {"paper": "the article: Adam 1e-4, batch 32, up to 50 epochs, early stopping (patience 10)",
+               "tuned": "what trains well on CPU: Adam 1e-3, up to 40 epochs, patience 8",
+               "fast": "a smoke run: 2 short epochs (20 batches each) per model"}
+PRESET_EPOCHS = {"paper": 50, "tuned": 40, "fast": 2}
+
+
+def job_dir() -> Path:
+    return home_dir("jobs") / "experiment"
+
+
+def current_job():
+    d = job_dir()
+    if not (d / "job.json").is_file():
+        return None
+    try:
+        return open_job(d)
+    except (ValueError, KeyError, OSError):
+        return None
+
+
+def start_experiment(args: list[str]) -> None:
+    from core.jobs import start_job
+
+    d = job_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / EVENTS_NAME).exists():  # this run's events only
+        os.replace(d / EVENTS_NAME, d / f"{EVENTS_NAME}.prev")
+    start_job(args, d, store=store_path())
+
+
+def _stop() -> None:
+    job = current_job()
+    if job is not None:
+        job.stop()
+    st.session_state["exp_stopping"] = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. run
+# ---------------------------------------------------------------------------------------------------------
+def run_section() -> None:
+    st.subheader("Run an experiment", divider="gray")
+    job = current_job()
+    if job is not None and job.alive():
+        live_progress()
+        return
+    if job is not None:
+        last_outcome(job)
+    datasets = [d for d in list_datasets() if d["complete"] and d["card"]["params"].get("mode") != "full"]
+    if not datasets:
+        st.info("Build a snippet dataset on the Data page first; experiments train on it.", icon=":material/info:")
+        st.page_link("app_pages/1_data.py", label="Go to the Data page", icon=":material/library_music:")
+        return
+    with st.form("exp_form"):
+        c = st.columns([2, 1, 1])
+        ds_path = c[0].selectbox("Dataset", [d["path"] for d in datasets], format_func=lambda p: Path(p).name,
+                                 key="exp_dataset",
+                                 help="Snippet datasets of the data folder. The 30 s model's full-clip dataset is "
+                                      "derived from the same tracks and split automatically.")
+        seeds = c[1].number_input("Seeds", 1, 30, 3, key="exp_seeds",
+                                  help="Each seed trains every chosen model once (seeds 0, 1, ...). "
+                                       "The article used 10.")
+        preset = c[2].selectbox("Settings", list(PRESET_HELP), key="exp_preset",
+                                help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
+        c = st.columns([2, 1, 1])
+        models = c[0].multiselect("Models", ["snippet", "full"], default=["snippet", "full"], key="exp_models",
+                                  format_func=lambda m: {"snippet": "snippet CRNN (3 s, votes)",
+                                                         "full": "30 s CRNN (whole clip)"}[m])
+        epochs = c[1].number_input("Max epochs", 1, 500, None, placeholder="preset's", key="exp_epochs",
+                                   help="Empty = the preset's (paper 50, tuned 40, fast 2). Early stopping may end a "
+                                        "run sooner.")
+        c[2].caption(f"Results go to `{store_path()}`. Finished runs are skipped, stopped ones resume.")
+        go = st.form_submit_button("Start in the background", type="primary", icon=":material/play_arrow:")
+    if not go:
+        return
+    if not models:
+        st.error("Choose at least one model.", icon=":material/error:")
+        return
+    args = ["run-experiment", ds_path, "--store", str(store_path()), "--seeds", str(int(seeds)),
+            "--models", ",".join(models), "--preset", preset]
+    if epochs:
+        args += ["--epochs", str(int(epochs))]
+    try:
+        start_experiment(args)
+    except Exception as exc:  # noqa: BLE001 - LockError and friends carry a message for the user
+        show_error(exc, "could not start the experiment")
+        return
+    st.session_state.pop("exp_stopping", None)
+    st.rerun()
+
+
+def _job_args(job) -> list[str]:
+    """The ``python -m core ...`` arguments of a job, without its event and stop-file options."""
+    cmd = list(job.command)
+    args = cmd[cmd.index("core") + 1:] if "core" in cmd else []
+    for flag in ("--events", "--stop-file"):
+        if flag in args:
+            i = args.index(flag)
+            del args[i:i + 2]
+    return args
+
+
+def _resume() -> None:
+    job = current_job()
+    if job is None:
+        return
+    try:
+        start_experiment(_job_args(job))
+    except Exception as exc:  # noqa: BLE001
+        st.session_state["exp_resume_error"] = str(exc)
+    st.session_state.pop("exp_stopping", None)
+
+
+def last_outcome(job) -> None:
+    st_ = job.state()
+    state, msg = st_.get("state"), st_.get("message", "")
+    plan = experiment_plan(job.command)
+    what = f"{Path(plan['dataset']).name}, {len(plan['seeds'])} seeds × {', '.join(plan['models'])}"
+    if state == "done":
+        st.success(f"Last experiment finished ({what}).", icon=":material/check_circle:")
+    elif state == "stopped":
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        c1.warning(f"The last experiment ({what}) was stopped. Resume it to continue where it stopped: "
+                   "finished runs are kept, the current one continues from its last epoch.",
+                   icon=":material/pause_circle:")
+        c2.button("Resume", icon=":material/play_arrow:", on_click=_resume, key="exp_resume")
+    elif state in ("failed", "died"):
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        c1.error(f"The last experiment ({what}) failed: {msg}", icon=":material/error:")
+        c2.button("Try again", icon=":material/refresh:", on_click=_resume, key="exp_resume")
+    err = st.session_state.pop("exp_resume_error", None)
+    if err:
+        st.error(f"Could not start it again: {err}", icon=":material/error:")
+
+
+@st.fragment(run_every=1.5)
+@guarded("experiment progress")
+def live_progress() -> None:
+    job = current_job()
+    if job is None or not job.alive():
+        st.session_state.pop("exp_stopping", None)
+        st.rerun(scope="app")
+        return
+    plan = experiment_plan(job.command)
+    events, _ = read_events(job.events_path)
+    prog = experiment_progress(events, plan["n_runs"])
+    seen = st.session_state.get("exp_seen_done")
+    st.session_state["exp_seen_done"] = prog["n_done"]
+    if seen is not None and prog["n_done"] != seen:
+        st.rerun(scope="app")  # a run finished: refresh the results below
+    stopping = st.session_state.get("exp_stopping")
+    head = f"Experiment on **{Path(plan['dataset']).name}**: {plan['n_runs']} runs " \
+           f"({len(plan['seeds'])} seeds × {', '.join(KIND_NAMES.get(m, m) for m in plan['models'])})"
+    st.markdown(head)
+    n_runs = max(plan["n_runs"], 1)
+    st.progress(min(prog["n_done"] / n_runs, 1.0), text=f"runs finished: {prog['n_done']} of {plan['n_runs']}")
+    if prog["run"]:
+        ep, mx = prog["epoch"], prog["max_epochs"]
+        what = f"{KIND_NAMES.get(prog['model'], prog['model'])}, seed {prog['seed']}"
+        if prog["phase"] == "evaluate":
+            st.progress(1.0, text=f"{what}: evaluating ...")
+        elif prog["n_batches"]:
+            of_max = f" of max {mx}" if mx else ""
+            st.progress(min(prog["batch"] / prog["n_batches"], 1.0),
+                        text=f"{what}: epoch {ep}{of_max}, batch {prog['batch']}/{prog['n_batches']}")
+        else:
+            st.progress(0.0, text=f"{what}: {prog['messages'][-1] if prog['messages'] else 'starting'}")
+    else:
+        st.progress(0.0, text=prog["messages"][-1] if prog["messages"] else "starting ...")
+    if prog["curves"]:
+        st.plotly_chart(curves_figure({f"seed {prog['seed']}": prog["curves"]}), key="exp_live_curves",
+                        config={"displayModeBar": False})
+    c1, c2 = st.columns([1, 3])
+    c1.button("Stop", icon=":material/stop_circle:", on_click=_stop, disabled=bool(stopping),
+              help="Stops after the current batch; every run stays resumable: start the same experiment again.")
+    if stopping:
+        c2.caption("Stopping after the current batch ...")
+    with st.expander("Recent messages"):
+        st.text("\n".join(prog["messages"]) or "(none yet)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. results
+# ---------------------------------------------------------------------------------------------------------
+def results_section() -> None:
+    st.subheader("Results", divider="gray")
+    try:
+        local = local_results()
+    except Exception as exc:  # noqa: BLE001 - e.g. a store written by a newer version
+        show_error(exc, "the experiment store cannot be read")
+        local = None
+    refs = reference_files()
+    sources: list[tuple[str, str]] = []
+    if local is not None and len(local["results"]):
+        sources.append(("local", f"this lab's experiments ({local['results']['run_id'].nunique()} runs)"))
+    for p in refs:
+        sources.append((str(p), f"reference results shipped with the project ({p.name})"))
+    if not sources:
+        st.info("No experiment has been run here yet, and no reference results are shipped with the project yet. "
+                "Run an experiment above: its results appear here as each run finishes.", icon=":material/info:")
+        return
+    key = sources[0][0]
+    if len(sources) > 1:
+        key = st.radio("Show", [k for k, _ in sources], format_func=dict(sources).get, horizontal=True,
+                       key="exp_source")
+    else:
+        st.caption(f"Showing {sources[0][1]}.")
+    if key == "local":
+        store, res, label = str(store_path()), local, "this lab"
+    else:
+        try:
+            store, res = reference_results(Path(key))
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, f"the reference results {Path(key).name} cannot be read")
+            return
+        label = "reference"
+        st.info("Reference results: produced on real music by the project (see results/reference/); "
+                "the published figures are the article's.", icon=":material/verified:")
+    show_results(store, res, label)
+
+
+def show_results(store: str, res: dict, label: str) -> None:
+    from core.store import summary_frame
+
+    df = res["results"]
+    groups = [g for g in experiment_groups(res["runs"]) if set(g["run_ids"]) & set(df["run_id"])]
+    if len(groups) > 1:
+        key = st.selectbox("Experiment", [g["key"] for g in groups], key=f"exp_group:{store}",
+                           format_func=lambda k: next(g["label"] for g in groups if g["key"] == k),
+                           help="Runs on the same dataset with the same training settings form one experiment; "
+                                "results are never averaged across experiments.")
+        ids = set(next(g for g in groups if g["key"] == key)["run_ids"])
+        df = df[df["run_id"].isin(ids)].reset_index(drop=True)
+        res = {**res, "runs": [r for r in res["runs"] if r["id"] in ids]}
+        summary = summary_frame(df)
+    else:
+        summary = res["summary"]
+    stamp = store_stamp(Path(store))
+    n_seeds = int(df["seed"].nunique())
+    st.markdown(f"#### Segment vs track vs 30 s: mean ± SD over {n_seeds} seed{'s' if n_seeds != 1 else ''}")
+    st.plotly_chart(headline_figure(summary, PUBLISHED, label), key="exp_headline", config={"displayModeBar": False})
+    st.caption(f"Grey hatched bars: published (Hilsdorf 2022, full GTZAN): segment {PUBLISHED['segment_best_val']:.1%} "
+               f"best validation accuracy, track level about +{PUBLISHED['track_gain_points']:g} points, 30 s model "
+               f"{PUBLISHED['full_mean']:.1%} ± {PUBLISHED['full_sd']:.1%}. Error bars: one standard deviation over "
+               "seeds. Our numbers depend on the dataset you built; compare them with the published ones only on "
+               "full GTZAN.")
+    for split in ("test", "val"):
+        s = paired_sentence(df, "track_sum", "segment", split)
+        if s:
+            st.markdown(f"**{'Test' if split == 'test' else 'Validation'}:** {s['text']}")
+
+    tab_seed, tab_curves, tab_cm, tab_agg = st.tabs(["Per seed", "Learning curves", "Confusion matrix",
+                                                     "Aggregation"])
+    with tab_seed:
+        table = per_seed_table(df, res["runs"])
+        st.dataframe(table, hide_index=True, width="stretch", column_config={
+            c: st.column_config.NumberColumn(c, format="%.1f %%") for c in table.columns if " · " in c})
+        st.caption("Accuracy in % per seed: val = validation split, test = test split.")
+        c1, c2 = st.columns(2)
+        c1.download_button("Download results (CSV)", results_csv(store, stamp), file_name="genre-lab-results.csv",
+                           mime="text/csv", icon=":material/download:")
+        c2.download_button("Download full export (JSON)", results_json(store, stamp),
+                           file_name="genre-lab-results.json", mime="application/json", icon=":material/download:",
+                           help="The store's export format: core.store.import_results reads it into another store.")
+    runs = [r for r in res["runs"] if r["id"] in set(df["run_id"]) or r["status"] != "done"]
+    with tab_curves:
+        kinds = sorted({r["kind"] for r in runs}, key=lambda k: list(KIND_NAMES).index(k) if k in KIND_NAMES else 9)
+        if kinds:
+            kind = st.segmented_control("Model", kinds, default=kinds[0], format_func=lambda k: KIND_NAMES.get(k, k),
+                                        key="exp_curves_kind") or kinds[0]
+            hist = {f"seed {r['seed']}": run_epochs(store, stamp, r["id"]) for r in runs if r["kind"] == kind}
+            hist = {k: v for k, v in hist.items() if v}
+            if hist:
+                st.plotly_chart(curves_figure(hist), key="exp_curves", config={"displayModeBar": False})
+            else:
+                st.caption("No per-epoch history recorded for these runs.")
+    with tab_cm:
+        confusion_tab(store, stamp, df)
+    with tab_agg:
+        if ((summary["kind"] == "snippet") & summary["level"].str.startswith("track")).any():
+            st.plotly_chart(aggregation_figure(summary), key="exp_agg", config={"displayModeBar": False})
+            st.caption("Three ways to turn window scores into a track's class: sum of scores (the article), "
+                       "majority vote of the windows' top classes, mean log-probability.")
+            for split in ("test", "val"):
+                for other in ("track_vote", "track_logprob"):
+                    s = paired_sentence(df, "track_sum", other, split)
+                    if s and s["n"] > 1:
+                        st.markdown(f"- {'Test' if split == 'test' else 'Validation'}: {s['text']}")
+        else:
+            st.caption("No track-level results yet.")
+
+
+SHORT = {("snippet", "segment"): "segment", ("snippet", "track_sum"): "track (sum)",
+         ("snippet", "track_vote"): "track (vote)", ("snippet", "track_logprob"): "track (log-prob)",
+         ("full", "full"): "30 s model", ("linear", "segment"): "linear, segment", ("linear", "track_sum"):
+         "linear, track (sum)"}
+
+
+def per_seed_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
+    """Accuracy per seed (rows) and approach x split (columns), in %."""
+    if df.empty:
+        return df
+    d = df.copy()
+    d["column"] = [f"{SHORT.get((k, lvl), f'{k} {lvl}')} · {sp}" for k, lvl, sp in zip(d["kind"], d["level"],
+                                                                                       d["split"])]
+    t = d.pivot_table(index="seed", columns="column", values="accuracy", aggfunc="first")
+    order = [f"{name} · {sp}" for sp in ("val", "test") for name in SHORT.values()]
+    t = t[[c for c in order if c in t.columns] + [c for c in t.columns if c not in order]] * 100
+    epochs: dict[int, list[str]] = {}
+    for r in runs:
+        epochs.setdefault(r["seed"], []).append(f"{KIND_NAMES.get(r['kind'], r['kind'])} {r['epochs']} "
+                                               f"(best {r['best_epoch'] or '–'})")
+    t["epochs"] = [", ".join(sorted(epochs.get(s, []))) for s in t.index]
+    return t.reset_index()
+
+
+def confusion_tab(store: str, stamp: float, df: pd.DataFrame) -> None:
+    if df.empty:
+        return
+    c = st.columns(3)
+    combos = df[["kind", "level"]].drop_duplicates().itertuples(index=False)
+    combos = [(k, lvl) for k, lvl in combos]
+    combo = c[0].selectbox("Model and level", combos, key="exp_cm_level",
+                           format_func=lambda kl: f"{KIND_NAMES.get(kl[0], kl[0])} · {LEVEL_NAMES.get(kl[1], kl[1])}")
+    split = c[1].selectbox("Split", ["test", "val"], key="exp_cm_split")
+    sub = df[(df["kind"] == combo[0]) & (df["level"] == combo[1]) & (df["split"] == split)]
+    if sub.empty:
+        st.caption("No results for this combination.")
+        return
+    seeds = ["all seeds (summed)"] + [int(s) for s in sorted(sub["seed"].unique())]
+    seed = c[2].selectbox("Seed", seeds, key="exp_cm_seed")
+    chosen = sub if isinstance(seed, str) else sub[sub["seed"] == seed]
+    total, classes = None, None
+    for run_id in chosen["run_id"]:
+        extra = run_metrics_extra(store, stamp, run_id, combo[1], split)
+        if not extra or "confusion" not in extra:
+            continue
+        import numpy as np
+
+        m = np.asarray(extra["confusion"])
+        total = m if total is None else total + m
+        classes = extra.get("classes")
+    if total is None:
+        st.caption("No confusion matrix stored for these runs.")
+        return
+    acc = float(np.trace(total) / total.sum()) if total.sum() else 0.0
+    st.plotly_chart(confusion_figure(total, classes or [str(i) for i in range(len(total))],
+                                     title=f"accuracy {acc:.1%} on {int(total.sum())} items"),
+                    key="exp_cm", config={"displayModeBar": False})
+
+
+# ---------------------------------------------------------------------------------------------------------
+@guarded()
+def main() -> None:
+    st.title("Experiment")
+    st.write("Does voting over 3-second snippets beat single snippets and a model that hears the whole 30 s? "
+             "Train both CRNNs over several seeds and see, with the spread.")
+    run_section()
+    results_section()
+
+
+main()

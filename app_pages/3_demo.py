@@ -1,0 +1,277 @@
+"""Demo: classify a clip of any length with any available model and watch every window vote."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import streamlit as st
+
+from core.dashboard_jobs import start as start_job
+from core.dashboard_support import (DEMO_MODEL_NAME, MAX_CLIP_BYTES, MAX_CLIP_SECONDS, UPLOAD_AUDIO_EXTENSIONS,
+                                    UploadError, classify_clip, decode_clip, demo_clip_wav, digest, home_dir,
+                                    slice_wav)
+from core.predictor import AGGREGATIONS
+from ui.charts import vote_figure
+from ui.common import guarded, show_error
+from ui.jobs_view import job_panel, job_running
+from ui.state import available_models, get_predictor, model_stamp
+
+AGG_LABELS = {"sum": "sum of scores (article)", "vote": "majority vote", "logprob": "mean log-probability"}
+AGG_AXIS = {"sum": "sum of scores", "vote": "votes (windows won)", "logprob": "mean log-probability"}
+RECORD_RATES = {8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000}  # what st.audio_input accepts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cached work
+# ---------------------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _decoded(clip_hash: str, _data: bytes, name: str, sr: int):
+    """Decoded clip at the model's rate (kept without copying; a few clips at most)."""
+    return decode_clip(_data, name, sr)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _classify(model_path: str, stamp: float, clip_hash: str, _data: bytes, name: str, window_s: float | None,
+              hop_s: float):
+    """Window scores of a clip (aggregation is applied afterwards: it needs no new inference)."""
+    pred = get_predictor(model_path, stamp)
+    clip = _decoded(clip_hash, _data, name, pred.sample_rate)
+    return classify_clip(pred, clip, window_s, hop_s, "sum")
+
+
+@st.cache_data(show_spinner=False)
+def _example_clip(label_index: int, seconds: float, sr: int) -> bytes:
+    return demo_clip_wav(label_index, seconds, sr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pieces of the page
+# ---------------------------------------------------------------------------------------------------------
+def no_model() -> None:
+    models_dir = home_dir("models")
+    job_dir = home_dir("jobs") / "demo-model"
+    st.info("No model is available yet. The demo needs a trained model; here is how to get one.",
+            icon=":material/info:")
+    c1, c2 = st.columns(2, border=True)
+    with c1:
+        st.markdown("**Quick: a tiny demo model, trained here**")
+        st.write("About half a minute on two cores. It learns to tell the generated test sounds apart "
+                 "(not music), which is enough to see how the window votes work.")
+        running = job_running(job_dir)
+        if st.button("Train the demo model", type="primary", disabled=running, icon=":material/model_training:"):
+            try:
+                start_job(["demo-model", str(models_dir / DEMO_MODEL_NAME)], job_dir)
+                st.rerun()
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc, "could not start the training")
+        job_panel(job_dir, "Demo model", "demo-model")
+    with c2:
+        st.markdown("**Real: a genre model**")
+        st.write("Run an experiment on the **Experiment** page: every finished run appears here. "
+                 "Or copy a model folder (a `.keras` file with its `model_card.json`) into "
+                 f"`{models_dir}/<name>/`.")
+        st.page_link("app_pages/2_experiment.py", label="Go to the Experiment page", icon=":material/science:")
+
+
+def model_card_view(card: dict) -> None:
+    p = card.get("params", {})
+    kind = "snippet CRNN (votes over windows)" if card.get("kind") == "snippet" else "30 s CRNN (one look at the clip)"
+    facts = {
+        "model": kind,
+        "classes": ", ".join(card.get("classes", [])),
+        "trained on": card.get("trained_on") or card.get("dataset") or "–",
+        "window": f"{p.get('snippet_s', '–')} s snippets" if card.get("kind") == "snippet"
+        else f"first {p.get('full_clip_s', 30)} s",
+        "features": f"{p.get('n_mels')} mel bands, {p.get('sample_rate')} Hz, "
+                    f"FFT {p.get('n_fft')}, hop {p.get('hop_length')}",
+        "scaling": card.get("norm_method", "–"),
+    }
+    if card.get("seed") is not None:
+        facts["seed"] = str(card["seed"])
+    if card.get("n_params"):
+        facts["parameters"] = f"{card['n_params']:,}"
+    for k, v in (card.get("metrics") or {}).items():
+        if isinstance(v, float):
+            facts[k.replace("_", " ")] = f"{v:.1%}" if v <= 1 else f"{v:.3g}"
+        elif v is not None:
+            facts[k.replace("_", " ")] = str(v)
+    if card.get("description"):
+        st.caption(card["description"])
+    st.dataframe({"": list(facts.keys()), " ": list(facts.values())}, hide_index=True, width="stretch")
+    with st.popover("Full model card (JSON)"):
+        slim = {k: v for k, v in card.items() if k not in ("norm", "config")}
+        st.json(slim, expanded=1)
+
+
+def pick_input(sr: int):
+    """``(name, bytes)`` of the chosen clip, or None."""
+    source = st.segmented_control("Input", ["Upload a file", "Record", "Generated example"], default="Upload a file",
+                                  key="demo_source", label_visibility="collapsed")
+    if source == "Record":
+        rate = sr if sr in RECORD_RATES else 44100
+        rec = st.audio_input("Record a clip with your microphone", sample_rate=rate, key="demo_record")
+        then = ", the rate this model was trained on." if rate == sr else f" and then to the model's {sr:,} Hz."
+        st.caption(f"Your browser records at its own rate; the recording is resampled to {rate:,} Hz{then}")
+        if rec is not None:
+            return "recording.wav", rec.getvalue()
+        return None
+    if source == "Generated example":
+        st.caption("A generated test sound (core.synth): handy with the synthetic demo model, or to see what a "
+                   "music model makes of a non-musical sound.")
+        c1, c2 = st.columns(2)
+        from core.synth import CLASS_NAMES
+
+        label = c1.selectbox("Sound", range(len(CLASS_NAMES)), format_func=lambda i: CLASS_NAMES[i], index=1)
+        secs = c2.slider("Length (s)", 1.0, 60.0, 12.0, 1.0)
+        return f"example-{CLASS_NAMES[label]}.wav", _example_clip(int(label), float(secs), sr)
+    up = st.file_uploader(
+        "Audio file (any length)", key="demo_upload",
+        type=["audio/*"] + list(UPLOAD_AUDIO_EXTENSIONS),
+        help=f"{', '.join(e.lstrip('.') for e in UPLOAD_AUDIO_EXTENSIONS)}; up to {MAX_CLIP_BYTES / 1e6:.0f} MB. "
+             f"Only the first {MAX_CLIP_SECONDS / 60:g} minutes of longer files are used.")
+    if up is None:
+        return None
+    if up.size > MAX_CLIP_BYTES:  # before reading the bytes into the app
+        raise UploadError(f"“{up.name}” is {up.size / 1e6:.0f} MB; the limit is {MAX_CLIP_BYTES / 1e6:.0f} MB. "
+                          "Cut the part you want to classify (a minute is plenty) and upload that")
+    return up.name, up.getvalue()
+
+
+def settings(card: dict) -> tuple[float | None, float, str]:
+    p = card.get("params", {})
+    snippet = float(p.get("snippet_s", 3.0))
+    full = card.get("kind") == "full"
+    with st.expander("Inference settings", icon=":material/tune:"):
+        if full:
+            st.caption(f"A 30 s model looks once at the first {p.get('full_clip_s', 30):g} s; "
+                       "window and hop do not apply.")
+        c1, c2, c3 = st.columns(3)
+        window = c1.slider("Window (s)", 1.0, 10.0, snippet, 0.5, disabled=full, key="demo_window_s",
+                           help=f"Length of each window. The model was trained on {snippet:g} s snippets (the "
+                                "article's setting); other lengths work but are outside its training.")
+        hop = c2.slider("Hop (s)", 0.25, 5.0, 1.0, 0.25, disabled=full, key="demo_hop_s",
+                        help="Step between window starts. 1 s (the default) means 3 s windows overlap by 2 s.")
+        agg = c3.selectbox("Aggregation", AGGREGATIONS, format_func=AGG_LABELS.get, key="demo_agg",
+                           help="How window scores become one answer: summed scores (the article), a majority "
+                                "vote of the windows' top classes, or the mean log-probability.")
+    return (None if full or abs(window - snippet) < 1e-9 else window), hop, agg
+
+
+def _chart_selection(key: str) -> int | None:
+    """Window index clicked in the vote chart (class columns or running-total lines), if any."""
+    state = st.session_state.get(key)
+    try:
+        points = state["selection"]["points"] if state else []
+    except (KeyError, TypeError):
+        return None
+    n_classes = st.session_state.get(f"_classes:{key}", 0)
+    for pt in points or []:
+        idx = pt.get("point_index", pt.get("point_number"))
+        curve = pt.get("curve_number")
+        # traces 0..C-1: window columns, C..2C-1: running totals (both indexed by window); 2C: the totals bar
+        if idx is not None and (curve is None or curve < 2 * n_classes):
+            return int(idx)
+    return None
+
+
+def show_result(res, clip, hop_s: float, clip_hash: str) -> None:
+    n = res.n_windows
+    c = st.columns(4)
+    c[0].metric("Predicted genre", res.predicted)
+    share_label = {"sum": "Share of the votes", "vote": "Windows won", "logprob": "Confidence"}[res.aggregation]
+    c[1].metric(share_label, f"{res.score:.0%}")
+    c[2].metric("Windows", f"{n}", help="Windows scored by the model")
+    c[3].metric("Clip length", f"{res.duration_s:.1f} s")
+    for note in res.notes:
+        st.info(note, icon=":material/info:")
+
+    chart_key = f"votes:{clip_hash[:12]}:{n}"
+    st.session_state[f"_classes:{chart_key}"] = len(res.classes)
+    slider_key = f"window:{clip_hash[:12]}:{n}"
+    if slider_key not in st.session_state:  # start on the most typical window of the predicted class
+        st.session_state[slider_key] = int(np.argmax(res.window_scores[:, res.predicted_index]))
+    clicked = _chart_selection(chart_key)
+    changed = False
+    if clicked is not None and 0 <= clicked < n and clicked != st.session_state.get(f"_last:{chart_key}"):
+        st.session_state[f"_last:{chart_key}"] = clicked
+        st.session_state[slider_key] = clicked
+        changed = True
+    sel = int(st.session_state[slider_key])
+    fig = vote_figure(res.classes, res.window_scores, res.starts, res.ends, hop_s, selected=sel,
+                      aggregated=res.aggregated, aggregation_label=AGG_AXIS[res.aggregation])
+    st.plotly_chart(fig, key=chart_key, on_select="rerun", selection_mode="points",
+                    config={"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]})
+    if n > 1:
+        st.select_slider("Window to play", options=list(range(n)), key=slider_key,
+                         format_func=lambda i: f"{i + 1}: {res.starts[i]:.1f}–{res.ends[i]:.1f} s")
+    a, b = float(res.starts[sel]), float(res.ends[sel])
+    top = res.classes[int(np.argmax(res.window_scores[sel]))]
+    st.caption(f"Window {sel + 1} of {n}, {a:.1f}–{b:.1f} s: the model hears **{top}** "
+               f"({res.window_scores[sel].max():.0%}). Click a column in the chart or move the slider.")
+    st.audio(slice_wav(clip.y, clip.sr, a, b), format="audio/wav", autoplay=changed)
+
+    st.caption(f"Scored in {res.seconds:.1f} s ({res.n_windows} windows).")
+    with st.expander("All aggregations side by side"):
+        rows = []
+        for m in AGGREGATIONS:
+            r = res.with_aggregation(m)
+            rows.append({"aggregation": AGG_LABELS[m], "predicted": r.predicted, "confidence": f"{r.score:.0%}",
+                         "runner-up": r.classes[int(np.argsort(r.aggregated)[-2])] if len(r.classes) > 1 else "–"})
+        st.dataframe(rows, hide_index=True, width="stretch")
+        st.download_button("Download the window scores (JSON)", json.dumps(res.to_dict(), indent=1),
+                           file_name="genre-lab-prediction.json", mime="application/json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the page
+# ---------------------------------------------------------------------------------------------------------
+@guarded()
+def main() -> None:
+    st.title("Demo: classify a clip")
+    st.write("Upload or record a clip of any length. The model cuts it into overlapping windows, scores each "
+             "window, and adds the scores up into one genre.")
+    models = available_models()
+    usable = [m for m in models if m.get("card") and not m.get("error")]
+    broken = [m for m in models if m.get("error")]
+    for m in broken:
+        st.warning(f"Model folder `{m['path']}` cannot be used: {m['error']}", icon=":material/warning:")
+    if not usable:
+        no_model()
+        return
+
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        keys = [m["key"] for m in usable]
+        key = st.selectbox("Model", keys, format_func=lambda k: next(m["label"] for m in usable if m["key"] == k),
+                           key="demo_model", help="Finished experiment runs, models shipped in models/ and "
+                                                  "models in your data folder.")
+        model = next(m for m in usable if m["key"] == key)
+        card = model["card"]
+    with right:
+        with st.expander("Model card", icon=":material/badge:"):
+            model_card_view(card)
+
+    sr = int(card["params"]["sample_rate"])
+    try:
+        picked = pick_input(sr)
+    except UploadError as exc:
+        show_error(exc)
+        return
+    window_s, hop_s, agg = settings(card)
+    if picked is None:
+        st.caption("Waiting for a clip ...")
+        return
+    name, data = picked
+    clip_hash = digest(data)
+    try:
+        with st.spinner("Listening ..."):
+            res = _classify(model["path"], model_stamp(model["path"]), clip_hash, data, name, window_s, hop_s)
+            clip = _decoded(clip_hash, data, name, sr)
+    except (UploadError, ValueError) as exc:
+        show_error(exc if isinstance(exc, UploadError) else UploadError(str(exc)))
+        return
+    res = res.with_aggregation(agg)
+    show_result(res, clip, hop_s if card.get("kind") == "snippet" else 1.0, clip_hash)
+
+
+main()

@@ -1,0 +1,103 @@
+"""Resident memory of the dashboard's demo path: load a Predictor, classify a 3-minute clip, print peak RSS.
+
+Runs exactly what the demo page runs (``core.lite_inference.make_predictor``: NumPy inference when the model
+allows it, else Keras; ``core.dashboard_support.decode_clip`` on uploaded WAV bytes, then ``classify_clip``),
+with Streamlit imported as the server has it, and
+prints the process's resident memory after each step and its peak (``ru_maxrss``). Streamlit Community
+Cloud gives an app about 1 GB: the target is well under that.
+
+    python bench/demo_memory.py                       # a model from models/ if there is one, else a 10-class
+                                                      # untrained snippet CRNN (memory does not depend on weights)
+    python bench/demo_memory.py --model models/NAME   # a given model folder
+    python bench/demo_memory.py --seconds 600         # the longest clip the page accepts
+    python bench/demo_memory.py --keras               # the same with TensorFlow, for comparison
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    """Current resident set size in MB (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        return peak_mb()
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KB on Linux
+
+
+def untrained_model(folder: Path) -> Path:
+    """A 10-class snippet CRNN with a card, written by a child process (so that TensorFlow, needed to build
+    it, is never loaded into the process being measured)."""
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from core.features import FeatureParams\n"
+        "from core.models import build_snippet_crnn\n"
+        "from core.predictor import make_model_card, write_model_card\n"
+        "p = FeatureParams(); m = build_snippet_crnn(10, p.n_mels); m.save(%r)\n"
+        "norm = {'min': -100.0, 'max': 40.0, 'mean': [0.0] * p.n_mels, 'std': [1.0] * p.n_mels}\n"
+        "write_model_card(%r, make_model_card('snippet', ['genre%%d' %% i for i in range(10)], p, norm, 'minmax'))\n"
+    ) % (str(ROOT), str(folder / "model.keras"), str(folder))
+    subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return folder
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model folder (a .keras file + model_card.json)")
+    ap.add_argument("--seconds", type=float, default=180.0, help="clip length (%(default)s s)")
+    ap.add_argument("--hop", type=float, default=1.0, help="hop between windows (%(default)s s)")
+    ap.add_argument("--keras", action="store_true", help="force Keras (TensorFlow) inference, for comparison")
+    a = ap.parse_args()
+
+    steps = [("start", rss_mb())]
+    import streamlit  # noqa: F401  (the server has it loaded)
+
+    steps.append(("streamlit imported", rss_mb()))
+    from core.audio import encode_wav_bytes
+    from core.dashboard_support import classify_clip, decode_clip, list_model_folders
+    from core.synth import synth_clip
+
+    model_dir = a.model
+    tmp = tempfile.TemporaryDirectory(prefix="genrelab-membench-")
+    if not model_dir:
+        shipped = [m["path"] for m in list_model_folders() if m.get("card") and m["origin"] == "shipped"]
+        model_dir = shipped[0] if shipped else str(untrained_model(Path(tmp.name)))
+    from core.lite_inference import make_predictor
+
+    t0 = time.perf_counter()
+    pred = make_predictor(model_dir, prefer_lite=not a.keras)  # what the demo page does
+    steps.append((f"{type(pred).__name__} loaded ({pred.backend} inference, {Path(model_dir).name}, "
+                  f"{time.perf_counter() - t0:.1f} s)", rss_mb()))
+
+    wav = encode_wav_bytes(synth_clip(3, a.seconds, 44100, seed=5), 44100)  # a 44.1 kHz upload
+    steps.append((f"{a.seconds:g} s upload in memory ({len(wav) / 1e6:.1f} MB WAV)", rss_mb()))
+    t0 = time.perf_counter()
+    clip = decode_clip(wav, "clip.wav", pred.sample_rate)
+    res = classify_clip(pred, clip, None, a.hop, "sum")
+    dt = time.perf_counter() - t0
+    steps.append((f"decoded + classified: {res.n_windows} windows in {dt:.1f} s -> {res.predicted}", rss_mb()))
+    for name, mb in steps:
+        print(f"{mb:8.0f} MB  {name}")
+    print(f"peak RSS: {peak_mb():.0f} MB")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

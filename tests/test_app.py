@@ -1,0 +1,562 @@
+"""The dashboard pages under ``streamlit.testing.v1.AppTest``: every page with no data at all, with a small
+dataset, a store and a model; the demo's classification path through the real file uploader; bad uploads;
+friendly errors instead of tracebacks; background jobs started from the pages (slow)."""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_test_store
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+PAGES = {"home": "app_pages/0_home.py", "data": "app_pages/1_data.py", "experiment": "app_pages/2_experiment.py",
+         "demo": "app_pages/3_demo.py"}
+
+
+def open_page(name: str, timeout: float = 120):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    if name != "home":
+        at.switch_page(PAGES[name])
+        at.run()
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def assert_clean(at) -> None:
+    """No uncaught exception element, and no generic 'something went wrong' message."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("something went wrong" in t for t in texts(at.error)), texts(at.error)
+
+
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch):
+    home = tmp_path / "empty-home"
+    home.mkdir()
+    monkeypatch.setenv("GENRELAB_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="module")
+def full_home_dir(tmp_path_factory, demo_model_dir):
+    """A data folder with an audio source, a built dataset, a store with results and the demo model."""
+    from core.dataset import build_dataset
+    from core.synth import make_dataset_folder
+
+    home = tmp_path_factory.mktemp("full-home")
+    src = make_dataset_folder(home / "sources" / "synth", n_classes=3, per_class=6, seconds=8.0)
+    (src / "bass" / "notes.txt").write_text("not audio")  # shows up as a skipped file
+    build_dataset(src, home / "datasets" / "synth", workers=1)
+    make_test_store(home / "experiments", ["bass", "pulse", "tone"])
+    shutil.copytree(demo_model_dir, home / "models" / "synthetic-demo")
+    return home
+
+
+@pytest.fixture
+def full_home(full_home_dir, monkeypatch):
+    monkeypatch.setenv("GENRELAB_HOME", str(full_home_dir))
+    return full_home_dir
+
+
+# ---------------------------------------------------------------------------------------------------------
+# no data at all
+# ---------------------------------------------------------------------------------------------------------
+def test_home_without_data(empty_home):
+    at = open_page("home")
+    assert_clean(at)
+    assert not at.error
+    assert texts(at.title) == ["Genre Lab"]
+    assert len(at.get("plotly_chart")) == 1  # the divide-and-conquer figure, computed
+    captions = " ".join(texts(at.caption))
+    assert "No dataset built yet" in captions and "No experiment run here yet" in captions
+
+
+def test_data_without_data(empty_home):
+    at = open_page("data")
+    assert_clean(at)
+    assert not at.error
+    assert any("No dataset yet" in t for t in texts(at.info))
+
+
+def test_experiment_without_data(empty_home):
+    at = open_page("experiment")
+    assert_clean(at)
+    assert not at.error
+    infos = " ".join(texts(at.info))
+    assert "Build a snippet dataset" in infos
+    assert "no reference results are shipped" in infos  # never invented numbers
+
+
+def test_demo_without_model(empty_home):
+    at = open_page("demo")
+    assert_clean(at)
+    assert not at.error
+    assert any("No model is available yet" in t for t in texts(at.info))
+    assert any(b.label == "Train the demo model" for b in at.button)
+
+
+def test_missing_folder_path_is_a_clear_error(empty_home):
+    at = open_page("data")
+    at.text_input(key="data_folder_path").set_value("/no/such/folder").run()
+    assert_clean(at)
+    assert any("folder not found" in t for t in texts(at.error))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# with a dataset, a store and a model
+# ---------------------------------------------------------------------------------------------------------
+def test_home_with_data(full_home):
+    at = open_page("home")
+    assert_clean(at)
+    captions = " ".join(texts(at.caption))
+    assert "1 dataset built" in captions and "evaluated runs" in captions and "model" in captions
+
+
+def test_data_page_overview_and_explorer(full_home):
+    at = open_page("data")
+    assert_clean(at)
+    assert not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Classes"] == "3" and metrics["Tracks used"] == "18" and metrics["Skipped files"] == "1"
+    assert len(at.get("plotly_chart")) == 3  # counts, waveform with snippets, mel spectrogram
+    assert len(at.get("audio")) == 1  # the snippet can be heard
+    skipped = at.dataframe[0].value
+    assert list(skipped["path"]) == ["bass/notes.txt"] and "extension" in skipped["reason"][0]
+    # pick another track and another snippet
+    track = at.selectbox(key=f"data_x_track:{full_home / 'datasets' / 'synth'}:all:all")
+    track.set_value(3).run()  # manifest row 3
+    slider = [s for s in at.select_slider if s.key.startswith("data_x_snip:")][0]
+    slider.set_value(2).run()
+    assert_clean(at)
+    assert "Snippet 3: 3.99–6.99 s" in " ".join(texts(at.caption))
+
+
+def test_experiment_page_results(full_home):
+    at = open_page("experiment")
+    assert_clean(at)
+    assert not at.error
+    md = " ".join(texts(at.markdown))
+    assert "mean ± SD over 3 seeds" in md
+    assert "beat segment-level in" in md and "paired t-test" in md
+    assert len(at.get("plotly_chart")) >= 3  # headline, learning curves, confusion matrix, aggregation
+    assert "published (Hilsdorf 2022, full GTZAN)" in " ".join(texts(at.caption))
+    table = at.dataframe[0].value
+    assert list(table["seed"]) == [0, 1, 2]
+    assert any("segment" in c for c in table.columns)
+    assert any(b.label.startswith("Download results (CSV)") for b in at.get("download_button"))
+
+
+def test_experiment_page_reference_results(empty_home, tmp_path, monkeypatch):
+    """No local store: results shipped in results/reference/ (the store's export format) are shown."""
+    from core.store import export_results
+
+    import ui.state
+
+    store = make_test_store(tmp_path / "ref-store", ["a", "b", "c", "d"], seeds=(0, 1))
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    export_results(store, ref / "synthetic-test.json")
+    monkeypatch.setattr(ui.state, "REFERENCE_DIR", ref)
+    at = open_page("experiment")
+    assert_clean(at)
+    assert "reference results shipped with the project" in " ".join(texts(at.caption))
+    assert "mean ± SD over 2 seeds" in " ".join(texts(at.markdown))
+
+
+def test_newer_store_is_a_friendly_error(empty_home):
+    make_test_store(empty_home / "experiments", ["a", "b"], seeds=(0,), kinds=("snippet",))
+    con = sqlite3.connect(empty_home / "experiments" / "experiments.sqlite")
+    con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    at = open_page("experiment")
+    assert not at.exception
+    assert any("newer Genre Lab" in t for t in texts(at.error))
+
+
+def test_unexpected_error_shows_a_short_message(empty_home, monkeypatch):
+    import core.dashboard_support
+
+    def boom(*a, **k):
+        raise RuntimeError("internal detail that must not reach the page")
+
+    monkeypatch.setattr(core.dashboard_support, "list_datasets", boom)
+    at = open_page("data")
+    assert not at.exception
+    errors = texts(at.error)
+    assert any("something went wrong (RuntimeError)" in t for t in errors)
+    assert not any("internal detail" in t or "Traceback" in t for t in errors)
+
+
+def test_demo_lists_models_and_card(full_home):
+    at = open_page("demo")
+    assert_clean(at)
+    options = at.selectbox(key="demo_model").options
+    assert any("synthetic-demo" in o for o in options)
+    assert len(at.dataframe) == 1  # the model card facts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# demo classification through the uploader
+# ---------------------------------------------------------------------------------------------------------
+def _upload(at, name: str, data: bytes, mime: str = "audio/wav"):
+    at.file_uploader(key="demo_upload").set_value((name, data, mime))
+    at.run()
+    return at
+
+
+def test_demo_classifies_an_uploaded_clip(full_home):
+    from core.dashboard_support import demo_clip_wav
+
+    at = open_page("demo")
+    _upload(at, "tone.wav", demo_clip_wav(2, 10.0))  # class index 2 = "pulse" in core.synth
+    assert_clean(at)
+    assert not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Predicted genre"] == "pulse"
+    assert metrics["Windows"] == "8"  # 10 s, 3 s windows, 1 s hop
+    assert len(at.get("plotly_chart")) == 1  # the vote chart
+    assert len(at.get("audio")) == 1  # the selected window
+    # another aggregation: no new inference, same decision here
+    at.selectbox(key="demo_agg").set_value("vote").run()
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Windows won"].endswith("%")
+    # choose a window with the slider fallback
+    slider = [s for s in at.select_slider if s.key.startswith("window:")][0]
+    slider.set_value(0).run()
+    assert "Window 1 of 8, 0.0–3.0 s" in " ".join(texts(at.caption))
+
+
+def test_demo_short_clip_is_padded_with_a_note(full_home):
+    from core.dashboard_support import demo_clip_wav
+
+    at = open_page("demo")
+    _upload(at, "short.wav", demo_clip_wav(1, 1.2))
+    assert_clean(at)
+    assert not at.error
+    assert any("zero-padded" in t for t in texts(at.info))
+    assert {m.label: m.value for m in at.metric}["Windows"] == "1"
+
+
+def test_demo_generated_example_and_settings(full_home):
+    at = open_page("demo")
+    at.segmented_control(key="demo_source").set_value("Generated example").run()
+    assert_clean(at)
+    assert {m.label for m in at.metric} >= {"Predicted genre", "Windows"}
+    at.slider(key="demo_hop_s").set_value(2.0).run()
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Windows"] == "5"  # 12 s, 3 s windows every 2 s
+
+
+@pytest.mark.parametrize("name, data, mime, message", [
+    ("not-audio.mp3", b"this is not an mp3 at all " * 50, "audio/mpeg", "could not be read"),
+    ("empty.wav", b"", "audio/wav", "empty (0 bytes)"),
+    ("notes.txt", b"hello", "text/plain", "not an audio file"),
+    ("broken.wav", b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 20, "audio/wav", "could not be read"),
+])
+def test_demo_bad_uploads_give_a_message(full_home, name, data, mime, message):
+    at = open_page("demo")
+    _upload(at, name, data, mime)
+    assert not at.exception
+    errors = texts(at.error)
+    assert any(message in t for t in errors), errors
+    assert not any("something went wrong" in t for t in errors)
+    assert not at.metric
+
+
+def test_upload_checks_before_decoding():
+    from core.dashboard_support import MAX_CLIP_BYTES, UploadError, check_upload
+
+    assert check_upload("a.MP3", 10) == ".mp3"
+    with pytest.raises(UploadError, match="limit"):
+        check_upload("long.wav", MAX_CLIP_BYTES + 1)
+    with pytest.raises(UploadError, match="empty"):
+        check_upload("a.wav", 0)
+    with pytest.raises(UploadError, match="not an audio file"):
+        check_upload("a.pdf", 10)
+
+
+def test_decode_clip_keeps_the_first_minutes_of_a_long_file():
+    from core.audio import encode_wav_bytes
+    from core.dashboard_support import decode_clip
+    from core.synth import synth_clip
+
+    data = encode_wav_bytes(synth_clip(1, 20.0, 16000), 16000)
+    clip = decode_clip(data, "long.wav", 22050, max_seconds=6.0)
+    assert abs(clip.duration_s - 6.0) < 0.01 and clip.sr == 22050
+    assert any("first" in n for n in clip.notes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers in core.dashboard_support / core.dashboard_jobs
+# ---------------------------------------------------------------------------------------------------------
+def test_build_args_round_trip():
+    from core.dashboard_jobs import build_dataset_args, build_parser
+    from core.dataset import SplitConfig, params_from_args
+    from core.features import FeatureParams
+
+    p = FeatureParams(snippet_s=2.5, overlap_s=0.5, max_snippets=0, selection="random", n_mels=64, log=False,
+                      peak_normalize=True, pad_short=True, mode="full", full_clip_s=20.0)
+    split = SplitConfig(0.2, 0.15, 7, "/x/split.json")
+    args = build_dataset_args("/src", "/out", p, split, 2, 20) + ["--events", "e", "--stop-file", "s"]
+    a = build_parser().parse_args(args)
+    assert params_from_args(a) == p
+    assert (a.val_share, a.test_share, a.split_seed, a.split_file, a.workers, a.limit_per_class) == \
+        (0.2, 0.15, 7, "/x/split.json", 2, 20)
+
+
+def test_paired_sentence_in_plain_words(tmp_path):
+    from core.dashboard_support import paired_sentence
+    from core.store import results_frame
+
+    store = make_test_store(tmp_path / "s", ["a", "b", "c"], seeds=(0, 1, 2, 3, 4, 5))
+    s = paired_sentence(results_frame(store), "track_sum", "segment", "test")
+    assert s["n"] == 6 and 0 <= s["wins"] <= 6
+    assert s["text"].startswith("Track-level (sum) beat segment-level in ")
+    assert "paired t-test" in s["text"] and "Wilcoxon" in s["text"]
+
+
+def test_experiment_progress_from_events():
+    from core.dashboard_support import experiment_plan, experiment_progress
+
+    plan = experiment_plan(["python", "-m", "core", "run-experiment", "/d", "--store", "/s", "--seeds", "2",
+                            "--models", "snippet,full"])
+    assert plan["n_runs"] == 4 and plan["seeds"] == [0, 1]
+    events = [{"state": "running", "phase": "start", "message": "go"},
+              {"state": "running", "phase": "train", "run": "r1", "seed": 0, "model": "snippet", "message": "start"},
+              {"state": "running", "phase": "batch", "run": "r1", "seed": 0, "model": "snippet", "epoch": 1,
+               "batch": 3, "n_batches": 10},
+              {"state": "running", "phase": "train", "run": "r1", "seed": 0, "model": "snippet", "epoch": 1,
+               "max_epochs": 5, "metrics": {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4}},
+              {"state": "done", "phase": "evaluate", "run": "r1", "seed": 0, "model": "snippet", "message": "ok"},
+              {"state": "running", "phase": "train", "run": "r2", "seed": 0, "model": "full", "message": "start"}]
+    prog = experiment_progress(events, plan["n_runs"])
+    assert prog["n_done"] == 1 and prog["run"] == "r2" and prog["model"] == "full" and prog["curves"] == []
+    prog1 = experiment_progress(events[:4], 4)
+    assert prog1["epoch"] == 1 and len(prog1["curves"]) == 1 and prog1["max_epochs"] == 5
+
+
+def test_divide_and_conquer_example_is_computed():
+    from core.dashboard_support import divide_and_conquer_example
+
+    ex = divide_and_conquer_example()
+    assert len(ex["starts"]) == 7 and ex["snippet_s"] == 3.0 and ex["overlap_s"] == 1.0
+    assert ex["scores"].shape == (7, 5)
+    assert ex["classes"][int(ex["total"].argmax())] == ex["true_class"]  # the sum is right ...
+    assert any(ex["classes"][int(r.argmax())] != ex["true_class"] for r in ex["scores"])  # ... a snippet is fooled
+
+
+# ---------------------------------------------------------------------------------------------------------
+# background jobs started from the pages (slow: real subprocesses)
+# ---------------------------------------------------------------------------------------------------------
+def _wait_job(job_dir: Path, timeout: float = 240) -> dict:
+    from core.dashboard_jobs import find_job, job_status
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        job = find_job(job_dir)
+        if job is not None and not job.alive():
+            return job_status(job)
+        time.sleep(0.5)
+    raise TimeoutError(f"job in {job_dir} still running after {timeout} s")
+
+
+@pytest.mark.slow
+def test_build_a_dataset_from_the_page(empty_home):
+    from core.synth import make_dataset_folder
+
+    make_dataset_folder(empty_home / "sources" / "tiny", n_classes=2, per_class=4, seconds=7.0)
+    at = open_page("data")
+    assert_clean(at)
+    submit = next(b for b in at.button if b.label == "Build dataset")
+    submit.click().run()
+    assert_clean(at)
+    status = _wait_job(empty_home / "jobs" / "build-tiny")
+    assert status["state"] == "done", status
+    at.run()
+    assert_clean(at)
+    assert any("dataset built" in t for t in texts(at.success))
+    assert {m.label: m.value for m in at.metric}["Classes"] == "2"
+
+
+@pytest.mark.slow
+def test_stop_and_resume_a_build(empty_home):
+    """Stop from the page, the job ends 'stopped', 'Start again' resumes it to completion."""
+    from core.synth import make_dataset_folder
+
+    make_dataset_folder(empty_home / "sources" / "slow", n_classes=2, per_class=30, seconds=20.0)
+    at = open_page("data")
+    next(b for b in at.button if b.label == "Build dataset").click().run()
+    job_dir = empty_home / "jobs" / "build-slow"
+    from core.dashboard_jobs import find_job, job_status
+
+    t0 = time.time()
+    while time.time() - t0 < 60:  # wait for the first tracks
+        st_ = job_status(find_job(job_dir))
+        if (st_.get("done") or 0) >= 2:
+            break
+        time.sleep(0.3)
+    at.run()
+    stop = [b for b in at.button if b.label == "Stop"]
+    assert stop, "no Stop button while the build runs"
+    stop[0].click().run()
+    status = _wait_job(job_dir)
+    if status["state"] == "done":
+        pytest.skip("the build finished before the stop request arrived (very fast machine)")
+    assert status["state"] == "stopped", status
+    at.run()
+    assert any("Start it again to resume" in t for t in texts(at.warning))
+    next(b for b in at.button if b.label == "Start again (resumes)").click().run()
+    status = _wait_job(job_dir)
+    assert status["state"] == "done", status
+    log = (job_dir / "events.jsonl").read_text()
+    assert "already done" in log  # the second run resumed from the finished tracks
+
+
+@pytest.mark.slow
+def test_run_an_experiment_from_the_page(empty_home):
+    from core.dataset import build_dataset
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(empty_home / "sources" / "tiny", n_classes=2, per_class=5, seconds=7.0)
+    build_dataset(src, empty_home / "datasets" / "tiny", workers=1)
+    at = open_page("experiment")
+    assert_clean(at)
+    at.number_input(key="exp_seeds").set_value(1)
+    at.selectbox(key="exp_preset").set_value("fast")
+    at.multiselect(key="exp_models").set_value(["snippet"])
+    next(b for b in at.button if b.label == "Start in the background").click().run()
+    assert_clean(at)
+    assert (empty_home / "jobs" / "experiment" / "job.json").exists()
+    status = _wait_job(empty_home / "jobs" / "experiment", timeout=300)
+    assert status["state"] == "done", status
+    at.run()
+    assert_clean(at)
+    assert any("Last experiment finished" in t for t in texts(at.success))
+    assert "mean ± SD over 1 seed" in " ".join(texts(at.markdown))
+    # the trained model is offered on the demo page
+    at.switch_page(PAGES["demo"]).run()
+    assert any("snippet CRNN, seed 0" in o for o in at.selectbox(key="demo_model").options)
+
+
+@pytest.mark.slow
+def test_stop_and_resume_an_experiment(empty_home):
+    from core.dataset import build_dataset
+    from core.jobs import read_events
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(empty_home / "sources" / "tiny", n_classes=2, per_class=5, seconds=7.0)
+    build_dataset(src, empty_home / "datasets" / "tiny", workers=1)
+    job_dir = empty_home / "jobs" / "experiment"
+    at = open_page("experiment")
+    at.number_input(key="exp_seeds").set_value(1)
+    at.selectbox(key="exp_preset").set_value("tuned")
+    at.multiselect(key="exp_models").set_value(["snippet"])
+    at.number_input(key="exp_epochs").set_value(200)
+    next(b for b in at.button if b.label == "Start in the background").click().run()
+    t0 = time.time()
+    while time.time() - t0 < 120:  # until the first epoch is done
+        events, _ = read_events(job_dir / "events.jsonl")
+        if any(e.get("epoch") and e.get("metrics") for e in events):
+            break
+        time.sleep(0.5)
+    at.run()
+    assert_clean(at)
+    assert "runs finished: 0 of 1" in " ".join(p.proto.text for p in at.get("progress"))
+    next(b for b in at.button if b.label == "Stop").click().run()
+    status = _wait_job(job_dir, timeout=120)
+    assert status["state"] == "stopped", status
+    at.run()
+    assert_clean(at)
+    assert any("was stopped" in t for t in texts(at.warning))
+    next(b for b in at.button if b.label == "Resume").click().run()
+    from core.dashboard_support import experiment_plan
+    from core.jobs import open_job
+
+    job = open_job(job_dir)
+    assert job.alive()
+    assert experiment_plan(job.command)["n_runs"] == 1
+    events = job_dir / "events.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < 120 and not (events.exists() and "resuming snippet model" in events.read_text()):
+        time.sleep(0.5)
+    job.stop()
+    assert _wait_job(job_dir, timeout=120)["state"] == "stopped"
+    assert "resuming snippet model" in (job_dir / "events.jsonl").read_text()  # from its last epoch
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data sources: zip upload, GTZAN without network
+# ---------------------------------------------------------------------------------------------------------
+def _zip_of(folder: Path) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(folder.parent).as_posix())
+    return buf.getvalue()
+
+
+def test_zip_upload_becomes_a_source(empty_home, tmp_path):
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(tmp_path / "mymusic", n_classes=2, per_class=3, seconds=4.0)
+    at = open_page("data")
+    at.segmented_control(key="data_how").set_value("Upload a .zip").run()
+    at.file_uploader(key="data_zip").set_value(("mymusic.zip", _zip_of(src), "application/zip")).run()
+    next(b for b in at.button if b.label == "Unpack").click().run()
+    assert_clean(at)
+    assert any("Unpacked to" in t and "2 classes, 6 audio files" in t for t in texts(at.success))
+    assert (empty_home / "sources" / "mymusic" / "mymusic" / "bass").is_dir()
+    assert any(t.startswith("Source:") for t in texts(at.markdown))  # the build form is ready for it
+
+
+def test_bad_zip_is_a_clear_error(empty_home):
+    at = open_page("data")
+    at.segmented_control(key="data_how").set_value("Upload a .zip").run()
+    at.file_uploader(key="data_zip").set_value(("broken.zip", b"PK\x03\x04 not really a zip", "application/zip"))
+    at.run()
+    next(b for b in at.button if b.label == "Unpack").click().run()
+    assert not at.exception
+    assert any("This zip cannot be used" in t and "not a zip archive" in t for t in texts(at.error))
+    assert not (empty_home / "sources").exists() or not any((empty_home / "sources").iterdir())
+
+
+@pytest.mark.slow
+def test_gtzan_download_without_network_says_so(empty_home, monkeypatch):
+    monkeypatch.setenv("GENRELAB_GTZAN_URL", "http://127.0.0.1:9/genres.tar.gz")  # nothing listens there
+    at = open_page("data")
+    at.segmented_control(key="data_how").set_value("Download GTZAN").run()
+    next(b for b in at.button if b.label == "Download GTZAN").click().run()
+    status = _wait_job(empty_home / "jobs" / "download-gtzan", timeout=120)
+    assert status["state"] == "failed"
+    at.run()
+    assert not at.exception
+    errors = " ".join(texts(at.error))
+    assert "GTZAN download failed" in errors and "127.0.0.1" in errors
+    assert any(b.label == "Start again (resumes)" for b in at.button)
+
+
+@pytest.mark.slow
+def test_train_the_demo_model_from_the_demo_page(empty_home):
+    at = open_page("demo")
+    next(b for b in at.button if b.label == "Train the demo model").click().run()
+    assert_clean(at)
+    status = _wait_job(empty_home / "jobs" / "demo-model", timeout=300)
+    assert status["state"] == "done", status
+    at.run()
+    assert_clean(at)
+    assert any("synthetic-demo" in o for o in at.selectbox(key="demo_model").options)

@@ -1,0 +1,243 @@
+"""The dashboard in a real browser: ``streamlit run app.py`` driven by headless Chromium (playwright).
+
+Visits every page, uploads a generated clip on the demo page, checks that the vote chart (plotly) appears and
+that clicking a window plays it; screenshots go to ``test-artifacts/``. Skipped with a reason when Chromium or
+playwright is missing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import make_test_store
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("GENRELAB_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not answer on {url} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def browser_home(tmp_path_factory, demo_model_dir):
+    """A data folder with the demo model and a small built dataset (like a fresh install plus one build)."""
+    from core.dataset import build_dataset
+    from core.synth import make_dataset_folder
+
+    home = tmp_path_factory.mktemp("browser-home")
+    shutil.copytree(demo_model_dir, home / "models" / "synthetic-demo")
+    src = make_dataset_folder(home / "sources" / "synth", n_classes=4, per_class=5, seconds=9.0)
+    build_dataset(src, home / "datasets" / "synth", workers=1)
+    make_test_store(home / "experiments", ["bass", "noise", "pulse", "tone"])  # test results, made up
+    return home
+
+
+SERVER: dict = {}
+
+
+@pytest.fixture(scope="module")
+def server(browser_home):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, GENRELAB_HOME=str(browser_home), TF_CPP_MIN_LOG_LEVEL="2")
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "streamlit-server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    SERVER["pid"] = proc.pid
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = ctx.new_page()
+        pg.set_default_timeout(90_000)
+        try:
+            yield pg
+        finally:
+            ctx.close()
+            browser.close()
+
+
+def _settle(pg) -> None:
+    """Wait until Streamlit has finished running the script (no 'running' status widget)."""
+    pg.wait_for_timeout(500)
+    for _ in range(240):
+        if pg.locator('[data-testid="stStatusWidget"]').count() == 0:
+            break
+        pg.wait_for_timeout(250)
+    pg.wait_for_timeout(800)
+
+
+def _shot(pg, name: str) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its main block, so grow the viewport to fit."""
+    height = pg.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                         " return Math.max(m ? m.scrollHeight : 0, document.body.scrollHeight); }")
+    pg.set_viewport_size({"width": 1400, "height": min(max(int(height) + 40, 900), 6000)})
+    pg.wait_for_timeout(700)
+    pg.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    pg.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def _no_error(pg) -> None:
+    assert pg.locator('[data-testid="stException"]').count() == 0, "a Python exception is shown"
+    assert pg.get_by_text("Traceback").count() == 0
+
+
+def test_deep_link_first(page, server):
+    """The very first request of a fresh server goes to a sub-page: it must still run through app.py
+    (titled navigation, wide layout), not as a stand-alone script."""
+    page.goto(f"{server}/demo")
+    page.get_by_role("heading", name="Demo: classify a clip").wait_for()
+    _settle(page)
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "Experiment" in nav and "app" not in nav.split(), nav
+    _no_error(page)
+
+
+def test_home(page, server):
+    page.goto(server)
+    page.get_by_role("heading", name="Genre Lab").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    _settle(page)
+    _no_error(page)
+    _shot(page, "01-home.png")
+
+
+def test_data(page, server):
+    page.goto(f"{server}/data")
+    page.get_by_role("heading", name="Data", exact=True).wait_for()
+    page.get_by_text("Explore a track").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    _settle(page)
+    _no_error(page)
+    assert page.locator(".js-plotly-plot").count() >= 3  # counts, waveform, mel spectrogram
+    _shot(page, "02-data.png")
+
+
+def test_experiment(page, server):
+    page.goto(f"{server}/experiment")
+    page.get_by_role("heading", name="Experiment", exact=True).wait_for()
+    page.get_by_role("heading", name="Run an experiment").wait_for()
+    page.get_by_text("Segment vs track vs 30 s").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    _settle(page)
+    _no_error(page)
+    _shot(page, "03-experiment.png")
+    for i, tab in enumerate(["Learning curves", "Confusion matrix", "Aggregation"]):
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(1200)
+        _no_error(page)
+        panel = page.locator('[data-baseweb="tab-panel"]:visible, [role="tabpanel"]:visible').first
+        panel.screenshot(path=str(ARTIFACTS / f"03{'bcd'[i]}-experiment-{tab.split()[0].lower()}.png"))
+
+
+def test_demo_upload(page, server, tmp_path):
+    from core.dashboard_support import demo_clip_wav
+
+    clip = tmp_path / "generated-tone.wav"
+    clip.write_bytes(demo_clip_wav(1, 12.0))  # class "tone"
+    page.goto(f"{server}/demo")
+    page.get_by_role("heading", name="Demo: classify a clip").wait_for()
+    _settle(page)
+    page.locator('input[type="file"]').first.set_input_files(str(clip))
+    page.get_by_text("Predicted genre").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    _settle(page)
+    _no_error(page)
+    assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == "tone"
+    assert page.locator('[data-testid="stAudio"], audio').count() >= 1
+    _shot(page, "04-demo.png")
+    _record_server_memory()
+    # click the third window's column: the caption and the audio follow the click
+    chart = page.locator(".js-plotly-plot").first
+    chart.scroll_into_view_if_needed()
+    boxes = [b for b in (p.bounding_box() for p in chart.locator(".barlayer .point path").all())
+             if b and b["height"] > 20 and b["width"] < 200]
+    columns = sorted({round(b["x"]): b for b in boxes}.values(), key=lambda b: b["x"])
+    assert len(columns) >= 3, "the vote chart has fewer than three window columns"
+    target = columns[2]
+    page.mouse.click(target["x"] + target["width"] / 2, target["y"] + target["height"] / 2)
+    page.get_by_text("Window 3 of").wait_for(timeout=30_000)
+    _settle(page)
+    _no_error(page)
+    _shot(page, "05-demo-window.png")
+
+
+def _record_server_memory() -> None:
+    """The server's resident memory after a classification, and proof that TensorFlow is not loaded
+    (the demo runs its models in NumPy, core.lite_inference)."""
+    pid = SERVER.get("pid")
+    status, maps = Path(f"/proc/{pid}/status"), Path(f"/proc/{pid}/maps")
+    if not pid or not status.exists():
+        return
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    rss, peak = fields.get("VmRSS", "?").strip(), fields.get("VmHWM", "?").strip()
+    tf_loaded = "tensorflow" in maps.read_text()
+    (ARTIFACTS / "server-memory.txt").write_text(
+        f"streamlit server after a demo classification: VmRSS {rss}, peak (VmHWM) {peak}, "
+        f"TensorFlow loaded: {tf_loaded}\n")
+    assert not tf_loaded, "the demo path imported TensorFlow"
+
+
+def test_demo_bad_upload(page, server, tmp_path):
+    bad = tmp_path / "not-audio.mp3"
+    bad.write_bytes(b"this is not an mp3 file at all" * 40)
+    page.goto(f"{server}/demo")
+    page.get_by_role("heading", name="Demo: classify a clip").wait_for()
+    _settle(page)
+    page.locator('input[type="file"]').first.set_input_files(str(bad))
+    page.get_by_text("could not be read").wait_for()
+    _settle(page)
+    _no_error(page)
+    _shot(page, "06-demo-bad-upload.png")

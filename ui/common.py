@@ -1,0 +1,94 @@
+"""Environment set-up, friendly error handling and cached loaders shared by the pages."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import streamlit as st
+
+log = logging.getLogger("genrelab.app")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exceptions whose message is written for the user (shown as is); anything else gets a generic message.
+_USER_ERRORS: tuple[type[BaseException], ...] | None = None
+
+
+def setup_environment() -> None:
+    """Writable caches for numba (librosa) on read-only hosts such as Community Cloud; quiet TensorFlow."""
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        path = Path(tempfile.gettempdir()) / "genrelab-numba"
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ["NUMBA_CACHE_DIR"] = str(path)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The engine's exception classes whose message is meant for the user."""
+    global _USER_ERRORS
+    if _USER_ERRORS is None:
+        from core.audio import AudioError
+        from core.dashboard_support import UploadError
+        from core.dataset import DatasetError
+        from core.download import ArchiveError, DownloadError
+
+        types: list[type[BaseException]] = [AudioError, UploadError, DatasetError, DownloadError, ArchiveError]
+        for mod, name in (("core.predictor", "PredictorError"), ("core.train", "TrainError"),
+                          ("core.store", "StoreError"), ("core.jobs", "JobError"),
+                          ("core.experiment", "ExperimentError")):
+            try:
+                types.append(getattr(__import__(mod, fromlist=[name]), name))
+            except (ImportError, AttributeError):
+                pass
+        _USER_ERRORS = tuple(types)
+    return _USER_ERRORS
+
+
+def show_error(exc: BaseException, what: str = "") -> None:
+    """``st.error`` with a short message: the engine's own message for its errors, a generic one (and the
+    traceback in the server log) for anything unexpected. Never a stack trace in the page."""
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, user_error_types()):
+        st.error(f"{prefix}{exc}", icon="⚠️")
+        return
+    log.exception("unexpected error%s", f" ({what})" if what else "")
+    st.error(f"{prefix}something went wrong ({type(exc).__name__}). The details are in the server log; "
+             "try again, or reload the page.", icon="⚠️")
+
+
+def guarded(what: str = "") -> Callable[[F], F]:
+    """Decorator for page bodies and fragments: unexpected exceptions become a friendly ``st.error``.
+
+    Streamlit's own control flow (``st.rerun``, ``st.stop``) derives from BaseException and passes through.
+    """
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - this is the last line of defence
+                show_error(exc, what)
+                return None
+        return wrapper  # type: ignore[return-value]
+    return deco
+
+
+def data_home() -> Path:
+    """The data folder (``$GENRELAB_HOME`` or ``./data``); read per call so tests can point it elsewhere."""
+    from core.dashboard_support import data_home as _home
+
+    return _home()
+
+
+def fmt_pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def caption_path(label: str, path: str | Path) -> None:
+    st.caption(f"{label}: `{path}`")

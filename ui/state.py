@@ -1,0 +1,185 @@
+"""Cached access to what the pages show: the experiment store, shipped reference results, models and the
+predictor. Everything heavy is cached here, keyed on file modification times so that new results appear
+without a restart; pages call these and draw."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.dashboard_support import REPO_ROOT, home_dir, list_model_folders
+
+REFERENCE_DIR = REPO_ROOT / "results" / "reference"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# experiment store
+# ---------------------------------------------------------------------------------------------------------
+def store_path() -> Path:
+    """The dashboard's experiment store: ``HOME/experiments``."""
+    return home_dir("experiments")
+
+
+def store_stamp(path: Path) -> float:
+    """Changes whenever the store's database changes (WAL file included)."""
+    stamp = 0.0
+    for name in ("experiments.sqlite", "experiments.sqlite-wal"):
+        p = path / name
+        if p.exists():
+            s = p.stat()
+            stamp = max(stamp, s.st_mtime) + s.st_size * 1e-12
+    return stamp
+
+
+def store_exists(path: Path | None = None) -> bool:
+    from core.store import DB_NAME
+
+    return ((path or store_path()) / DB_NAME).is_file()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _results(path: str, stamp: float) -> dict[str, Any]:
+    from core.store import Store, results_frame, summary_frame
+
+    store = Store(path, create=False)
+    df = results_frame(store)
+    return {"results": df, "summary": summary_frame(df), "runs": store.runs()}
+
+
+def local_results() -> dict[str, Any] | None:
+    """Results frame, summary and runs of the local store, or None when there is no store yet."""
+    p = store_path()
+    if not store_exists(p):
+        return None
+    return _results(str(p), store_stamp(p))
+
+
+def reference_files() -> list[Path]:
+    """Results exports shipped with the project (``results/reference/*.json``)."""
+    if not REFERENCE_DIR.is_dir():
+        return []
+    return sorted(p for p in REFERENCE_DIR.glob("*.json") if not p.name.startswith("."))
+
+
+@st.cache_resource(show_spinner="Loading the reference results ...", max_entries=4)
+def _reference_store(path: str, mtime: float) -> str:
+    """Import a shipped export into a private temporary store (so every view works the same way)."""
+    from core.store import Store, import_results
+
+    folder = Path(tempfile.mkdtemp(prefix="genrelab-reference-"))
+    import_results(path, Store(folder))
+    return str(folder)
+
+
+def reference_results(path: Path) -> tuple[str, dict[str, Any]]:
+    """``(store folder, results)`` of a shipped reference export."""
+    folder = _reference_store(str(path), path.stat().st_mtime)
+    return folder, _results(folder, store_stamp(Path(folder)))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_epochs(store: str, stamp: float, run_id: str) -> list[dict]:
+    from core.store import Store
+
+    return Store(store, create=False).epochs(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_metrics_extra(store: str, stamp: float, run_id: str, level: str, split: str) -> dict | None:
+    from core.store import Store
+
+    return Store(store, create=False).metrics_extra(run_id, level, split)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def results_csv(store: str, stamp: float) -> bytes:
+    from core.store import results_frame
+
+    return results_frame(store).to_csv(index=False).encode("utf-8")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def results_json(store: str, stamp: float) -> bytes:
+    from core.store import export_results
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = export_results(store, Path(tmp) / "results.json")
+        return out.read_bytes()
+
+
+def experiment_overview() -> str:
+    """One line for the home page."""
+    try:
+        res = local_results()
+    except Exception:  # noqa: BLE001 - an unreadable store is reported on the experiment page
+        return "The experiment store could not be read; open the page for details."
+    if res is not None and len(res["results"]):
+        n_runs = res["results"]["run_id"].nunique()
+        return f"{n_runs} evaluated run{'s' if n_runs != 1 else ''} in this lab's store."
+    if reference_files():
+        return "No experiment run here yet; reference results are shipped."
+    return "No experiment run here yet."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------
+def available_models() -> list[dict[str, Any]]:
+    """Every model the demo can use: finished runs of the local store, then shipped / local model folders.
+
+    Each: ``{"key", "label", "path", "origin", "card", "error"?}``; ``path`` is what ``Predictor`` takes.
+    """
+    from core.predictor import CARD_NAME, PredictorError, read_model_card
+
+    out: list[dict[str, Any]] = []
+    for m in list_model_folders():
+        card = m.get("card") or {}
+        label = f"{card.get('name') or m['name']}  ·  {'shipped' if m['origin'] == 'shipped' else 'local'}"
+        out.append({"key": f"{m['origin']}:{m['path']}", "label": label, "path": m["path"], "origin": m["origin"],
+                    "card": m.get("card"), "error": m.get("error")})
+    try:
+        res = local_results()
+    except Exception:  # noqa: BLE001
+        res = None
+    if res is not None:
+        acc = res["results"]
+        for r in res["runs"]:
+            if r["status"] != "done" or r.get("source") == "imported":
+                continue
+            run_dir = store_path() / "runs" / r["id"]
+            if not (run_dir / CARD_NAME).exists() or not (run_dir / "best.keras").exists():
+                continue
+            try:
+                card = read_model_card(run_dir / CARD_NAME)
+            except PredictorError:
+                continue
+            sub = acc[(acc["run_id"] == r["id"]) & (acc["split"] == "test")]
+            level = "track_sum" if r["kind"] == "snippet" else "full"
+            a = sub[sub["level"] == level]["accuracy"]
+            note = f", test {a.iloc[0]:.0%}" if len(a) and a.iloc[0] == a.iloc[0] else ""
+            kind = "snippet CRNN" if r["kind"] == "snippet" else "30 s CRNN"
+            out.append({"key": f"run:{r['id']}", "origin": "experiment", "path": str(run_dir), "card": card,
+                        "label": f"{kind}, seed {r['seed']}{note}  ·  experiment {Path(r['dataset']).name}"})
+    return out
+
+
+def model_stamp(path: str) -> float:
+    p = Path(path)
+    files = list(p.glob("*.keras")) + [p / "model_card.json"] if p.is_dir() else [p]
+    return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+
+
+@st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
+def get_predictor(path: str, stamp: float):
+    """One predictor per model file (at most two kept in memory): NumPy inference when the model allows it
+    (no TensorFlow in the server: ~200 MB instead of ~1 GB), else Keras."""
+    from core.lite_inference import make_predictor
+
+    return make_predictor(path)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
