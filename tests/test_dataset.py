@@ -333,3 +333,12 @@ def test_limit_per_class_caps_the_build(tmp_path, genre_folder):
     assert ds.card["n_tracks"] == 12 and ds.card["limit_per_class"] == 4
     capped = ds.manifest[ds.manifest["reason"].astype(str).str.startswith("not used: build capped")]
     assert len(capped) == 6
+
+
+def test_gtzan_known_corrupt_file_is_reported_not_fatal(tmp_path):
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=4, seconds=7.0)
+    (src / "tone" / "jazz.00054.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(64))
+    ds = load_dataset(build_dataset(src, tmp_path / "ds", workers=1))
+    row = ds.manifest.set_index("path").loc["tone/jazz.00054.wav"]
+    assert row["skipped"] and "known corrupt file" in row["reason"]
+    assert ds.card["n_tracks"] == 9
