@@ -48,8 +48,9 @@ def main() -> None:
         st.caption(f"{n_ds} dataset{'s' if n_ds != 1 else ''} built" if n_ds else "No dataset built yet.")
     with c2:
         st.page_link("app_pages/2_experiment.py", label="**Experiment**", icon=":material/science:")
-        st.write("Train the snippet CRNN and the 30 s CRNN over several seeds in the background and compare "
-                 "segment-, track- and clip-level accuracy with the published figures.")
+        st.write("Train the snippet CRNN, the 30 s CRNN and a linear reference baseline over several seeds in "
+                 "the background; compare segment-, track- and clip-level accuracy with each other and with the "
+                 "published figures.")
         st.caption(exp)
     with c3:
         st.page_link("app_pages/3_demo.py", label="**Demo**", icon=":material/headphones:")

@@ -1,5 +1,5 @@
-"""Experiment: train the snippet and 30 s CRNNs over seeds in the background; compare the results with the
-published figures."""
+"""Experiment: train the snippet and 30 s CRNNs (and the linear reference baseline) over seeds in the
+background; compare the results with each other and with the published figures."""
 from __future__ import annotations
 
 import os
@@ -9,13 +9,13 @@ import pandas as pd
 import streamlit as st
 
 from core.dashboard_support import (experiment_groups, experiment_plan, experiment_progress, home_dir, list_datasets,
-                                    paired_sentence)
+                                    paired_models_sentence, paired_sentence)
 from core.jobs import EVENTS_NAME, open_job, read_events
 from core.reproduce import PUBLISHED
 from ui.charts import aggregation_figure, confusion_figure, curves_figure, headline_figure
 from ui.common import guarded, show_error
-from ui.state import (local_results, reference_files, reference_results, results_csv, results_json, run_epochs,
-                      run_metrics_extra, store_path, store_stamp)
+from ui.state import (local_results, reference_files, reference_info, reference_results, results_csv, results_json,
+                      run_epochs, run_metrics_extra, store_path, store_stamp)
 
 KIND_NAMES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
 LEVEL_NAMES = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
@@ -24,6 +24,7 @@ PRESET_HELP = {"paper": "the article: Adam 1e-4, batch 32, up to 50 epochs, earl
                "tuned": "what trains well on CPU: Adam 1e-3, up to 40 epochs, patience 8",
                "fast": "a smoke run: 2 short epochs (20 batches each) per model"}
 PRESET_EPOCHS = {"paper": 50, "tuned": 40, "fast": 2}
+MODEL_CHOICES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
 
 
 def job_dir() -> Path:
@@ -85,9 +86,13 @@ def run_section() -> None:
         preset = c[2].selectbox("Settings", list(PRESET_HELP), key="exp_preset",
                                 help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
         c = st.columns([2, 1, 1])
-        models = c[0].multiselect("Models", ["snippet", "full"], default=["snippet", "full"], key="exp_models",
-                                  format_func=lambda m: {"snippet": "snippet CRNN (3 s, votes)",
-                                                         "full": "30 s CRNN (whole clip)"}[m])
+        models = c[0].multiselect("Models", list(MODEL_CHOICES), default=list(MODEL_CHOICES), key="exp_models",
+                                  format_func=MODEL_CHOICES.get,
+                                  help="**snippet CRNN**: scores 3 s snippets, a track's snippets vote. "
+                                       "**30 s CRNN**: one look at the whole clip. **linear baseline**: per-snippet "
+                                       "mel-band mean and standard deviation, softmax regression, voting like the "
+                                       "snippet CRNN; the reference every comparison shows (what the deep models add "
+                                       "over a simple one). It fits in seconds.")
         epochs = c[1].number_input("Max epochs", 1, 500, None, placeholder="preset's", key="exp_epochs",
                                    help="Empty = the preset's (paper 50, tuned 40, fast 2). Early stopping may end a "
                                         "run sooner.")
@@ -137,7 +142,8 @@ def last_outcome(job) -> None:
     st_ = job.state()
     state, msg = st_.get("state"), st_.get("message", "")
     plan = experiment_plan(job.command)
-    what = f"{Path(plan['dataset']).name}, {len(plan['seeds'])} seeds × {', '.join(plan['models'])}"
+    what = f"{Path(plan['dataset']).name}, {len(plan['seeds'])} seeds × " \
+           f"{', '.join(KIND_NAMES.get(m, m) for m in plan['models'])}"
     if state == "done":
         st.success(f"Last experiment finished ({what}).", icon=":material/check_circle:")
     elif state == "stopped":
@@ -211,34 +217,53 @@ def results_section() -> None:
     except Exception as exc:  # noqa: BLE001 - e.g. a store written by a newer version
         show_error(exc, "the experiment store cannot be read")
         local = None
-    refs = reference_files()
-    sources: list[tuple[str, str]] = []
+    sources: dict[str, str] = {}
     if local is not None and len(local["results"]):
-        sources.append(("local", f"this lab's experiments ({local['results']['run_id'].nunique()} runs)"))
-    for p in refs:
-        sources.append((str(p), f"reference results shipped with the project ({p.name})"))
+        sources["local"] = f"this lab's experiments ({local['results']['run_id'].nunique()} runs)"
+    infos = {str(p): reference_info(p) for p in reference_files()}
+    for k, info in infos.items():
+        sources[k] = f"reference results: {info['name']}"
     if not sources:
         st.info("No experiment has been run here yet, and no reference results are shipped with the project yet. "
                 "Run an experiment above: its results appear here as each run finishes.", icon=":material/info:")
         return
-    key = sources[0][0]
+    key = next(iter(sources))
     if len(sources) > 1:
-        key = st.radio("Show", [k for k, _ in sources], format_func=dict(sources).get, horizontal=True,
-                       key="exp_source")
-    else:
-        st.caption(f"Showing {sources[0][1]}.")
+        key = st.selectbox("Results", list(sources), format_func=sources.get, key="exp_source",
+                           help="This lab's own experiments, or the reference results shipped with the project "
+                                "(one file per data set in results/reference/).")
     if key == "local":
+        st.caption(f"Showing {sources['local']}.")
         store, res, label = str(store_path()), local, "this lab"
     else:
+        info = infos[key]
+        st.caption(reference_caption(info))
         try:
             store, res = reference_results(Path(key))
         except Exception as exc:  # noqa: BLE001
             show_error(exc, f"the reference results {Path(key).name} cannot be read")
             return
-        label = "reference"
-        st.info("Reference results: produced on real music by the project (see results/reference/); "
-                "the published figures are the article's.", icon=":material/verified:")
+        label = info["name"]
     show_results(store, res, label)
+
+
+def reference_caption(info: dict) -> str:
+    """Which data set a shipped reference export is about and how it was produced."""
+    what = [f"{len(info['classes'])} classes"] if info.get("classes") else []
+    if info.get("tracks"):
+        t = info["tracks"]
+        what.append(f"{t['train']}/{t['val']}/{t['test']} train/val/test tracks")
+    how = [f"preset {info['preset']}"] if info.get("preset") else []
+    if info.get("n_seeds"):
+        how.append(f"{info['n_seeds']} seeds")
+    commit = info.get("commit")
+    if commit:
+        dirty = commit.endswith("-dirty")
+        how.append(f"commit `{commit.removesuffix('-dirty')[:10]}`" + (" with local changes" if dirty else ""))
+    return (f"Reference results shipped with the project, data set **{info['name']}**"
+            f"{' (' + ', '.join(what) + ')' if what else ''}: produced on real music by `python -m core reproduce`"
+            f"{' (' + ', '.join(how) + ')' if how else ''} and exported from its experiment store into "
+            f"`results/reference/{info['name']}.json`.")
 
 
 def show_results(store: str, res: dict, label: str) -> None:
@@ -259,25 +284,38 @@ def show_results(store: str, res: dict, label: str) -> None:
         summary = res["summary"]
     stamp = store_stamp(Path(store))
     n_seeds = int(df["seed"].nunique())
-    st.markdown(f"#### Segment vs track vs 30 s: mean ± SD over {n_seeds} seed{'s' if n_seeds != 1 else ''}")
+    has_linear = bool((df["kind"] == "linear").any())
+    st.markdown(f"#### Segment vs track vs 30 s{' vs linear baseline' if has_linear else ''}: mean ± SD over "
+                f"{n_seeds} seed{'s' if n_seeds != 1 else ''}")
     st.plotly_chart(headline_figure(summary, PUBLISHED, label), key="exp_headline", config={"displayModeBar": False})
     st.caption(f"Grey hatched bars: published (Hilsdorf 2022, full GTZAN): segment {PUBLISHED['segment_best_val']:.1%} "
                f"best validation accuracy, track level about +{PUBLISHED['track_gain_points']:g} points, 30 s model "
                f"{PUBLISHED['full_mean']:.1%} ± {PUBLISHED['full_sd']:.1%}. Error bars: one standard deviation over "
-               "seeds. Our numbers depend on the dataset you built; compare them with the published ones only on "
-               "full GTZAN.")
+               "seeds. Our numbers depend on the dataset; compare them with the published ones only on full GTZAN."
+               + (" Light bars on the shaded band: the **linear baseline** (per-snippet mel-band mean and standard "
+                  "deviation, softmax regression), scored on the same snippets and tracks; its fit is convex and "
+                  "deterministic, so every seed gives the same figure." if has_linear else ""))
+    comparisons = [lambda sp: paired_sentence(df, "track_sum", "segment", sp),
+                   lambda sp: paired_models_sentence(df, ("snippet", "track_sum"), ("full", "full"), sp),
+                   lambda sp: paired_models_sentence(df, ("snippet", "track_sum"), ("linear", "track_sum"), sp)]
     for split in ("test", "val"):
-        s = paired_sentence(df, "track_sum", "segment", split)
-        if s:
-            st.markdown(f"**{'Test' if split == 'test' else 'Validation'}:** {s['text']}")
+        lines = [s["text"] for s in (f(split) for f in comparisons) if s]
+        if lines:
+            st.markdown(f"**{'Test** (held-out tracks)' if split == 'test' else 'Validation**'}:\n"
+                        + "\n".join(f"- {t}" for t in lines))
 
     tab_seed, tab_curves, tab_cm, tab_agg = st.tabs(["Per seed", "Learning curves", "Confusion matrix",
                                                      "Aggregation"])
     with tab_seed:
-        table = per_seed_table(df, res["runs"])
+        split = st.segmented_control("Split", ["test", "val"], default="test", key="exp_seed_split",
+                                     format_func={"test": "test", "val": "validation"}.get) or "test"
+        table = per_seed_table(df, res["runs"], split)
         st.dataframe(table, hide_index=True, width="stretch", column_config={
-            c: st.column_config.NumberColumn(c, format="%.1f %%") for c in table.columns if " · " in c})
-        st.caption("Accuracy in % per seed: val = validation split, test = test split.")
+            c: st.column_config.NumberColumn(c, format="%.1f %%", help=TABLE_HELP.get(c))
+            for c in table.columns if c not in ("seed", "epochs")})
+        st.caption(f"Accuracy in % per seed on the {'test' if split == 'test' else 'validation'} split. CRNN = the "
+                   "snippet CRNN; linear = the linear baseline (majority vote and log-prob aggregation: the "
+                   "Aggregation tab). Epochs: how many each CRNN trained (its best epoch).")
         c1, c2 = st.columns(2)
         c1.download_button("Download results (CSV)", results_csv(store, stamp), file_name="genre-lab-results.csv",
                            mime="text/csv", icon=":material/download:")
@@ -286,7 +324,8 @@ def show_results(store: str, res: dict, label: str) -> None:
                            help="The store's export format: core.store.import_results reads it into another store.")
     runs = [r for r in res["runs"] if r["id"] in set(df["run_id"]) or r["status"] != "done"]
     with tab_curves:
-        kinds = sorted({r["kind"] for r in runs}, key=lambda k: list(KIND_NAMES).index(k) if k in KIND_NAMES else 9)
+        kinds = sorted({r["kind"] for r in runs if r["kind"] != "linear"},
+                       key=lambda k: list(KIND_NAMES).index(k) if k in KIND_NAMES else 9)
         if kinds:
             kind = st.segmented_control("Model", kinds, default=kinds[0], format_func=lambda k: KIND_NAMES.get(k, k),
                                         key="exp_curves_kind") or kinds[0]
@@ -296,43 +335,58 @@ def show_results(store: str, res: dict, label: str) -> None:
                 st.plotly_chart(curves_figure(hist), key="exp_curves", config={"displayModeBar": False})
             else:
                 st.caption("No per-epoch history recorded for these runs.")
+        if any(r["kind"] == "linear" for r in runs):
+            st.caption("The linear baseline is fitted in one step (L-BFGS on a convex problem): it has no learning "
+                       "curve.")
     with tab_cm:
         confusion_tab(store, stamp, df)
     with tab_agg:
-        if ((summary["kind"] == "snippet") & summary["level"].str.startswith("track")).any():
+        if (summary["kind"].isin(["snippet", "linear"]) & summary["level"].str.startswith("track")).any():
             st.plotly_chart(aggregation_figure(summary), key="exp_agg", config={"displayModeBar": False})
             st.caption("Three ways to turn window scores into a track's class: sum of scores (the article), "
-                       "majority vote of the windows' top classes, mean log-probability.")
-            for split in ("test", "val"):
-                for other in ("track_vote", "track_logprob"):
-                    s = paired_sentence(df, "track_sum", other, split)
-                    if s and s["n"] > 1:
-                        st.markdown(f"- {'Test' if split == 'test' else 'Validation'}: {s['text']}")
+                       "majority vote of the windows' top classes, mean log-probability"
+                       + (" (lighter bars: the linear baseline's snippets aggregated the same ways)."
+                          if has_linear else "."))
+            lines = []
+            for kind in ("snippet", "linear"):
+                for split in ("test", "val"):
+                    for other in ("track_vote", "track_logprob"):
+                        s = paired_sentence(df, "track_sum", other, split, kind)
+                        if s and s["n"] > 1 and (kind == "snippet" or (s["p"] is not None and s["p"] == s["p"])):
+                            lines.append(f"- {KIND_NAMES[kind]}, {'test' if split == 'test' else 'validation'}: "
+                                         f"{s['text']}")
+            if lines:
+                st.markdown("\n".join(lines))
         else:
             st.caption("No track-level results yet.")
 
 
-SHORT = {("snippet", "segment"): "segment", ("snippet", "track_sum"): "track (sum)",
-         ("snippet", "track_vote"): "track (vote)", ("snippet", "track_logprob"): "track (log-prob)",
-         ("full", "full"): "30 s model", ("linear", "segment"): "linear, segment", ("linear", "track_sum"):
-         "linear, track (sum)"}
+#: The per-seed table's columns: the headline's approaches (the other aggregations: the Aggregation tab)
+TABLE_COLUMNS = {("snippet", "segment"): "CRNN segment", ("snippet", "track_sum"): "CRNN track (sum)",
+                 ("full", "full"): "30 s CRNN", ("linear", "segment"): "linear segment",
+                 ("linear", "track_sum"): "linear track (sum)"}
+TABLE_HELP = {name: f"{KIND_NAMES[kind]}, {LEVEL_NAMES[level]} level" if kind != "full" else
+              "30 s CRNN: one prediction per clip" for (kind, level), name in TABLE_COLUMNS.items()}
 
 
-def per_seed_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
-    """Accuracy per seed (rows) and approach x split (columns), in %."""
-    if df.empty:
-        return df
-    d = df.copy()
-    d["column"] = [f"{SHORT.get((k, lvl), f'{k} {lvl}')} · {sp}" for k, lvl, sp in zip(d["kind"], d["level"],
-                                                                                       d["split"])]
+def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> pd.DataFrame:
+    """Accuracy per seed (rows) and approach (columns, those of the headline) on one split, in %, and the
+    CRNNs' epochs."""
+    d = df[(df["split"] == split) & pd.Series([kl in TABLE_COLUMNS for kl in zip(df["kind"], df["level"])],
+                                              index=df.index)].copy()
+    if d.empty:
+        return pd.DataFrame({"seed": []})
+    d["column"] = [TABLE_COLUMNS[kl] for kl in zip(d["kind"], d["level"])]
     t = d.pivot_table(index="seed", columns="column", values="accuracy", aggfunc="first")
-    order = [f"{name} · {sp}" for sp in ("val", "test") for name in SHORT.values()]
-    t = t[[c for c in order if c in t.columns] + [c for c in t.columns if c not in order]] * 100
-    epochs: dict[int, list[str]] = {}
+    t = t[[c for c in TABLE_COLUMNS.values() if c in t.columns]] * 100
+    epochs: dict[int, list[tuple[bool, str]]] = {}
     for r in runs:
-        epochs.setdefault(r["seed"], []).append(f"{KIND_NAMES.get(r['kind'], r['kind'])} {r['epochs']} "
-                                               f"(best {r['best_epoch'] or '–'})")
-    t["epochs"] = [", ".join(sorted(epochs.get(s, []))) for s in t.index]
+        if r["kind"] != "linear":  # one L-BFGS fit: no epochs to speak of
+            name = "CRNN" if r["kind"] == "snippet" else "30 s"
+            epochs.setdefault(r["seed"], []).append(
+                (r["kind"] != "snippet", f"{name} {r['epochs']} (best {r['best_epoch'] or '–'})"))
+    if epochs:
+        t["epochs"] = [", ".join(text for _, text in sorted(epochs.get(s, []))) for s in t.index]
     return t.reset_index()
 
 
@@ -376,7 +430,8 @@ def confusion_tab(store: str, stamp: float, df: pd.DataFrame) -> None:
 def main() -> None:
     st.title("Experiment")
     st.write("Does voting over 3-second snippets beat single snippets and a model that hears the whole 30 s? "
-             "Train both CRNNs over several seeds and see, with the spread.")
+             "And what do the deep models add over a simple one? Train both CRNNs and a linear reference "
+             "baseline over several seeds and see, with the spread.")
     run_section()
     results_section()
 

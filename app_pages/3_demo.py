@@ -14,7 +14,7 @@ from core.predictor import AGGREGATIONS
 from ui.charts import vote_figure
 from ui.common import guarded, show_error
 from ui.jobs_view import job_panel, job_running
-from ui.state import available_models, get_predictor, model_stamp
+from ui.state import available_models, default_model_key, get_predictor, model_stamp
 
 AGG_LABELS = {"sum": "sum of scores (article)", "vote": "majority vote", "logprob": "mean log-probability"}
 AGG_AXIS = {"sum": "sum of scores", "vote": "votes (windows won)", "logprob": "mean log-probability"}
@@ -73,15 +73,32 @@ def no_model() -> None:
         st.page_link("app_pages/2_experiment.py", label="Go to the Experiment page", icon=":material/science:")
 
 
+KIND_TEXT = {"snippet": "snippet CRNN (votes over windows)", "full": "30 s CRNN (one look at the clip)",
+             "linear": "linear baseline: mel-band mean/std + softmax regression (votes over windows)"}
+LEVEL_TEXT = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
+              "track_logprob": "track (log-prob)", "full": "30 s clip"}
+
+
+def _pct(v) -> str:
+    return f"{v:.1%}" if isinstance(v, (int, float)) and v == v else "–"
+
+
 def model_card_view(card: dict) -> None:
+    """A model card (``model_card.json``): what the model is, what it was trained on, how accurate it measured
+    and how to reproduce it (the last three for shipped models, written by ``python -m core ship-model``)."""
     p = card.get("params", {})
-    kind = "snippet CRNN (votes over windows)" if card.get("kind") == "snippet" else "30 s CRNN (one look at the clip)"
+    td = card.get("training_data") or {}
+    if card.get("name"):
+        st.markdown(f"**{card['name']}**")
+    if card.get("description"):
+        st.write(card["description"])
+    classes = card.get("classes", [])
     facts = {
-        "model": kind,
-        "classes": ", ".join(card.get("classes", [])),
-        "trained on": card.get("trained_on") or card.get("dataset") or "–",
-        "window": f"{p.get('snippet_s', '–')} s snippets" if card.get("kind") == "snippet"
-        else f"first {p.get('full_clip_s', 30)} s",
+        "model": KIND_TEXT.get(card.get("kind"), str(card.get("kind"))),
+        "classes": f"{len(classes)}: {', '.join(classes)}",
+        "trained on": td.get("source") or card.get("trained_on") or card.get("dataset") or "–",
+        "window": f"first {p.get('full_clip_s', 30):g} s" if card.get("kind") == "full"
+        else f"{p.get('snippet_s', '–')} s snippets",
         "features": f"{p.get('n_mels')} mel bands, {p.get('sample_rate')} Hz, "
                     f"FFT {p.get('n_fft')}, hop {p.get('hop_length')}",
         "scaling": card.get("norm_method", "–"),
@@ -95,9 +112,50 @@ def model_card_view(card: dict) -> None:
             facts[k.replace("_", " ")] = f"{v:.1%}" if v <= 1 else f"{v:.3g}"
         elif v is not None:
             facts[k.replace("_", " ")] = str(v)
-    if card.get("description"):
-        st.caption(card["description"])
-    st.dataframe({"": list(facts.keys()), " ": list(facts.values())}, hide_index=True, width="stretch")
+    st.markdown("\n".join(f"- **{k}**: {v}" for k, v in facts.items()))
+
+    if td:
+        tracks, snippets, split = td.get("tracks") or {}, td.get("snippets") or {}, td.get("split") or {}
+        bits = []
+        if tracks:
+            bits.append(f"{tracks.get('train', '?')} / {tracks.get('val', '?')} / {tracks.get('test', '?')} "
+                        "train / validation / test tracks")
+        if snippets.get("train"):
+            bits.append(f"{snippets['train']:,} training snippets")
+        if split:
+            shares = [f"{100 * split[k]:g} % {n}" for k, n in (("val_share", "validation"), ("test_share", "test"))
+                      if isinstance(split.get(k), (int, float))]
+            bits.append("split by track" + (f" ({', '.join(shares)}" if shares else "")
+                        + (f", seed {split['seed']}" if split.get("seed") is not None else "")
+                        + (")" if shares else ""))
+        st.markdown(f"**Training data:** {td.get('source', '–')}" + (f": {'; '.join(bits)}." if bits else "."))
+        if td.get("citation"):
+            st.caption(f"Citation: {td['citation']}")
+
+    acc = card.get("accuracy") or {}
+    if acc:
+        levels = [lvl for lvl in LEVEL_TEXT if any(k.startswith(f"{lvl}/") for k in acc)]
+        levels += sorted({k.split("/")[0] for k in acc} - set(levels))
+        rows = [f"| {LEVEL_TEXT.get(lvl, lvl)} | {_pct(acc.get(f'{lvl}/val'))} | {_pct(acc.get(f'{lvl}/test'))} |"
+                for lvl in levels]
+        st.markdown("**Measured accuracy** (this model, on held-out tracks of its data set)\n\n"
+                    "| level | validation | test |\n| --- | ---: | ---: |\n" + "\n".join(rows))
+        if card.get("selected_by"):
+            st.caption(f"Selected by {card['selected_by']}; the test figures played no part in the choice.")
+
+    rep = card.get("reproduction") or {}
+    if rep.get("command") or rep.get("preset"):
+        st.markdown("**Reproduce**")
+        if rep.get("command"):
+            st.code(rep["command"], language="bash", wrap_lines=True)
+        how = [f"preset {rep['preset']}"] if rep.get("preset") else []
+        if rep.get("n_seeds"):
+            how.append(f"{rep['n_seeds']} seeds")
+        if rep.get("commit"):
+            how.append(f"commit `{str(rep['commit']).removesuffix('-dirty')[:10]}`"
+                       + (" with local changes" if str(rep["commit"]).endswith("-dirty") else ""))
+        st.caption(", ".join(how) + ("; then `python -m core ship-model` picks the best seed by validation "
+                                     "accuracy." if how else ""))
     with st.popover("Full model card (JSON)"):
         slim = {k: v for k, v in card.items() if k not in ("norm", "config")}
         st.json(slim, expanded=1)
@@ -243,8 +301,9 @@ def main() -> None:
     with left:
         keys = [m["key"] for m in usable]
         key = st.selectbox("Model", keys, format_func=lambda k: next(m["label"] for m in usable if m["key"] == k),
-                           key="demo_model", help="Finished experiment runs, models shipped in models/ and "
-                                                  "models in your data folder.")
+                           index=keys.index(default_model_key(usable)), key="demo_model",
+                           help="Models shipped in models/ (trained on real music), models in your data folder "
+                                "and finished experiment runs.")
         model = next(m for m in usable if m["key"] == key)
         card = model["card"]
     with right:
@@ -271,7 +330,7 @@ def main() -> None:
         show_error(exc if isinstance(exc, UploadError) else UploadError(str(exc)))
         return
     res = res.with_aggregation(agg)
-    show_result(res, clip, hop_s if card.get("kind") == "snippet" else 1.0, clip_hash)
+    show_result(res, clip, 1.0 if card.get("kind") == "full" else hop_s, clip_hash)
 
 
 main()

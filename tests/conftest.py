@@ -48,9 +48,12 @@ def demo_model_dir(tmp_path_factory):
     return train_demo_model(tmp_path_factory.mktemp("demo-model") / "synthetic-demo", epochs=4)
 
 
-def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full"), dataset="synth"):
+def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full", "linear"), dataset="synth"):
     """An experiment store written through the store API with made-up but well-formed results (test data:
-    per-run predictions drawn at fixed accuracies, so pages have curves, matrices and tests to show)."""
+    per-run predictions drawn at fixed accuracies, so pages have curves, matrices and tests to show).
+
+    Like a real experiment: full-clip runs sit on the ``<dataset>-full`` twin, and the linear baseline (a
+    deterministic fit) scores the same in every seed, below the snippet CRNN."""
     import numpy as np
 
     from core.evaluate import classification_metrics
@@ -60,21 +63,33 @@ def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full"), d
     store = Store(path)
     n = len(classes)
     target = {"segment": 0.6, "track_sum": 0.72, "track_vote": 0.7, "track_logprob": 0.71, "full": 0.5}
+    linear_target = {"segment": 0.42, "track_sum": 0.5, "track_vote": 0.48, "track_logprob": 0.49}
     for seed in seeds:
         for kind in kinds:
             cfg = {"lr": 0.001, "max_epochs": 5}
             run_id = make_run_id(f"build-{kind}", kind, seed, cfg)
-            store.upsert_run(run_id, f"/data/datasets/{dataset}", f"build-{kind}", kind, seed, cfg, "running")
-            store.add_epochs(run_id, [{"epoch": e, "loss": 1.5 / e, "accuracy": 0.4 + 0.1 * e,
-                                       "val_loss": 1.6 / e + 0.05 * e, "val_accuracy": 0.35 + 0.08 * e,
-                                       "lr": 0.001, "seconds": 1.0, "best": e == 4} for e in range(1, 6)])
-            levels = ["segment", "track_sum", "track_vote", "track_logprob"] if kind == "snippet" else ["full"]
+            ds_path = f"/data/datasets/{dataset}" + ("-full" if kind == "full" else "")
+            store.upsert_run(run_id, ds_path, f"build-{kind}", kind, seed, cfg, "running")
+            if kind == "linear":
+                store.add_epochs(run_id, [{"epoch": 1, "loss": 1.1, "accuracy": 0.55, "val_loss": 1.2,
+                                           "val_accuracy": 0.45, "lr": 0.0, "seconds": 0.8, "best": True}])
+            else:
+                store.add_epochs(run_id, [{"epoch": e, "loss": 1.5 / e, "accuracy": 0.4 + 0.1 * e,
+                                           "val_loss": 1.6 / e + 0.05 * e, "val_accuracy": 0.35 + 0.08 * e,
+                                           "lr": 0.001, "seconds": 1.0, "best": e == 4} for e in range(1, 6)])
+            levels = ["full"] if kind == "full" else ["segment", "track_sum", "track_vote", "track_logprob"]
             results = {}
             for split in ("val", "test"):
-                for level in levels:
+                for li, level in enumerate(levels):
                     y = np.repeat(np.arange(n), 10)
-                    hit = rng.random(y.size) < target[level] + 0.02 * seed
-                    pred = np.where(hit, y, (y + 1 + rng.integers(0, n - 1, y.size)) % n)
+                    if kind == "linear":  # the same predictions for every seed
+                        r = np.random.default_rng(100 + 10 * li + (split == "test"))
+                        hit = r.random(y.size) < linear_target[level]
+                        wrong = r.integers(0, n - 1, y.size)
+                    else:
+                        hit = rng.random(y.size) < target[level] + 0.02 * seed
+                        wrong = rng.integers(0, n - 1, y.size)
+                    pred = np.where(hit, y, (y + 1 + wrong) % n)
                     preds = [{"track": f"{classes[t]}/{classes[t]}.{i:05d}.wav", "start_s": 0.0, "true": classes[t],
                               "pred": classes[p], "scores": [1.0 if j == p else 0.0 for j in range(n)]}
                              for i, (t, p) in enumerate(zip(y, pred))]

@@ -3,6 +3,7 @@ dataset, a store and a model; the demo's classification path through the real fi
 friendly errors instead of tracebacks; background jobs started from the pages (slow)."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
@@ -141,36 +142,99 @@ def test_data_page_overview_and_explorer(full_home):
     assert "Snippet 3: 3.99–6.99 s" in " ".join(texts(at.caption))
 
 
+def chart_spec(at, index: int = 0) -> dict:
+    """The plotly figure of the page's ``index``-th chart, as plotly JSON."""
+    import json
+
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def bar_values(spec: dict, trace_name: str) -> dict[str, float | None]:
+    """``{x category: y}`` of the named bar trace."""
+    trace = next(t for t in spec["data"] if t.get("name") == trace_name)
+    return dict(zip(trace["x"], trace["y"]))
+
+
 def test_experiment_page_results(full_home):
     at = open_page("experiment")
     assert_clean(at)
     assert not at.error
+    assert at.multiselect(key="exp_models").value == ["snippet", "full", "linear"]  # the baseline by default
     md = " ".join(texts(at.markdown))
-    assert "mean ± SD over 3 seeds" in md
+    assert "mean ± SD over 3 seeds" in md and "vs linear baseline" in md
     assert "beat segment-level in" in md and "paired t-test" in md
+    assert "The snippet CRNN's track-level accuracy beat the linear baseline's in 3 of 3 seeds, mean +" in md
+    assert "beat the 30 s CRNN's in" in md
     assert len(at.get("plotly_chart")) >= 3  # headline, learning curves, confusion matrix, aggregation
-    assert "published (Hilsdorf 2022, full GTZAN)" in " ".join(texts(at.caption))
+    captions = " ".join(texts(at.caption))
+    assert "published (Hilsdorf 2022, full GTZAN)" in captions and "**linear baseline**" in captions
+    # the headline: CRNN bars and the baseline's segment and track bars side by side, labelled as such
+    bars = bar_values(chart_spec(at), "this lab · test")
+    assert [x.split("<br>")[0] for x in bars] == ["segment level", "track level", "30 s model", "linear baseline:",
+                                                  "linear baseline:"]
+    assert all(v is not None for v in bars.values())
+    lin_seg, lin_track = list(bars.values())[3:]
+    assert lin_track > lin_seg and bars["track level<br>(sum of snippet votes)"] > lin_track
+    # per-seed table: every model and level, test split first, then validation
     table = at.dataframe[0].value
     assert list(table["seed"]) == [0, 1, 2]
-    assert any("segment" in c for c in table.columns)
+    assert list(table.columns) == ["seed", "CRNN segment", "CRNN track (sum)", "30 s CRNN", "linear segment",
+                                   "linear track (sum)", "epochs"]
+    assert table["epochs"].iloc[0] == "CRNN 5 (best 4), 30 s 5 (best 4)"
+    assert table["linear track (sum)"].nunique() == 1  # the baseline's fit does not depend on the seed
+    test_lin = float(table["linear track (sum)"].iloc[0])
+    at.segmented_control(key="exp_seed_split").set_value("val").run()
+    assert_clean(at)
+    assert float(at.dataframe[0].value["linear track (sum)"].iloc[0]) != test_lin
+    # aggregation: both models, the baseline in lighter bars
+    agg = next(c for c in (json.loads(e.proto.spec) for e in at.get("plotly_chart"))
+               if any(t.get("name") == "linear baseline · test" for t in c["data"]))
+    assert {t["name"] for t in agg["data"]} == {"snippet CRNN · validation", "snippet CRNN · test",
+                                                 "linear baseline · validation", "linear baseline · test"}
     assert any(b.label.startswith("Download results (CSV)") for b in at.get("download_button"))
+    # the learning-curve selector offers the CRNNs only (the baseline is one L-BFGS fit)
+    assert at.segmented_control(key="exp_curves_kind").options == ["snippet CRNN", "30 s CRNN"]
 
 
 def test_experiment_page_reference_results(empty_home, tmp_path, monkeypatch):
-    """No local store: results shipped in results/reference/ (the store's export format) are shown."""
+    """No local store: results shipped in results/reference/ (the store's export format) are shown; several
+    files are offered in a selectbox, each with its data set and the reproduction that produced it."""
     from core.store import export_results
+    from core.utils import atomic_write_json
 
     import ui.state
 
-    store = make_test_store(tmp_path / "ref-store", ["a", "b", "c", "d"], seeds=(0, 1))
-    ref = tmp_path / "reference"
-    ref.mkdir()
-    export_results(store, ref / "synthetic-test.json")
+    ref = tmp_path / "results" / "reference"
+    ref.mkdir(parents=True)
+    export_results(make_test_store(tmp_path / "s1", ["classical", "electronic", "pop", "rock"], seeds=(0, 1),
+                                   dataset="dataset"), ref / "emotify.json")
+    export_results(make_test_store(tmp_path / "s2", ["blues", "jazz", "metal"], seeds=(0, 1, 2), dataset="dataset"),
+                   ref / "gtzan-excerpts.json")
+    # the reproduction's results.json beside it (results/<name>/results.json) names the commit
+    atomic_write_json(tmp_path / "results" / "emotify" / "results.json", {
+        "preset": "tuned", "n_seeds": 2, "commit": "0123456789abcdef0123", "command": "python -m core reproduce x y",
+        "dataset": {"source": "/shared/data/emotify", "classes": ["classical", "electronic", "pop", "rock"],
+                    "counts": {s: {"tracks": n, "snippets": 10 * n} for s, n in
+                               (("train", 320), ("val", 40), ("test", 40))}}})
     monkeypatch.setattr(ui.state, "REFERENCE_DIR", ref)
     at = open_page("experiment")
     assert_clean(at)
-    assert "reference results shipped with the project" in " ".join(texts(at.caption))
+    assert at.selectbox(key="exp_source").value == str(ref / "emotify.json")
+    caption = next(t for t in texts(at.caption) if t.startswith("Reference results shipped with the project"))
+    assert "data set **emotify** (4 classes, 320/40/40 train/val/test tracks)" in caption
+    assert "`python -m core reproduce`" in caption and "preset tuned, 2 seeds, commit `0123456789`" in caption
     assert "mean ± SD over 2 seeds" in " ".join(texts(at.markdown))
+    assert not [s for s in at.selectbox if s.key and s.key.startswith("exp_group:")]  # one experiment, not 2
+    bars = bar_values(chart_spec(at), "emotify · test")
+    assert bars["30 s model<br>(whole clip at once)"] is not None  # the full-clip runs show as the 30 s model
+    assert bars["linear baseline:<br>track level (sum)"] is not None
+    # the other data set: no results.json beside it, still named and attributed
+    at.selectbox(key="exp_source").set_value(str(ref / "gtzan-excerpts.json")).run()
+    assert_clean(at)
+    caption = next(t for t in texts(at.caption) if t.startswith("Reference results shipped with the project"))
+    assert "data set **gtzan-excerpts**:" in caption and "`python -m core reproduce`" in caption
+    assert "mean ± SD over 3 seeds" in " ".join(texts(at.markdown))
+    assert bar_values(chart_spec(at), "gtzan-excerpts · test")["30 s model<br>(whole clip at once)"] is not None
 
 
 def test_newer_store_is_a_friendly_error(empty_home):
@@ -203,7 +267,77 @@ def test_demo_lists_models_and_card(full_home):
     assert_clean(at)
     options = at.selectbox(key="demo_model").options
     assert any("synthetic-demo" in o for o in options)
-    assert len(at.dataframe) == 1  # the model card facts
+    md = " ".join(texts(at.markdown))  # the model card facts
+    assert "- **model**: snippet CRNN (votes over windows)" in md and "- **classes**: 4: " in md
+    assert "Measured accuracy" not in md  # the synthetic model has no measured accuracy or reproduction
+
+
+def _shipped_model(folder: Path, demo_model_dir: Path, name: str) -> Path:
+    """A shipped-model folder: the demo model's weights with a card in ``ship-model``'s layout."""
+    import json
+
+    shutil.copytree(demo_model_dir, folder)
+    card = json.loads((folder / "model_card.json").read_text())
+    card.update(
+        name=name, description=f"{name}: snippet CRNN trained on real music (test fixture).", model_file="model.keras",
+        training_data={"source": "emotify", "citation": "Aljanaki et al. (2016), Emotify.",
+                       "classes": card["classes"], "tracks": {"train": 320, "val": 40, "test": 40},
+                       "snippets": {"train": 4480, "val": 560, "test": 560},
+                       "split": {"val_share": 0.1, "test_share": 0.1, "seed": 0}},
+        accuracy={"segment/val": 0.61, "segment/test": 0.58, "track_sum/val": 0.725, "track_sum/test": 0.7},
+        reproduction={"preset": "tuned", "command": "python -m core reproduce ../shared/data/emotify out "
+                                                    "--preset tuned", "commit": "abcdef0123456789", "n_seeds": 5},
+        selected_by="best validation track-level (sum) accuracy among the reproduction's seeds", dataset=None)
+    (folder / "model_card.json").write_text(json.dumps(card))
+    (folder / "MODEL_CARD.md").write_text(f"# {name}\n")
+    return folder
+
+
+def test_demo_prefers_shipped_models_and_shows_their_card(full_home, tmp_path, monkeypatch, demo_model_dir):
+    import core.dashboard_support
+
+    shipped = tmp_path / "models"
+    _shipped_model(shipped / "aaa-crnn", demo_model_dir, "aaa-crnn")
+    _shipped_model(shipped / "emotify-crnn", demo_model_dir, "emotify-crnn")
+    monkeypatch.setattr(core.dashboard_support, "model_dirs",
+                        lambda home=None: [("shipped", shipped), ("local", full_home / "models")])
+    at = open_page("demo")
+    assert_clean(at)
+    box = at.selectbox(key="demo_model")
+    assert box.value == f"shipped:{shipped / 'emotify-crnn'}"  # shipped first, the emotify one preferred
+    assert box.options[0].startswith("aaa-crnn, test 70%") and any("synthetic-demo" in o for o in box.options)
+    md = " ".join(texts(at.markdown))
+    assert "**emotify-crnn**" in md
+    assert "**Training data:** emotify: 320 / 40 / 40 train / validation / test tracks" in md
+    assert "split by track (10 % validation, 10 % test, seed 0)" in md
+    assert "Citation: Aljanaki et al. (2016), Emotify." in texts(at.caption)
+    assert "- **trained on**: emotify" in md
+    assert ("| level | validation | test |\n| --- | ---: | ---: |\n| segment | 61.0% | 58.0% |\n"
+            "| track (sum) | 72.5% | 70.0% |") in md
+    assert [c.value for c in at.code] == ["python -m core reproduce ../shared/data/emotify out --preset tuned"]
+    assert any("preset tuned, 5 seeds, commit `abcdef0123`" in t for t in texts(at.caption))
+    # and it classifies
+    from core.dashboard_support import demo_clip_wav
+
+    _upload(at, "tone.wav", demo_clip_wav(2, 6.0))
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Predicted genre"] == "pulse"
+
+
+def test_default_model_key():
+    from ui.state import default_model_key
+
+    card = {"name": "x"}
+    m = [{"key": "run:1", "origin": "experiment", "path": "/s/runs/1", "card": card},
+         {"key": "local:a", "origin": "local", "path": "/h/models/a", "card": card},
+         {"key": "shipped:b", "origin": "shipped", "path": "/r/models/b", "card": card},
+         {"key": "shipped:e", "origin": "shipped", "path": "/r/models/gtzan", "card": {"name": "Emotify CRNN"}},
+         {"key": "shipped:broken", "origin": "shipped", "path": "/r/models/emotify-old", "card": None,
+          "error": "bad card"}]
+    assert default_model_key(m) == "shipped:e"
+    assert default_model_key(m[:3]) == "shipped:b"
+    assert default_model_key(m[:2]) == "run:1"
+    assert default_model_key([]) is None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -316,14 +450,22 @@ def test_build_args_round_trip():
 
 
 def test_paired_sentence_in_plain_words(tmp_path):
-    from core.dashboard_support import paired_sentence
+    from core.dashboard_support import paired_models_sentence, paired_sentence
     from core.store import results_frame
 
     store = make_test_store(tmp_path / "s", ["a", "b", "c"], seeds=(0, 1, 2, 3, 4, 5))
-    s = paired_sentence(results_frame(store), "track_sum", "segment", "test")
+    df = results_frame(store)
+    s = paired_sentence(df, "track_sum", "segment", "test")
     assert s["n"] == 6 and 0 <= s["wins"] <= 6
     assert s["text"].startswith("Track-level (sum) beat segment-level in ")
     assert "paired t-test" in s["text"] and "Wilcoxon" in s["text"]
+    # the CRNN against the linear baseline (another model kind, same seeds)
+    s = paired_models_sentence(df, ("snippet", "track_sum"), ("linear", "track_sum"), "test")
+    assert s["n"] == 6 and s["wins"] == 6 and s["mean_diff"] > 0.1
+    assert s["text"].startswith("The snippet CRNN's track-level accuracy beat the linear baseline's in 6 of 6 seeds, "
+                                f"mean +{100 * s['mean_diff']:.1f} points, p = ")
+    assert paired_models_sentence(df[df["kind"] != "linear"], ("snippet", "track_sum"), ("linear", "track_sum")) \
+        is None
 
 
 def test_experiment_progress_from_events():
@@ -332,6 +474,9 @@ def test_experiment_progress_from_events():
     plan = experiment_plan(["python", "-m", "core", "run-experiment", "/d", "--store", "/s", "--seeds", "2",
                             "--models", "snippet,full"])
     assert plan["n_runs"] == 4 and plan["seeds"] == [0, 1]
+    plan3 = experiment_plan(["python", "-m", "core", "run-experiment", "/d", "--store", "/s", "--seeds", "0,4,7",
+                             "--models", "snippet,full,linear"])
+    assert plan3["n_runs"] == 9 and plan3["models"] == ["snippet", "full", "linear"] and plan3["seeds"] == [0, 4, 7]
     events = [{"state": "running", "phase": "start", "message": "go"},
               {"state": "running", "phase": "train", "run": "r1", "seed": 0, "model": "snippet", "message": "start"},
               {"state": "running", "phase": "batch", "run": "r1", "seed": 0, "model": "snippet", "epoch": 1,

@@ -11,6 +11,10 @@ from plotly.subplots import make_subplots
 CLASS_PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D",
                  "#EECA3B", "#BAB0AC", "#1F77B4", "#D62728", "#2CA02C", "#9467BD", "#8C564B", "#17BECF"]
 SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
+#: Magma, but starting at #000000: Streamlit's front end swaps the colours #000001 ... #000010 in a figure for
+#: its theme's chart colours (placeholders), and Magma's darkest stop is #000004 (floor bins came out pink).
+MAGMA = [[i / 9, c] for i, c in enumerate(["#000000", "#180f3d", "#440f76", "#721f81", "#9e2f7f", "#cd4071",
+                                            "#f1605d", "#fd9668", "#feca8d", "#fcfdbf"])]
 FONT = dict(family="Source Sans Pro, Helvetica, Arial, sans-serif")
 BOTTOM_LEGEND = dict(orientation="h", yanchor="top", y=-0.14, x=0, title_text="class ")
 
@@ -176,7 +180,7 @@ def mel_figure(mel: np.ndarray, sr: int, hop: int, start_s: float = 0.0, title: 
     t = start_s + np.arange(frames) * hop / sr
     zmax = float(np.max(mel)) if mel.size else 0.0
     zmin = max(float(np.min(mel)), zmax - 80.0) if mel.size else 0.0  # an 80 dB window: floor bins stay black
-    fig = go.Figure(go.Heatmap(z=mel.T, x=t, y=np.arange(n_mels), colorscale="Magma", zmin=zmin, zmax=zmax,
+    fig = go.Figure(go.Heatmap(z=mel.T, x=t, y=np.arange(n_mels), colorscale=MAGMA, zmin=zmin, zmax=zmax,
                                colorbar=dict(title="dB", thickness=12),
                                hovertemplate="%{x:.2f} s · mel band %{y}: %{z:.1f} dB<extra></extra>"))
     fig.update_xaxes(title_text="time (s)")
@@ -190,10 +194,12 @@ def mel_figure(mel: np.ndarray, sr: int, hop: int, start_s: float = 0.0, title: 
 HEADLINE_GROUPS = [("snippet", "segment", "segment level<br>(each 3 s snippet)"),
                    ("snippet", "track_sum", "track level<br>(sum of snippet votes)"),
                    ("full", "full", "30 s model<br>(whole clip at once)"),
-                   ("linear", "segment", "linear baseline<br>segment level"),
-                   ("linear", "track_sum", "linear baseline<br>track level")]
+                   ("linear", "segment", "linear baseline:<br>segment level"),
+                   ("linear", "track_sum", "linear baseline:<br>track level (sum)")]
 LAB_COLORS = {"val": "#4C78A8", "test": "#F58518"}
-PUBLISHED_COLOR = "#B8B8B8"
+BASELINE_COLORS = {"val": "#9FBAD6", "test": "#F8C08A"}  # lighter tints: the reference, not the model
+BASELINE_BAND = "#EEF1F5"
+PUBLISHED_COLOR = "#DADADA"
 
 
 def headline_figure(summary, published: dict[str, Any] | None, source_label: str = "this lab") -> go.Figure:
@@ -203,6 +209,15 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
     groups = [g for g in HEADLINE_GROUPS
               if ((summary["kind"] == g[0]) & (summary["level"] == g[1])).any() or g[0] != "linear"]
     x = [g[2] for g in groups]
+    # explicit bar positions, so that each group is centred on its label: the baseline's groups have no
+    # published bar and so two bars, the others three
+    slots = [["val", "test"] + (["published"] if published and kind != "linear" else []) for kind, _, _ in groups]
+    width = 0.78 / max(len(s) for s in slots)
+
+    def place(slot: str) -> dict[str, list[float]]:
+        return {"width": [width] * len(groups),
+                "offset": [(-len(s) / 2 + (s.index(slot) if slot in s else 0)) * width for s in slots]}
+
     fig = go.Figure()
     for split in ("val", "test"):
         means, sds, ns = [], [], []
@@ -211,11 +226,13 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
             means.append(float(row["accuracy_mean"].iloc[0]) if len(row) else None)
             sds.append(float(row["accuracy_sd"].iloc[0]) if len(row) else None)
             ns.append(int(row["n_seeds"].iloc[0]) if len(row) else 0)
+        lin = [g[0] == "linear" for g in groups]
         fig.add_trace(go.Bar(
-            x=x, y=means, name=f"{source_label} · {'validation' if split == 'val' else 'test'}",
-            marker_color=LAB_COLORS[split], error_y=dict(type="data", array=sds, visible=True, thickness=1.5),
-            text=[f"{m:.1%}" if m is not None else "" for m in means], textposition="inside",
-            insidetextanchor="start", textfont=dict(color="white"),
+            x=x, y=means, name=f"{source_label} · {'validation' if split == 'val' else 'test'}", **place(split),
+            marker_color=[BASELINE_COLORS[split] if is_lin else LAB_COLORS[split] for is_lin in lin],
+            error_y=dict(type="data", array=sds, visible=True, thickness=1.5),
+            text=[f"{m:.1%}" if m is not None else "" for m in means], textposition="inside", textangle=0,
+            insidetextanchor="start", textfont=dict(size=11, color=["#222" if is_lin else "white" for is_lin in lin]),
             customdata=np.stack([np.asarray([s if s is not None else np.nan for s in sds]), ns], axis=1),
             hovertemplate="%{x}<br>%{y:.1%} ± %{customdata[0]:.1%} over %{customdata[1]:.0f} seeds<extra>"
                           + split + "</extra>"))
@@ -235,13 +252,21 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
             hs.append(v[2] if v else "")
             texts.append(("≈" if level == "track_sum" else "") + f"{v[0]:.1%}" if v else "")
         fig.add_trace(go.Bar(
-            x=x, y=ys, name="published (Hilsdorf 2022, full GTZAN)", marker_color=PUBLISHED_COLOR,
-            marker_pattern_shape="/", marker_pattern_fgcolor="#888", error_y=dict(type="data", array=es,
+            x=x, y=ys, name="published (Hilsdorf 2022, full GTZAN)", **place("published"),
+            marker_color=PUBLISHED_COLOR,
+            marker_pattern_shape="/", marker_pattern_fgcolor="#A8A8A8", error_y=dict(type="data", array=es,
                                                                                    visible=True, thickness=1.5),
-            text=texts, textposition="inside", insidetextanchor="start", hovertext=hs,
-            textfont=dict(color="#222"),
+            text=texts, textposition="inside", textangle=0, insidetextanchor="start", hovertext=hs,
+            textfont=dict(size=11, color="#222"),
             hovertemplate="%{x}<br>published: %{hovertext}<extra>Hilsdorf 2022</extra>"))
-    fig.update_layout(barmode="group", bargap=0.25, uniformtext=dict(minsize=10, mode="hide"),
+    lin = [i for i, g in enumerate(groups) if g[0] == "linear"]
+    if lin:  # the reference baseline on a shaded band of its own, so it is never mistaken for a CRNN
+        fig.add_shape(type="rect", xref="x", yref="paper", x0=lin[0] - 0.5, x1=lin[-1] + 0.5, y0=0, y1=1,
+                      fillcolor=BASELINE_BAND, line_width=0, layer="below")
+        fig.add_annotation(x=(lin[0] + lin[-1]) / 2, y=0.985, xref="x", yref="paper", yanchor="top",
+                           showarrow=False, text="<b>linear baseline</b> (reference)",
+                           font=dict(size=12, color="#444"))
+    fig.update_layout(barmode="group", uniformtext=dict(minsize=9, mode="hide"),
                       yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1.05]))
     return _base(fig, 420)
 
@@ -288,21 +313,30 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
 
 
 def aggregation_figure(summary) -> go.Figure:
-    """Segment level vs the three track-level aggregations (snippet CRNN), mean ± SD, val and test."""
+    """Segment level vs the three track-level aggregations, mean ± SD, val and test: the snippet CRNN and, when
+    present, the linear baseline (lighter bars) aggregated the same way."""
     levels = [("segment", "segment level"), ("track_sum", "sum of scores"), ("track_vote", "majority vote"),
               ("track_logprob", "mean log-probability")]
+    kinds = [k for k in ("snippet", "linear") if (summary["kind"] == k).any()]
     fig = go.Figure()
-    for split in ("val", "test"):
-        sub = summary[(summary["kind"] == "snippet") & (summary["split"] == split)]
-        means, sds = [], []
-        for lvl, _ in levels:
-            r = sub[sub["level"] == lvl]
-            means.append(float(r["accuracy_mean"].iloc[0]) if len(r) else None)
-            sds.append(float(r["accuracy_sd"].iloc[0]) if len(r) else None)
-        fig.add_trace(go.Bar(x=[n for _, n in levels], y=means, name="validation" if split == "val" else "test",
-                             marker_color=LAB_COLORS[split], error_y=dict(type="data", array=sds, visible=True),
-                             text=[f"{m:.1%}" if m is not None else "" for m in means], textposition="inside",
-                             insidetextanchor="start", textfont=dict(color="white"),
-                             hovertemplate="%{x}: %{y:.1%}<extra>" + split + "</extra>"))
-    fig.update_layout(barmode="group", yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1.08]))
-    return _base(fig, 340)
+    for kind in kinds:
+        for split in ("val", "test"):
+            sub = summary[(summary["kind"] == kind) & (summary["split"] == split)]
+            means, sds = [], []
+            for lvl, _ in levels:
+                r = sub[sub["level"] == lvl]
+                means.append(float(r["accuracy_mean"].iloc[0]) if len(r) else None)
+                sds.append(float(r["accuracy_sd"].iloc[0]) if len(r) else None)
+            split_name = "validation" if split == "val" else "test"
+            name = split_name if len(kinds) == 1 else \
+                f"{'snippet CRNN' if kind == 'snippet' else 'linear baseline'} · {split_name}"
+            color = (LAB_COLORS if kind == "snippet" else BASELINE_COLORS)[split]
+            fig.add_trace(go.Bar(x=[n for _, n in levels], y=means, name=name, marker_color=color,
+                                 error_y=dict(type="data", array=sds, visible=True),
+                                 text=[f"{m:.1%}" if m is not None else "" for m in means], textposition="inside",
+                                 insidetextanchor="start",
+                                 textfont=dict(color="white" if kind == "snippet" else "#222"),
+                                 hovertemplate="%{x}: %{y:.1%}<extra>" + name + "</extra>"))
+    fig.update_layout(barmode="group", uniformtext=dict(minsize=9, mode="hide"),
+                      yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1.08]))
+    return _base(fig, 360)

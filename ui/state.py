@@ -13,6 +13,7 @@ import streamlit as st
 from core.dashboard_support import REPO_ROOT, home_dir, list_model_folders
 
 REFERENCE_DIR = REPO_ROOT / "results" / "reference"
+KIND_LABELS = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -62,6 +63,30 @@ def reference_files() -> list[Path]:
     if not REFERENCE_DIR.is_dir():
         return []
     return sorted(p for p in REFERENCE_DIR.glob("*.json") if not p.name.startswith("."))
+
+
+def reference_info(path: Path) -> dict[str, Any]:
+    """What the page says about a shipped export ``results/reference/<name>.json``: its data set name and,
+    when ``results/<name>/results.json`` (the reproduction's ``results.json``) is shipped beside it, the
+    reproduction's command, preset, seeds, commit and dataset description. Missing or unreadable: name only."""
+    from core.utils import read_json
+
+    info: dict[str, Any] = {"name": path.stem, "results_json": None, "commit": None, "command": None,
+                            "preset": None, "n_seeds": None, "source": None, "classes": None, "tracks": None}
+    doc_path = REFERENCE_DIR.parent / path.stem / "results.json"
+    try:
+        doc = read_json(doc_path) if doc_path.is_file() else None
+    except (OSError, ValueError):
+        doc = None
+    if isinstance(doc, dict):
+        ds = doc.get("dataset") or {}
+        counts = ds.get("counts") or {}
+        tracks = {s: (counts.get(s) or {}).get("tracks") for s in ("train", "val", "test")}
+        info.update(results_json=str(doc_path), commit=doc.get("commit"), command=doc.get("command"),
+                    preset=doc.get("preset"), n_seeds=doc.get("n_seeds"),
+                    source=Path(str(ds["source"])).name if ds.get("source") else None, classes=ds.get("classes"),
+                    tracks=tracks if all(isinstance(v, int) for v in tracks.values()) else None)
+    return info
 
 
 @st.cache_resource(show_spinner="Loading the reference results ...", max_entries=4)
@@ -137,7 +162,9 @@ def available_models() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in list_model_folders():
         card = m.get("card") or {}
-        label = f"{card.get('name') or m['name']}  ·  {'shipped' if m['origin'] == 'shipped' else 'local'}"
+        acc = (card.get("accuracy") or {}).get("full/test" if card.get("kind") == "full" else "track_sum/test")
+        note = f", test {acc:.0%}" if isinstance(acc, (int, float)) else ""
+        label = f"{card.get('name') or m['name']}{note}  ·  {'shipped' if m['origin'] == 'shipped' else 'local'}"
         out.append({"key": f"{m['origin']}:{m['path']}", "label": label, "path": m["path"], "origin": m["origin"],
                     "card": m.get("card"), "error": m.get("error")})
     try:
@@ -157,13 +184,30 @@ def available_models() -> list[dict[str, Any]]:
             except PredictorError:
                 continue
             sub = acc[(acc["run_id"] == r["id"]) & (acc["split"] == "test")]
-            level = "track_sum" if r["kind"] == "snippet" else "full"
+            level = "full" if r["kind"] == "full" else "track_sum"
             a = sub[sub["level"] == level]["accuracy"]
             note = f", test {a.iloc[0]:.0%}" if len(a) and a.iloc[0] == a.iloc[0] else ""
-            kind = "snippet CRNN" if r["kind"] == "snippet" else "30 s CRNN"
+            kind = KIND_LABELS.get(r["kind"], r["kind"])
             out.append({"key": f"run:{r['id']}", "origin": "experiment", "path": str(run_dir), "card": card,
                         "label": f"{kind}, seed {r['seed']}{note}  ·  experiment {Path(r['dataset']).name}"})
     return out
+
+
+def default_model_key(models: list[dict[str, Any]], prefer: str = "emotify") -> str | None:
+    """The model the demo starts with: a shipped one when there is one (one whose name contains ``prefer``
+    first), else the first listed."""
+    usable = [m for m in models if m.get("card") and not m.get("error")]
+    if not usable:
+        return None
+    shipped = [m for m in usable if m.get("origin") == "shipped"]
+
+    def name(m: dict) -> str:
+        return f"{(m.get('card') or {}).get('name') or ''} {Path(m['path']).name}".lower()
+
+    for group in ([m for m in shipped if prefer in name(m)], shipped, usable):
+        if group:
+            return group[0]["key"]
+    return None
 
 
 def model_stamp(path: str) -> float:
