@@ -40,11 +40,29 @@ def assert_clean(at) -> None:
     assert not any("something went wrong" in t for t in texts(at.error)), texts(at.error)
 
 
+def _without_shipped_models(monkeypatch) -> None:
+    """Hide the repository's models/ so a test sees only the models of its own data folder."""
+    import core.dashboard_support as support
+
+    orig = support.model_dirs
+    monkeypatch.setattr(support, "model_dirs", lambda home=None: [(k, p) for k, p in orig(home) if k != "shipped"])
+
+
+@pytest.fixture
+def fresh_clone_home(tmp_path, monkeypatch):
+    """An empty data folder: what a fresh clone sees (the shipped models and reference results only)."""
+    home = tmp_path / "fresh-home"
+    home.mkdir()
+    monkeypatch.setenv("GENRELAB_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def empty_home(tmp_path, monkeypatch):
     home = tmp_path / "empty-home"
     home.mkdir()
     monkeypatch.setenv("GENRELAB_HOME", str(home))
+    _without_shipped_models(monkeypatch)
     return home
 
 
@@ -66,7 +84,24 @@ def full_home_dir(tmp_path_factory, demo_model_dir):
 @pytest.fixture
 def full_home(full_home_dir, monkeypatch):
     monkeypatch.setenv("GENRELAB_HOME", str(full_home_dir))
+    _without_shipped_models(monkeypatch)
     return full_home_dir
+
+
+def test_demo_on_a_fresh_clone_uses_a_shipped_model(fresh_clone_home):
+    from core.dashboard_support import demo_clip_wav
+
+    shipped = sorted(p.name for p in (ROOT / "models").glob("*/model_card.json"))
+    if not shipped:
+        pytest.skip("no shipped models in models/")
+    at = open_page("demo")
+    assert_clean(at)
+    choice = at.selectbox(key="demo_model").value
+    assert "shipped" in str(choice) or any(p.parent.name in str(choice) for p in (ROOT / "models").glob("*/"))
+    _upload(at, "clip.wav", demo_clip_wav(1, 8.0))
+    assert_clean(at)
+    assert not at.error
+    assert {m.label: m.value for m in at.metric}["Windows"] == "6"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,7 +130,13 @@ def test_experiment_without_data(empty_home):
     assert not at.error
     infos = " ".join(texts(at.info))
     assert "Build a snippet dataset" in infos
-    assert "no reference results are shipped" in infos  # never invented numbers
+    shipped = sorted((ROOT / "results" / "reference").glob("*.json"))
+    if shipped:  # a fresh clone shows the reference results produced by `python -m core reproduce`
+        captions = " ".join(c.value for c in at.caption)
+        assert "Reference results shipped with the project" in captions
+        assert any(p.stem in captions for p in shipped)
+    else:
+        assert "no reference results are shipped" in infos  # never invented numbers
 
 
 def test_demo_without_model(empty_home):
