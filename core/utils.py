@@ -52,22 +52,12 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
-    """Save a ``.npy`` array atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Save a ``.npy`` array atomically (small arrays: labels, indices; big ones go through memmaps)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
