@@ -228,6 +228,10 @@ def results_section() -> None:
                 "Run an experiment above: its results appear here as each run finishes.", icon=":material/info:")
         return
     key = next(iter(sources))
+    if "local" in sources and not st.session_state.get("exp_local_seen"):
+        # this lab's first results (e.g. an experiment just finished): show them, not the shipped reference
+        st.session_state["exp_local_seen"] = True
+        st.session_state["exp_source"] = "local"
     if len(sources) > 1:
         key = st.selectbox("Results", list(sources), format_func=sources.get, key="exp_source",
                            help="This lab's own experiments, or the reference results shipped with the project "
