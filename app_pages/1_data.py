@@ -9,8 +9,9 @@ import streamlit as st
 
 from core.dashboard_jobs import build_dataset_args, find_job
 from core.dashboard_jobs import start as start_job
-from core.dashboard_support import (dataset_counts, describe_source, envelope, home_dir, list_datasets, list_sources,
-                                    safe_name, skipped_files, slice_wav, track_snippet_rows, unique_folder)
+from core.dashboard_support import (HOSTED_CAPS, dataset_counts, describe_source, envelope, home_dir, hosted_mode,
+                                    hosted_note, list_datasets, list_sources, safe_name, skipped_files, slice_wav,
+                                    track_snippet_rows, unique_folder)
 from core.dataset import DatasetError, SplitConfig, load_dataset
 from core.features import FeatureParams
 from ui.charts import counts_figure, mel_figure, waveform_figure
@@ -242,6 +243,8 @@ def build_section(src: str | None) -> None:
     if job_running(job_dir):
         st.warning(f"“{ds_name}” is being built already.", icon=":material/hourglass_top:")
         return
+    if hosted_mode():  # Community Cloud: capped (hosted_note above the form says so)
+        limit = min(int(limit) or HOSTED_CAPS["tracks_per_class"], HOSTED_CAPS["tracks_per_class"])
     try:
         start_job(build_dataset_args(src, str(out), params, split, int(workers), int(limit)), job_dir)
     except Exception as exc:  # noqa: BLE001
@@ -369,6 +372,8 @@ def main() -> None:
     st.title("Data")
     st.write("Bring audio, cut it into snippets and look at what the models will see.")
     st.caption(f"Data folder: `{home_dir('sources').parent}`")
+    if hosted_mode():
+        st.info(hosted_note(), icon=":material/cloud:")
     src = source_section()
     build_section(src)
     datasets_section()

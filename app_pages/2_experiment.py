@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.dashboard_support import (experiment_groups, experiment_plan, experiment_progress, home_dir, list_datasets,
+from core.dashboard_support import (HOSTED_CAPS, experiment_groups, experiment_plan, experiment_progress, home_dir,
+                                    hosted_mode, hosted_note, list_datasets,
                                     paired_models_sentence, paired_sentence)
 from core.jobs import EVENTS_NAME, open_job, read_events
 from core.reproduce import PUBLISHED
@@ -74,6 +75,8 @@ def run_section() -> None:
         st.info("Build a snippet dataset on the Data page first; experiments train on it.", icon=":material/info:")
         st.page_link("app_pages/1_data.py", label="Go to the Data page", icon=":material/library_music:")
         return
+    if hosted_mode():
+        st.info(hosted_note(), icon=":material/cloud:")
     with st.form("exp_form"):
         c = st.columns([2, 1, 1])
         ds_path = c[0].selectbox("Dataset", [d["path"] for d in datasets], format_func=lambda p: Path(p).name,
@@ -103,6 +106,9 @@ def run_section() -> None:
     if not models:
         st.error("Choose at least one model.", icon=":material/error:")
         return
+    if hosted_mode():  # Community Cloud: capped, and the page says so (hosted_note above the form)
+        seeds = min(int(seeds), HOSTED_CAPS["seeds"])
+        epochs = min(int(epochs or HOSTED_CAPS["epochs"]), HOSTED_CAPS["epochs"])
     args = ["run-experiment", ds_path, "--store", str(store_path()), "--seeds", str(int(seeds)),
             "--models", ",".join(models), "--preset", preset]
     if epochs:

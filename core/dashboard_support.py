@@ -669,3 +669,27 @@ def experiment_groups(runs: list[dict]) -> list[dict[str, Any]]:
         out.append(g)
     out.sort(key=lambda g: g["updated"], reverse=True)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# hosted (Streamlit Community Cloud) caps
+# ---------------------------------------------------------------------------------------------------------
+#: On a small shared host (690 MB-2.7 GB of memory, files lost on reboot) training is capped.
+HOSTED_CAPS = {"tracks_per_class": 20, "seeds": 2, "epochs": 5}
+
+
+def hosted_mode() -> bool:
+    """True on Streamlit Community Cloud (apps run from ``/mount/src``) or when ``GENRELAB_HOSTED=1``;
+    ``GENRELAB_HOSTED=0`` turns the caps off."""
+    env = os.environ.get("GENRELAB_HOSTED")
+    if env is not None:
+        return env.strip() not in ("", "0", "false", "no")
+    return str(REPO_ROOT).startswith("/mount/src")
+
+
+def hosted_note() -> str:
+    c = HOSTED_CAPS
+    return (f"Running on a small shared host (Streamlit Community Cloud): builds use at most {c['tracks_per_class']} "
+            f"tracks per class and experiments at most {c['seeds']} seeds of at most {c['epochs']} epochs, so they "
+            "finish in minutes and fit in memory; files written here are lost when the app restarts. Run "
+            "`python -m core` on your own machine for full-size experiments (set GENRELAB_HOSTED=0 to lift the caps).")

@@ -746,3 +746,18 @@ def test_train_the_demo_model_from_the_demo_page(empty_home):
     at.run()
     assert_clean(at)
     assert any("synthetic-demo" in o for o in at.selectbox(key="demo_model").options)
+
+
+def test_hosted_mode_caps_training_and_says_so(empty_home, monkeypatch):
+    from core.dashboard_support import HOSTED_CAPS, hosted_mode
+
+    monkeypatch.setenv("GENRELAB_HOSTED", "1")
+    assert hosted_mode()
+    for page in ("data", "experiment"):
+        at = open_page(page)
+        assert_clean(at)
+        infos = " ".join(texts(at.info))
+        if page == "data":
+            assert f"at most {HOSTED_CAPS['tracks_per_class']} tracks per class" in infos
+    monkeypatch.setenv("GENRELAB_HOSTED", "0")
+    assert not hosted_mode()
