@@ -5,9 +5,9 @@
   offset, so the dashboard only reads what is new.
 * **Stop**: :func:`request_stop` creates ``JOB/STOP``; the job checks it between batches, drops the unfinished
   epoch and exits with state ``stopped`` (running the same command again resumes).
-* **Lock**: one writer per store. :class:`StoreLock` is a file ``STORE/.lock`` (pid, host, start time, command)
-  created with ``O_EXCL``; a second writer gets a :class:`LockError` naming the holder; a lock whose pid is
-  dead on this host is stale and is taken over.
+* **Lock**: one writer per store. :class:`StoreLock` is an OS lock (``fcntl.flock``) on ``STORE/.lock`` that the
+  kernel releases when the holder dies (SIGKILL included); the holder's pid, host, start time and command are
+  in ``STORE/.lock.json`` for the message a second writer gets (:class:`LockError`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,70 +60,151 @@ def pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # lock
 # ---------------------------------------------------------------------------------------------------------
-class StoreLock:
-    """Exclusive writer lock of a store folder (use as a context manager)."""
+_HELD: "weakref.WeakSet[OSLock]" = weakref.WeakSet()  # locks this process holds: dropped in forked children
 
-    def __init__(self, store_path: str | os.PathLike, command: str | None = None):
-        self.path = Path(store_path) / LOCK_NAME
+
+def _close_in_child() -> None:
+    """A forked child (a pool worker) must not keep a copy of its parent's lock descriptor: the kernel keeps a
+    ``flock`` while any copy is open, so an orphaned worker would hold the lock after its parent died.
+    Closing the child's copy does not release the parent's lock."""
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            try:
+                os.close(lock._fd)
+            except OSError:
+                pass
+        lock._fd, lock.held = None, False
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
+
+class OSLock:
+    """Exclusive lock of a folder held with the kernel (``fcntl.flock`` on ``FOLDER/NAME``).
+
+    The kernel releases it when the holder exits, SIGKILL included, so there is no stale lock to detect and no
+    window where two processes both believe they hold it. The lock file itself is never deleted (deleting a
+    locked file would let a newcomer lock a fresh inode beside the old holder); the holder's pid, host, start
+    time and command go to a side file ``NAME.json`` for the messages only.
+    """
+
+    error: type[Exception] = Exception
+    what = "folder"
+
+    def __init__(self, folder: str | os.PathLike, name: str, command: str | None = None):
+        self.path = Path(folder) / name
+        self.info_path = self.path.with_name(self.path.name + ".json")
         self.command = command or " ".join(sys.argv)
         self.held = False
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+
+    def _record(self) -> dict | None:
+        try:
+            info = read_json(self.info_path)
+            return info if isinstance(info, dict) else None
+        except (OSError, ValueError):
+            return None
 
     def holder(self) -> dict | None:
-        """The current lock record, or None when unlocked."""
-        try:
-            return read_json(self.path)
-        except FileNotFoundError:
+        """The holder's record (pid, host, started_at, command), or None when nobody holds the lock."""
+        if self.held:
+            return self._record()
+        if not self.path.exists():
             return None
-        except (ValueError, OSError):
-            return {"pid": -1, "host": "?", "started_at": "?", "command": "(unreadable lock file)"}
+        import fcntl
 
-    def _stale(self, info: dict) -> bool:
-        return info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", -1)))
+        fd = self._open()
+        try:
+            try:  # a shared probe: never blocks another prober, and an exclusive acquirer retries past it
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                info = self._record()
+                if info is None or (info.get("host") == socket.gethostname()
+                                    and not pid_alive(int(info.get("pid", -1)))):
+                    # the holder has just taken the lock and not yet written its record
+                    return {"pid": -1, "host": "?", "started_at": "?", "command": "(a process starting up)"}
+                return info
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
-    def acquire(self) -> "StoreLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now(), "command": self.command}
-        for _ in range(3):
+    def message(self, info: dict | None) -> str:
+        info = info or {}
+        return (f"the {self.what} {self.path.parent} is in use by pid {info.get('pid')} on {info.get('host')} "
+                f"since {info.get('started_at')} (command: {info.get('command')}). Stop that job or wait for it.")
+
+    def acquire(self, timeout: float = 1.0) -> "OSLock":
+        """Take the lock; waits up to ``timeout`` seconds, then raises ``self.error`` naming the holder."""
+        import fcntl
+
+        if self.held:
+            raise self.error(f"this process already holds the lock of {self.path.parent}")
+        fd = self._open()
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                info = self.holder()
-                if info is None:
-                    continue  # released meanwhile
-                if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-                    raise LockError(f"this process already holds the lock of {self.path.parent}")
-                if self._stale(info) or info.get("pid") == -1:
-                    # take over: rename is atomic, so only one contender removes this very file
-                    tomb = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
-                    try:
-                        os.replace(self.path, tomb)
-                        tomb.unlink()
-                    except FileNotFoundError:
-                        pass
-                    continue
-                raise LockError(
-                    f"the store {self.path.parent} is in use by pid {info.get('pid')} on {info.get('host')} since "
-                    f"{info.get('started_at')} (command: {info.get('command')}). Stop that job or wait for it; "
-                    f"if that process is gone on another machine, delete {self.path}.")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(record, fh)
-            self.held = True
-            return self
-        raise LockError(f"could not take the lock {self.path} (contended)")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    info = self._record()
+                    if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+                        raise self.error(f"this process already holds the lock of {self.path.parent}") from None
+                    raise self.error(self.message(self.holder())) from None
+                time.sleep(0.02)
+        self._fd = fd
+        _HELD.add(self)
+        self.held = True
+        try:
+            atomic_write_json(self.info_path, {"pid": os.getpid(), "host": socket.gethostname(),
+                                               "started_at": _now(), "command": self.command})
+        except OSError:
+            pass  # the record only feeds messages; the kernel lock is what counts
+        return self
 
     def release(self) -> None:
-        if not self.held:
+        if not self.held or self._fd is None:
             return
-        info = self.holder()
-        if info and info.get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
-        self.held = False
+        import fcntl
 
-    def __enter__(self) -> "StoreLock":
+        info = self._record()
+        if info and info.get("pid") == os.getpid():
+            self.info_path.unlink(missing_ok=True)
+        _HELD.discard(self)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+            self.held = False
+
+    def __enter__(self) -> "OSLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class StoreLock(OSLock):
+    """Exclusive writer lock of a store folder (use as a context manager): ``STORE/.lock``."""
+
+    error = LockError
+    what = "store"
+
+    def __init__(self, store_path: str | os.PathLike, command: str | None = None):
+        super().__init__(store_path, LOCK_NAME, command)
+
+    def message(self, info: dict | None) -> str:
+        return super().message(info) + (f" If that process is gone on another machine sharing this folder, "
+                                         f"delete {self.path}.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -262,9 +344,8 @@ def start_job(args: list[str], job_dir: str | os.PathLike, store: str | os.PathL
     if store is not None:
         lock = StoreLock(store)
         info = lock.holder()
-        if info is not None and not lock._stale(info):
-            raise LockError(f"the store {store} is in use by pid {info.get('pid')} on {info.get('host')} since "
-                            f"{info.get('started_at')} (command: {info.get('command')})")
+        if info is not None:
+            raise LockError(lock.message(info))
     (job_dir / STOP_NAME).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "core", *args, "--events", str(job_dir / EVENTS_NAME),
            "--stop-file", str(job_dir / STOP_NAME)]

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import ROOT
+
 
 def _fill(store, seeds=(0, 1, 2)):
     from core.evaluate import classification_metrics
@@ -69,24 +71,25 @@ def test_newer_store_is_refused_untouched(tmp_path):
         Store(tmp_path / "nothing", create=False)
 
 
-def test_lock_names_its_holder_and_stale_locks_are_taken_over(tmp_path):
+def test_lock_names_its_holder_and_is_released_with_it(tmp_path):
     from core.jobs import LockError, StoreLock
 
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = ("import sys, time; sys.path.insert(0, %r); from core.jobs import StoreLock; "
+            "StoreLock(%r, command='python -m core run-experiment X').acquire(); print('held', flush=True); "
+            "time.sleep(60)") % (str(ROOT), str(tmp_path))
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
-                                                    "started_at": "2024-01-01T00:00:00Z",
-                                                    "command": "python -m core run-experiment X"}))
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockError, match=f"pid {holder.pid}.*run-experiment"):
             StoreLock(tmp_path).acquire()
     finally:
         holder.kill()
         holder.wait()
-    with StoreLock(tmp_path, command="second") as lock:  # the holder is dead: stale, taken over
-        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    with StoreLock(tmp_path, command="second") as lock:  # the kernel released the dead holder's lock
+        assert json.loads((tmp_path / ".lock.json").read_text())["pid"] == os.getpid()
         with pytest.raises(LockError):
             StoreLock(tmp_path).acquire()
-    assert not (tmp_path / ".lock").exists() and not lock.held
+    assert not (tmp_path / ".lock.json").exists() and not lock.held
 
 
 def test_events_are_read_incrementally(tmp_path):
