@@ -2,8 +2,9 @@
 
 Decoding order: ``soundfile`` (libsndfile bundled with the wheel: wav, au, aiff, flac, ogg, mp3), then the
 ffmpeg binary shipped by ``imageio-ffmpeg`` (m4a/aac, opus, wma, video containers ...). Resampling uses
-``soxr`` through librosa. Every failure is raised as :class:`AudioError` with a short human reason, so that
-dataset builds can list skipped files and the dashboard can show a clear message.
+``soxr`` directly (what librosa uses by default; librosa itself is never imported: it compiles numba
+functions for ~17 s on a cold start). Every failure is raised as :class:`AudioError` with a short human
+reason, so that dataset builds can list skipped files and the dashboard can show a clear message.
 """
 from __future__ import annotations
 
@@ -60,12 +61,23 @@ def _read_ffmpeg(path: str, sr: int) -> tuple[np.ndarray, int]:
 
 
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample a mono signal (soxr high quality); a no-op when the rates match."""
+    """Resample a mono signal with soxr's high quality ("soxr_hq"); a no-op when the rates match.
+
+    The same computation as ``librosa.resample(y, orig_sr=, target_sr=, res_type="soxr_hq")`` (librosa's
+    default resampler), output length ``ceil(len(y) * target_sr / orig_sr)``, without importing librosa.
+    """
     if orig_sr == target_sr:
         return y
-    import librosa
+    import soxr
 
-    return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    n_out = int(np.ceil(y.shape[-1] * float(target_sr) / orig_sr))
+    out = np.asarray(soxr.resample(y, orig_sr, target_sr, quality="soxr_hq"), dtype=np.float32)
+    if out.shape[-1] > n_out:
+        out = out[:n_out]
+    elif out.shape[-1] < n_out:
+        out = np.pad(out, (0, n_out - out.shape[-1]))
+    return out
 
 
 def load_audio(path: str | os.PathLike, sr: int = 22050, *, max_seconds: float | None = None) -> np.ndarray:

@@ -273,14 +273,17 @@ def _worker_init() -> None:
 
 
 def _pool_context():
-    """``fork`` after warming librosa up in this process (workers start in milliseconds, not seconds),
-    unless a threaded ML framework is loaded here, where forking is unsafe: then ``spawn``."""
+    """``fork`` after warming the feature code up in this process (workers start in milliseconds, not
+    seconds), unless a threaded ML framework is loaded here, where forking is unsafe: then ``spawn``."""
     heavy = {"tensorflow", "torch", "jax", "streamlit"} & set(sys.modules)
     if heavy or "fork" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
-    import librosa
+    from core.features import stft_power
 
-    librosa.stft(np.zeros(4096, dtype=np.float32))  # first call loads librosa's lazy submodules (~1.5 s)
+    stft_power(np.zeros(4096, dtype=np.float32), 2048, 512)  # imports scipy.fft, soundfile once for all workers
+    import soundfile  # noqa: F401
+    import soxr  # noqa: F401
+
     return mp.get_context("fork")
 
 
@@ -288,11 +291,13 @@ def _pool_context():
 # the build
 # ---------------------------------------------------------------------------------------------------------
 def library_versions() -> dict[str, str]:
-    import librosa
+    import scipy
     import soundfile
+    import soxr
 
+    # librosa is no longer used (core.features computes the same mel spectrograms in NumPy/SciPy).
     return {"genre_lab": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "librosa": librosa.__version__, "soundfile": soundfile.__version__,
+            "scipy": scipy.__version__, "soxr": soxr.__version__, "soundfile": soundfile.__version__,
             "libsndfile": soundfile.__libsndfile_version__}
 
 

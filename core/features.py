@@ -106,18 +106,97 @@ def frames_for(n_samples: int, hop_length: int) -> int:
 
 
 _MEL_BASIS: dict[tuple, Any] = {}
+_WINDOWS: dict[int, np.ndarray] = {}
+_STFT_BLOCK = 512  # frames per FFT block: bounded memory (8 MB of float64 frames at n_fft 2048) on long clips
+
+
+# ---------------------------------------------------------------------------------------------------------
+# NumPy mel spectrogram, equal to librosa's (librosa is not imported: its numba functions compile for ~17 s
+# on a cold start). tests/test_features_dsp.py checks every function against librosa.
+# ---------------------------------------------------------------------------------------------------------
+def hz_to_mel(freqs) -> np.ndarray:
+    """Slaney mel scale (``librosa.hz_to_mel(htk=False)``): linear below 1 kHz, logarithmic above."""
+    f = np.asarray(freqs, dtype=np.float64)
+    f_sp = 200.0 / 3
+    mels = f / f_sp
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-300) / min_log_hz) / logstep, mels)
+
+
+def mel_to_hz(mels) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel` (``librosa.mel_to_hz(htk=False)``)."""
+    m = np.asarray(mels, dtype=np.float64)
+    f_sp = 200.0 / 3
+    freqs = f_sp * m
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), freqs)
+
+
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)`` (Slaney scale, Slaney area normalisation),
+    float32 ``(n_mels, 1 + n_fft // 2)``: the same operations in the same order."""
+    fmax = float(sr) / 2 if fmax is None else fmax
+    weights = np.zeros((int(n_mels), int(1 + n_fft // 2)), dtype=np.float32)
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    enorm = 2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels])
+    weights *= enorm[:, np.newaxis]
+    return weights
+
+
+def hann_window(n_fft: int) -> np.ndarray:
+    """Periodic Hann window (``scipy.signal.get_window("hann", n_fft, fftbins=True)``), float64."""
+    if n_fft not in _WINDOWS:
+        n = np.arange(n_fft, dtype=np.float64)
+        _WINDOWS[n_fft] = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)
+    return _WINDOWS[n_fft]
+
+
+def stft_power(y: np.ndarray, n_fft: int, hop_length: int, *, workers: int = 1,
+               consume=None) -> np.ndarray | None:
+    """``|librosa.stft(y, n_fft, hop_length, center=True, pad_mode="constant")|**2`` as float32
+    ``(frames, 1 + n_fft // 2)`` (time first): zero padding of ``n_fft // 2`` on both sides, periodic Hann
+    window, float64 FFT rounded to complex64 as librosa does. Computed in blocks of frames; with ``consume``
+    each block's power is passed to ``consume(block)`` instead of being collected (bounded memory)."""
+    import scipy.fft
+
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    pad = n_fft // 2
+    yp = np.pad(y, (pad, pad), mode="constant")
+    frames = np.lib.stride_tricks.sliding_window_view(yp, n_fft)[::hop_length]
+    window = hann_window(n_fft)
+    out = []
+    for a in range(0, frames.shape[0], _STFT_BLOCK):
+        spec = scipy.fft.rfft(window * frames[a:a + _STFT_BLOCK], axis=-1, workers=workers)
+        spec = spec.astype(np.complex64)
+        power = spec.real ** 2 + spec.imag ** 2
+        if consume is None:
+            out.append(power)
+        else:
+            consume(power)
+    if consume is not None:
+        return None
+    return np.concatenate(out) if out else np.zeros((0, 1 + n_fft // 2), np.float32)
 
 
 def _mel_basis(sr: int, n_fft: int, n_mels: int):
-    """librosa's mel filter bank as a sparse matrix (each filter spans a few FFT bins: ~2k non-zeros of
-    100k at the defaults, so the projection costs ~2 ms per 30 s instead of ~10 ms dense)."""
+    """The mel filter bank, transposed, as a sparse matrix (each filter spans a few FFT bins: ~2k non-zeros
+    of 100k at the defaults, so the projection costs ~2 ms per 30 s instead of ~10 ms dense)."""
     key = (sr, n_fft, n_mels)
     if key not in _MEL_BASIS:
-        import librosa
         import scipy.sparse
 
-        dense = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
-        _MEL_BASIS[key] = scipy.sparse.csr_matrix(dense)
+        _MEL_BASIS[key] = scipy.sparse.csr_matrix(mel_filterbank(sr, n_fft, n_mels))
     return _MEL_BASIS[key]
 
 
@@ -125,17 +204,16 @@ def mel_power(y: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Mel power spectrogram, shape ``(frames, n_mels)`` (time first), float32.
 
     Same as ``librosa.feature.melspectrogram(y=y, sr, n_fft, hop_length, n_mels)`` (centred frames,
-    zero padding, Hann window, power 2), transposed.
+    zero padding, Hann window, power 2), transposed, computed without librosa.
     """
-    import librosa
-    import scipy.fft
-
     y = np.ascontiguousarray(y, dtype=np.float32)
-    with scipy.fft.set_workers(_fft_workers(y.size, params.sample_rate)):
-        stft = librosa.stft(y, n_fft=params.n_fft, hop_length=params.hop_length, center=True, pad_mode="constant")
-    power = stft.real**2 + stft.imag**2
-    mel = _mel_basis(params.sample_rate, params.n_fft, params.n_mels) @ power
-    return np.ascontiguousarray(np.asarray(mel, dtype=np.float32).T)
+    basis = _mel_basis(params.sample_rate, params.n_fft, params.n_mels)
+    blocks: list[np.ndarray] = []
+    stft_power(y, params.n_fft, params.hop_length, workers=_fft_workers(y.size, params.sample_rate),
+               consume=lambda pw: blocks.append(np.asarray(basis @ pw.T, dtype=np.float32).T))
+    if not blocks:
+        return np.zeros((0, params.n_mels), np.float32)
+    return np.ascontiguousarray(np.concatenate(blocks))
 
 
 def _fft_workers(n_samples: int, sr: int) -> int:
