@@ -12,6 +12,7 @@ CLI_MODULES = [
     "core.dataset",
     "core.download",
     "core.experiment",
+    "core.musicnn",
     "core.predictor",
     "core.reproduce",
 ]

@@ -1,0 +1,82 @@
+"""musicnn inference latency on a 3-minute track: NumPy log-mel + the Keras 3 network (shipped MSD_musicnn).
+
+Times, after the model is loaded and warmed up, on a decoded 16 kHz signal (a synthetic clip, or ``--clip FILE``
+decoded once beforehand): the log-mel front end, and the network on 3 s patches cut
+
+* every 3 s (musicnn's own extractor: 60 patches on 3 minutes), and
+* every 1 s (Genre Lab's track-level windows: 178 patches on 3 minutes).
+
+Reports the median of ``--repeats`` runs, wall and CPU time. Usage:
+``python bench/embedding_latency.py [--seconds 180] [--repeats 5] [--batch 32] [--clip FILE]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def _time(fn, repeats):
+    walls, cpus, out = [], [], None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return float(np.median(walls)), float(np.median(cpus)), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=180.0)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--clip", help="an audio file to use instead of the synthetic clip (tiled/cut to --seconds)")
+    a = ap.parse_args()
+
+    import keras
+
+    from core import musicnn as mn
+
+    if a.clip:
+        from core.audio import load_audio
+
+        y = load_audio(a.clip, mn.SR)
+        y = np.tile(y, int(np.ceil(a.seconds * mn.SR / y.size)))[: int(a.seconds * mn.SR)]
+    else:
+        from core.synth import synth_clip
+
+        import librosa
+
+        y = librosa.resample(synth_clip(2, a.seconds), orig_sr=22050, target_sr=mn.SR).astype(np.float32)
+    t0 = time.perf_counter()
+    model, card = mn.load_musicnn(mn.default_model_dir())
+    t_load = time.perf_counter() - t0
+    print(f"keras {keras.__version__} backend {keras.backend.backend()}, {os.cpu_count()} CPUs; track {a.seconds:g} s; "
+          f"model {card['name']} loaded in {t_load:.2f} s; batch {a.batch}")
+    mn.predict_patches(model, np.zeros((a.batch, mn.PATCH_FRAMES, mn.N_MELS), np.float32), batch_size=a.batch)  # warm-up
+
+    w_mel, c_mel, mel = _time(lambda: mn.log_mel(y), a.repeats)
+    print(f"log-mel ({mel.shape[0]} frames): {w_mel * 1000:.0f} ms wall, {c_mel * 1000:.0f} ms CPU")
+    for label, hop in (("every 3 s (musicnn extractor)", mn.PATCH_FRAMES), ("every 1 s (track-level windows)", None)):
+        if hop is None:
+            starts = np.arange(0, a.seconds - mn.PATCH_SECONDS + 1e-9, 1.0)
+            idx = np.array([mn.frames_at(s) for s in starts])
+            idx = idx[idx + mn.PATCH_FRAMES <= mel.shape[0]]
+            x = mel[idx[:, None] + np.arange(mn.PATCH_FRAMES)[None, :]]
+        else:
+            x, _ = mn.patches(mel, hop)
+        w_net, c_net, _ = _time(lambda: mn.predict_patches(model, x, batch_size=a.batch), a.repeats)
+        print(f"network, {len(x)} patches {label}: {w_net * 1000:.0f} ms wall ({w_net / len(x) * 1000:.1f} ms/patch), "
+              f"{c_net * 1000:.0f} ms CPU; mel + network = {(w_mel + w_net) * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
