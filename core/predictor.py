@@ -290,8 +290,10 @@ class Predictor:
 # ---------------------------------------------------------------------------------------------------------
 def register_cli(sub) -> None:
     p = sub.add_parser("predict", help="classify audio files with a trained model",
-                       description="Classify audio files: one line per file (file, class, score, windows). "
-                                   "Unreadable files are reported with a reason and make the exit code 1.")
+                       description="Classify audio files: one line per file (file, class, score, windows) "
+                                   "on stdout, after a header on stderr (model, classes, windows). Unreadable "
+                                   "files are reported with a reason and make the exit code 1. Runs the model "
+                                   "in NumPy when it can (no TensorFlow import), else with Keras.")
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, mp3, flac, ogg, au, m4a ...)")
     p.add_argument("--model", required=True, help="a .keras file with model_card.json beside it, or a run folder")
     p.add_argument("--window", type=float, default=None, help="window length in s (default: training snippet)")
@@ -302,14 +304,18 @@ def register_cli(sub) -> None:
 
 
 def _cli_predict(a) -> int:
-    _quiet_backend_logs()
     from core.audio import AudioError
+    from core.lite_inference import make_predictor
 
-    try:
-        pred = Predictor(a.model)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # only matters if the model needs the Keras fallback
+    _quiet_backend_logs()
+    try:  # NumPy inference when the model allows it (no TensorFlow import), else Keras
+        pred = make_predictor(a.model)
     except PredictorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not a.json:  # on stderr: stdout stays one line per file (for `> results.tsv` and scripts)
+        print(_predict_header(pred, a), file=sys.stderr, flush=True)
     failed = 0
     for f in a.files:
         try:
@@ -332,6 +338,21 @@ def _cli_predict(a) -> int:
     if failed:
         print(f"{failed} of {len(a.files)} files could not be classified", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_header(pred: "Predictor", a) -> str:
+    """What ``predict`` prints before its table: the model, its classes, how windows are cut and the columns."""
+    card = pred.card
+    name = card.get("name") or pred.model_path.parent.name
+    backend = "NumPy" if getattr(pred, "backend", "") == "numpy" else "Keras"
+    if pred.kind == "full":
+        how = f"one {pred.params.full_clip_s:g} s clip per file"
+    else:
+        how = (f"{a.window or pred.params.snippet_s:g} s windows every {a.hop:g} s, "
+               f"aggregation: {a.aggregation}")
+    return (f"# model {name} ({pred.model_path}), {len(pred.classes)} classes: {', '.join(pred.classes)}\n"
+            f"# {how}; {backend} inference\n"
+            "file\tclass\tscore\twindows")
 
 
 def _quiet_backend_logs() -> None:
