@@ -9,6 +9,7 @@ import sys
 # Each module below defines ``register_cli(subparsers)``, adding its commands with ``set_defaults(func=...)``;
 # ``func(args)`` returns the process exit code.
 CLI_MODULES = [
+    "core.ablation",
     "core.dataset",
     "core.download",
     "core.experiment",

@@ -236,7 +236,7 @@ def process_track(abs_path: str, relpath: str, label: str, params_dict: dict[str
         if y.size < min_len and not params.pad_short:
             raise AudioError(f"shorter than one snippet ({y.size / params.sample_rate:.2f} s < {params.snippet_s:g} s)")
         if params.mode == "full":
-            X = full_clip(y, params)
+            X = full_clip(y, params, store=True)
             starts = np.zeros(1)
         else:
             X, starts = track_snippets(y, params, key=relpath)
@@ -510,7 +510,7 @@ def _check_after_processing(manifest: list[dict], classes: list[str], custom: bo
 def _assemble(out: Path, work: Path, manifest: list[dict], classes: list[str], params: FeatureParams) -> None:
     """Write the per-split arrays (memory-bounded: one track at a time into memmaps), atomically per file."""
     cidx = {c: i for i, c in enumerate(classes)}
-    T, M = params.input_frames, params.n_mels
+    T, M = params.stored_frames, params.n_mels
     for s in SPLITS:
         rows = [(i, r) for i, r in enumerate(manifest) if r["split"] == s and not r["skipped"]]
         n = int(sum(r["n_snippets"] for _, r in rows))
@@ -546,7 +546,8 @@ def _norm_stats(out: Path, params: FeatureParams, chunk: int = 512) -> dict[str,
     s2 = np.zeros(M, dtype=np.float64)
     count = 0
     for a in range(0, X.shape[0], chunk):
-        b = np.asarray(X[a:a + chunk], dtype=np.float64)
+        # full mode with longer stored rows: statistics of the first full_clip_s only (what models are fed)
+        b = np.asarray(X[a:a + chunk, :params.input_frames], dtype=np.float64)
         lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
         s1 += b.sum(axis=(0, 1))
         s2 += (b * b).sum(axis=(0, 1))

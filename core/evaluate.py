@@ -68,11 +68,14 @@ def _manifest_rows(dataset, split: str):
 
 
 def segment_level(predictor: Predictor, dataset, split: str, chunk: int = 512) -> dict[str, Any]:
-    """Classify each snippet of ``split`` (from the dataset arrays, normalised like in training)."""
+    """Classify each snippet of ``split`` (from the dataset arrays, normalised like in training). Full-clip
+    rows stored longer than the model's input (random-crop training) are cut to their first ``full_clip_s``."""
     X, y = dataset.X(split), np.asarray(dataset.y(split))
     if len(y) == 0:
         raise EvaluationError(f"the {split} split of {dataset.path} is empty")
-    scores = np.concatenate([predictor.predict_features(np.asarray(X[a:a + chunk])) for a in range(0, len(y), chunk)])
+    T = dataset.params.input_frames
+    scores = np.concatenate([predictor.predict_features(np.asarray(X[a:a + chunk, :T]))
+                             for a in range(0, len(y), chunk)])
     pred = scores.argmax(axis=1)
     rows = _manifest_rows(dataset, split)
     starts = np.asarray(dataset.start(split))

@@ -41,6 +41,9 @@ class FeatureParams:
     pad_short: bool = False  # zero-pad tracks shorter than one snippet instead of skipping them
     mode: str = "snippet"  # "snippet" or "full" (one spectrogram per track)
     full_clip_s: float = 30.0
+    # full mode: store up to this many seconds of each track (0 = only full_clip_s) so that training can cut a
+    # fresh random full_clip_s crop every epoch; the model still sees full_clip_s (``input_frames``)
+    full_store_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sample_rate < 1000:
@@ -59,9 +62,15 @@ class FeatureParams:
             raise ValueError("n_fft, hop_length and n_mels must be positive")
         if self.full_clip_s <= 0:
             raise ValueError("full_clip_s must be positive")
+        if self.full_store_s < 0:
+            raise ValueError("full_store_s must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every parameter; ``full_store_s`` (added later) only when set, so earlier build ids hold."""
+        d = asdict(self)
+        if not d["full_store_s"]:
+            d.pop("full_store_s")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeatureParams":
@@ -94,6 +103,13 @@ class FeatureParams:
     @property
     def input_frames(self) -> int:
         return self.full_frames if self.mode == "full" else self.snippet_frames
+
+    @property
+    def stored_frames(self) -> int:
+        """Frames of each stored row: ``input_frames``, or more in full mode with ``full_store_s``."""
+        if self.mode == "full" and self.full_store_s > self.full_clip_s:
+            return frames_for(int(round(self.full_store_s * self.sample_rate)), self.hop_length)
+        return self.input_frames
 
     @property
     def edge_frames(self) -> int:
@@ -326,9 +342,14 @@ def track_snippets(
     return out, secs
 
 
-def full_clip(y: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """One spectrogram of the first ``full_clip_s`` seconds (zero-padded), shape ``(1, full_frames, n_mels)``."""
-    y = pad_to(y, params.full_samples)
+def full_clip(y: np.ndarray, params: FeatureParams, store: bool = False) -> np.ndarray:
+    """One spectrogram of the first ``full_clip_s`` seconds (zero-padded), shape ``(1, full_frames, n_mels)``;
+    with ``store`` the first ``full_store_s`` seconds when that is longer (``(1, stored_frames, n_mels)``, for
+    a dataset from which training cuts random crops)."""
+    n = params.full_samples
+    if store and params.stored_frames > params.full_frames:
+        n = int(round(params.full_store_s * params.sample_rate))
+    y = pad_to(y, n)
     m = mel_spectrogram(y, params)
     if params.peak_normalize:
         peak = float(np.max(np.abs(y)))

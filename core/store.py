@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from core.utils import atomic_write_bytes, atomic_write_json, read_json, stable_hash
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.monitor, runs.best_value, epochs.val_track_accuracy (added to v1 stores in place)
 DB_NAME = "experiments.sqlite"
 EXPORT_FORMAT = "genre-lab-results"
 STATUSES = ("queued", "running", "done", "failed", "stopped")
@@ -37,10 +37,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, dataset TEXT NOT NULL, build_id TEXT, kind TEXT NOT NULL, seed INTEGER NOT NULL,
     config TEXT NOT NULL, status TEXT NOT NULL, created_at TEXT, updated_at TEXT, finished_at TEXT,
-    epochs INTEGER NOT NULL DEFAULT 0, best_epoch INTEGER, message TEXT, source TEXT DEFAULT 'local');
+    epochs INTEGER NOT NULL DEFAULT 0, best_epoch INTEGER, message TEXT, source TEXT DEFAULT 'local',
+    monitor TEXT, best_value REAL);
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL, epoch INTEGER NOT NULL, loss REAL, accuracy REAL, val_loss REAL,
-    val_accuracy REAL, lr REAL, seconds REAL, PRIMARY KEY (run_id, epoch));
+    val_accuracy REAL, lr REAL, seconds REAL, val_track_accuracy REAL, PRIMARY KEY (run_id, epoch));
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL, level TEXT NOT NULL, split TEXT NOT NULL, accuracy REAL, macro_f1 REAL,
     n INTEGER, extra TEXT, PRIMARY KEY (run_id, level, split));
@@ -72,6 +73,29 @@ def make_run_id(build_id: str, kind: str, seed: int, config: dict) -> str:
     return f"{kind}-s{seed}-{stable_hash({'build': build_id, 'kind': kind, 'seed': seed, 'config': cfg}, 10)}"
 
 
+#: columns added after schema 1: (table, column, type); a v1 store gains them in place (NULL in old rows)
+ADDED_COLUMNS = (("runs", "monitor", "TEXT"), ("runs", "best_value", "REAL"),
+                 ("epochs", "val_track_accuracy", "REAL"))
+EPOCH_COLUMNS = ("run_id", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                 "val_track_accuracy")
+
+
+def _add_missing_columns(con) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()}
+        if column not in have:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _epoch_rows(run_id: str | None, records: Iterable[dict]) -> list[tuple]:
+    return [(run_id if run_id is not None else r["run_id"], int(r["epoch"]), _num(r.get("loss")),
+             _num(r.get("accuracy")), _num(r.get("val_loss")), _num(r.get("val_accuracy")), _num(r.get("lr")),
+             _num(r.get("seconds")), _num(r.get("val_track_accuracy"))) for r in records]
+
+
+_INSERT_EPOCHS = f"INSERT OR REPLACE INTO epochs ({', '.join(EPOCH_COLUMNS)}) VALUES ({','.join('?' * len(EPOCH_COLUMNS))})"
+
+
 class Store:
     """An experiment store folder. ``Store(path)`` creates it when missing (``create=False`` refuses)."""
 
@@ -94,6 +118,7 @@ class Store:
                 for stmt in SCHEMA.split(";"):
                     if stmt.strip():
                         con.execute(stmt)
+                _add_missing_columns(con)
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (_now(),))
         (self.path / "runs").mkdir(exist_ok=True)
@@ -191,14 +216,13 @@ class Store:
         if not records:
             return
         with self.transaction() as con:
-            con.executemany(
-                "INSERT OR REPLACE INTO epochs VALUES (?,?,?,?,?,?,?,?)",
-                [(run_id, int(r["epoch"]), _num(r.get("loss")), _num(r.get("accuracy")), _num(r.get("val_loss")),
-                  _num(r.get("val_accuracy")), _num(r.get("lr")), _num(r.get("seconds"))) for r in records])
-            best = [r["epoch"] for r in records if r.get("best")]
-            con.execute("UPDATE runs SET epochs=MAX(epochs, ?), best_epoch=COALESCE(?, best_epoch), updated_at=?"
-                        " WHERE id=?", (max(int(r["epoch"]) for r in records), best[-1] if best else None,
-                                        _now(), run_id))
+            con.executemany(_INSERT_EPOCHS, _epoch_rows(run_id, records))
+            best = [r for r in records if r.get("best")]
+            monitor = best[-1].get("monitor") if best else None
+            con.execute("UPDATE runs SET epochs=MAX(epochs, ?), best_epoch=COALESCE(?, best_epoch),"
+                        " monitor=COALESCE(?, monitor), best_value=COALESCE(?, best_value), updated_at=?"
+                        " WHERE id=?", (max(int(r["epoch"]) for r in records), best[-1]["epoch"] if best else None,
+                                        monitor, _num(best[-1].get(monitor)) if monitor else None, _now(), run_id))
 
     def write_evaluation(self, run_id: str, results: dict[tuple[str, str], dict], status: str = "done") -> None:
         """Replace a run's metrics and predictions with ``results`` (from ``core.evaluate.evaluate_run``)
@@ -248,7 +272,7 @@ class Store:
 # frames
 # ---------------------------------------------------------------------------------------------------------
 RESULT_COLUMNS = ["run_id", "kind", "seed", "level", "split", "accuracy", "macro_f1", "n", "status", "epochs",
-                  "best_epoch", "dataset", "build_id", "source"]
+                  "best_epoch", "dataset", "build_id", "source", "monitor", "best_value"]
 
 
 def _as_store(store) -> Store:
@@ -261,7 +285,8 @@ def results_frame(store):
 
     s = _as_store(store)
     rows = s.query("SELECT m.run_id, r.kind, r.seed, m.level, m.split, m.accuracy, m.macro_f1, m.n, r.status,"
-                   " r.epochs, r.best_epoch, r.dataset, r.build_id, r.source FROM metrics m JOIN runs r"
+                   " r.epochs, r.best_epoch, r.dataset, r.build_id, r.source, r.monitor, r.best_value"
+                   " FROM metrics m JOIN runs r"
                    " ON r.id = m.run_id ORDER BY r.kind, m.level, m.split, r.seed")
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
@@ -348,7 +373,8 @@ def import_results(path: str | os.PathLike, store=None):
         rows.append({"run_id": m["run_id"], "kind": r.get("kind"), "seed": r.get("seed"), "level": m["level"],
                      "split": m["split"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m.get("n"),
                      "status": r.get("status"), "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
-                     "dataset": r.get("dataset"), "build_id": r.get("build_id"), "source": "imported"})
+                     "dataset": r.get("dataset"), "build_id": r.get("build_id"), "source": "imported",
+                     "monitor": r.get("monitor"), "best_value": r.get("best_value")})
     if store is not None:
         s = store if isinstance(store, Store) else Store(store)
         with s.transaction() as con:
@@ -363,10 +389,10 @@ def import_results(path: str | os.PathLike, store=None):
                              json.dumps(r.get("config", {}), sort_keys=True), r["status"], r.get("created_at"),
                              r.get("updated_at"), r.get("finished_at"), r.get("epochs", 0), r.get("best_epoch"),
                              r.get("message")))
-                con.executemany("INSERT OR REPLACE INTO epochs VALUES (?,?,?,?,?,?,?,?)",
-                                [(e["run_id"], e["epoch"], e["loss"], e["accuracy"], e["val_loss"],
-                                  e["val_accuracy"], e["lr"], e["seconds"]) for e in doc.get("epochs", [])
-                                 if e["run_id"] == r["id"]])
+                con.executemany(_INSERT_EPOCHS, _epoch_rows(None, [e for e in doc.get("epochs", [])
+                                                                    if e["run_id"] == r["id"]]))
+                con.execute("UPDATE runs SET monitor=?, best_value=? WHERE id=?",
+                            (r.get("monitor"), _num(r.get("best_value")), r["id"]))
                 con.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?,?)",
                                 [(m["run_id"], m["level"], m["split"], m["accuracy"], m["macro_f1"], m.get("n"),
                                   json.dumps(m.get("extra") or {})) for m in doc["metrics"] if m["run_id"] == r["id"]])

@@ -11,7 +11,21 @@ Files in ``run_dir`` (all written atomically):
 * ``state.json``   the commit point of an epoch (also holds the full history);
 * ``history.json`` per-epoch ``loss, accuracy, val_loss, val_accuracy, lr, seconds``;
 * ``last.keras``   model + optimizer after the last finished epoch (resume point);
-* ``best.keras``   the model of the epoch with the lowest validation loss (the result of the run).
+* ``best.keras``   the model of the best epoch by the monitored validation signal (the result of the run).
+
+**Model selection** (``TrainConfig.monitor``): after each epoch the model scores every validation snippet once;
+from those scores come ``val_loss``, ``val_accuracy`` (snippet level) and ``val_track_accuracy`` (the snippet
+scores of each validation track summed, argmax: the lab's track-level rule on the dataset's snippets).
+``monitor="val_track_accuracy"`` keeps the epoch with the best track accuracy, ties broken by snippet accuracy
+and then by loss; ``"val_accuracy"`` uses snippet accuracy then loss; ``"val_loss"`` (the article, Keras'
+default) the lowest loss. Early stopping and reduce-LR-on-plateau watch the same signal.
+
+**Recipe options** (all off in the article's settings): a warm-up + cosine learning-rate schedule, label
+smoothing, SpecAugment-style time/frequency masks, mixup, a per-epoch snippet selection (``random``: a fresh
+draw of ``snippets_per_track`` snippets of each training track every epoch) and, for the 30 s model, a fresh
+random 30 s crop of each training track every epoch (``full_crop="random"``; needs a full-clip dataset that
+stores more than 30 s, ``FeatureParams.full_store_s``). Every random choice is a pure function of
+``(seed, epoch, batch)``, so resumed runs stay exact.
 
 An epoch commits as: write ``last.next-E.keras`` (and ``best.next-E.keras``), write ``state.json``, rename the
 ``*.next-E.keras`` files into place. A crash at any point leaves either the old or the new epoch, never a mix:
@@ -65,6 +79,19 @@ class TrainConfig:
     workers: int = 1  # PyDataset worker threads (1 = load in the training thread)
     jit_compile: bool = False  # XLA; measured slower than oneDNN for this CRNN on CPU
     precision: str = "float32"  # Keras dtype policy: "float32" or "mixed_bfloat16"
+    # --- added after state version 1; left out of to_dict() at their defaults so earlier run ids hold
+    monitor: str = "val_loss"  # "val_loss" (article), "val_accuracy" or "val_track_accuracy"
+    schedule: str = "plateau"  # "plateau" (reduce-LR-on-plateau, article) or "cosine" (warm-up + cosine decay)
+    warmup_epochs: float = 1.0  # linear warm-up of the cosine schedule, in epochs
+    label_smoothing: float = 0.0
+    time_masks: int = 0  # SpecAugment: number of time masks per training sample ...
+    time_mask_frames: int = 20  # ... each up to this many frames wide
+    freq_masks: int = 0  # ... and frequency masks
+    freq_mask_bins: int = 12  # ... each up to this many mel bands wide
+    mixup: float = 0.0  # mixup Beta(alpha, alpha) parameter; 0 = off
+    snippets_per_track: int = 0  # training snippets per track and epoch (0 = every snippet in the dataset)
+    snippet_selection: str = "first"  # "first" (the same ones every epoch) or "random" (re-drawn every epoch)
+    full_crop: str = "first"  # 30 s model: "first" 30 s, or "random" crop re-drawn every epoch
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1:
@@ -77,14 +104,45 @@ class TrainConfig:
             raise TrainError("norm_method must be 'minmax' or 'standard'")
         if self.precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
             raise TrainError("precision must be float32, mixed_bfloat16 or mixed_float16")
+        if self.monitor not in MONITORS:
+            raise TrainError(f"monitor must be one of {', '.join(MONITORS)}")
+        if self.schedule not in ("plateau", "cosine"):
+            raise TrainError("schedule must be 'plateau' or 'cosine'")
+        if not 0 <= self.label_smoothing < 1:
+            raise TrainError("label_smoothing must be in [0, 1)")
+        if min(self.time_masks, self.freq_masks, self.time_mask_frames, self.freq_mask_bins) < 0 or self.mixup < 0:
+            raise TrainError("mask counts, mask widths and mixup must be >= 0")
+        if self.warmup_epochs < 0:
+            raise TrainError("warmup_epochs must be >= 0")
+        if self.snippets_per_track < 0:
+            raise TrainError("snippets_per_track must be >= 0 (0 = all)")
+        if self.snippet_selection not in ("first", "random"):
+            raise TrainError("snippet_selection must be 'first' or 'random'")
+        if self.full_crop not in ("first", "random"):
+            raise TrainError("full_crop must be 'first' or 'random'")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting; those added after state version 1 only when they differ from their default, so the
+        run ids (a hash of this dict) of stores written before them stay valid."""
+        d = asdict(self)
+        for k in _V2_FIELDS:
+            if d[k] == _V2_DEFAULTS[k]:
+                d.pop(k)
+        return d
+
+    def full_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+MONITORS = ("val_loss", "val_accuracy", "val_track_accuracy")
+_V2_FIELDS = ("monitor", "schedule", "warmup_epochs", "label_smoothing", "time_masks", "time_mask_frames",
+              "freq_masks", "freq_mask_bins", "mixup", "snippets_per_track", "snippet_selection", "full_crop")
+_V2_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in _V2_FIELDS}
 
 
 #: settings that may change between a run's start and its resume (everything else must match)
@@ -100,38 +158,124 @@ class SnippetSequence(keras.utils.PyDataset):
     ``x`` is ``(batch, frames, n_mels, 1)`` float32. With ``shuffle`` the order of epoch ``e`` is a
     permutation drawn from ``default_rng([seed, e])`` (set it with :meth:`set_epoch`); each batch's indices
     are sorted so memmap reads stay sequential. ``limit`` caps the number of batches.
+
+    Training options (see :class:`TrainConfig`): ``tracks`` + ``per_track`` + ``selection`` choose which
+    snippets of each track an epoch uses; ``crop_frames`` + ``crop_max`` cut a window of ``crop_frames`` from
+    each stored row (offset 0, or drawn per epoch with ``random_crop``); ``augment`` applies SpecAugment masks
+    and mixup with ``label_smoothing`` left to the loss. All draws come from ``default_rng([seed, epoch, ...])``.
     """
 
     def __init__(self, X, y, n_classes: int, norm: dict, method: str = "minmax", batch_size: int = 32,
-                 shuffle: bool = True, seed: int = 0, limit: int = 0, workers: int = 1, **kwargs):
+                 shuffle: bool = True, seed: int = 0, limit: int = 0, workers: int = 1, *, tracks=None,
+                 per_track: int = 0, selection: str = "first", crop_frames: int | None = None, crop_max=None,
+                 random_crop: bool = False, augment: "TrainConfig | None" = None, **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         if len(X) != len(y):
             raise ValueError("X and y have different lengths")
         self.X, self.yv = X, np.asarray(y, dtype=np.int64)
         self.n_classes, self.norm, self.method = n_classes, norm, method
         self.batch_size, self.shuffle, self.seed, self.limit = batch_size, shuffle, seed, limit
+        self.per_track, self.selection = per_track, selection
+        self.groups = _groups(tracks) if (tracks is not None and per_track) else None
+        self.crop_frames = crop_frames if crop_frames and crop_frames < X.shape[1] else None
+        self.crop_max = (np.zeros(len(self.yv), np.int64) if crop_max is None
+                         else np.asarray(crop_max, np.int64))
+        self.random_crop = random_crop and self.crop_frames is not None
+        self.augment = augment
         self._eye = np.eye(n_classes, dtype=np.float32)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        n = len(self.yv)
         self.epoch = epoch
-        self.order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
-                      else np.arange(n))
+        if self.groups is None:
+            base = np.arange(len(self.yv))
+        else:
+            k = self.per_track
+            if self.selection == "first":
+                base = np.concatenate([g[:k] for g in self.groups])
+            else:
+                rng = np.random.default_rng([self.seed, epoch, 1])
+                base = np.sort(np.concatenate([g if len(g) <= k else rng.choice(g, size=k, replace=False)
+                                               for g in self.groups]))
+        self.order = base[np.random.default_rng([self.seed, epoch]).permutation(len(base))] if self.shuffle else base
+        self.offsets = (np.random.default_rng([self.seed, epoch, 2]).integers(0, self.crop_max + 1)
+                        if self.random_crop else np.zeros(len(self.yv), np.int64))
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.yv) / self.batch_size)
+        n = math.ceil(len(self.order) / self.batch_size)
         return min(n, self.limit) if self.limit else n
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        if self.crop_frames is None:
+            return np.asarray(self.X[idx])
+        T = self.crop_frames
+        return np.stack([self.X[j, o:o + T] for j, o in zip(idx, self.offsets[idx])])
 
     def __getitem__(self, i: int):
         idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
         from core.dataset import apply_norm
 
-        x = apply_norm(self.X[idx], self.norm, self.method)[..., None]
-        return x, self._eye[self.yv[idx]]
+        x = apply_norm(self.rows(idx), self.norm, self.method)
+        y = self._eye[self.yv[idx]]
+        if self.augment is not None:
+            x, y = augment_batch(x, y, self.augment, np.random.default_rng([self.seed, self.epoch, 3, i]))
+        return x[..., None], y
 
     def on_epoch_end(self) -> None:  # the epoch loop sets the order explicitly
         pass
+
+
+def _groups(tracks) -> list[np.ndarray]:
+    """Row indices of each track, in row order (a track's snippets are stored in order of their start)."""
+    t = np.asarray(tracks)
+    if t.size == 0:
+        return []
+    order = np.argsort(t, kind="stable")
+    cuts = np.flatnonzero(np.diff(t[order])) + 1
+    return [np.sort(g) for g in np.split(order, cuts)]
+
+
+def augment_batch(x: np.ndarray, y: np.ndarray, cfg: "TrainConfig", rng: np.random.Generator):
+    """SpecAugment-style masks (set to the sample's mean) and mixup on a normalised ``(b, frames, mels)`` batch."""
+    if cfg.time_masks or cfg.freq_masks:
+        x = x.copy()
+        b, T, M = x.shape
+        fill = x.mean(axis=(1, 2))
+        for j in range(b):
+            for _ in range(cfg.time_masks):
+                w = int(rng.integers(0, min(cfg.time_mask_frames, T) + 1))
+                t0 = int(rng.integers(0, T - w + 1))
+                x[j, t0:t0 + w, :] = fill[j]
+            for _ in range(cfg.freq_masks):
+                w = int(rng.integers(0, min(cfg.freq_mask_bins, M) + 1))
+                f0 = int(rng.integers(0, M - w + 1))
+                x[j, :, f0:f0 + w] = fill[j]
+    if cfg.mixup > 0 and len(x) > 1:
+        lam = rng.beta(cfg.mixup, cfg.mixup, size=len(x)).astype(np.float32)
+        lam = np.maximum(lam, 1 - lam)  # the original sample dominates
+        perm = rng.permutation(len(x))
+        x = lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm]
+        y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+    return x.astype(np.float32, copy=False), y.astype(np.float32, copy=False)
+
+
+def _augments(config: "TrainConfig") -> bool:
+    return bool(config.time_masks or config.freq_masks or config.mixup > 0)
+
+
+def full_crop_limits(dataset, split: str, frames: int) -> np.ndarray:
+    """Largest crop offset (in frames) of each row of a full-clip split: the usable audio of its track
+    (``duration_s`` in the manifest, at most the stored frames) minus one ``frames``-long window."""
+    from core.features import frames_for
+
+    p = dataset.params
+    stored = dataset.X(split).shape[1]
+    rows = dataset.manifest.iloc[np.asarray(dataset.track(split))] if len(dataset.y(split)) else None
+    if rows is None:
+        return np.zeros(0, np.int64)
+    dur = rows["duration_s"].fillna(0).to_numpy(dtype=float)
+    usable = np.minimum([frames_for(int(d * p.sample_rate), p.hop_length) for d in dur], stored)
+    return np.maximum(np.asarray(usable, np.int64) - frames, 0)
 
 
 def make_sequences(dataset, config: TrainConfig, seed: int) -> tuple[SnippetSequence, SnippetSequence]:
@@ -140,10 +284,16 @@ def make_sequences(dataset, config: TrainConfig, seed: int) -> tuple[SnippetSequ
         if len(dataset.y(split)) == 0:
             raise TrainError(f"the {split} split of {dataset.path} is empty: rebuild the dataset with "
                              f"{'more tracks or a ' if split == 'train' else 'a positive '}validation share")
-    train = SnippetSequence(dataset.X("train"), dataset.y("train"), n, dataset.norm, config.norm_method,
-                            config.batch_size, config.shuffle, seed, config.max_train_batches, config.workers)
+    p = dataset.params
+    crop = p.input_frames if p.mode == "full" else None
+    train = SnippetSequence(
+        dataset.X("train"), dataset.y("train"), n, dataset.norm, config.norm_method, config.batch_size,
+        config.shuffle, seed, config.max_train_batches, config.workers, tracks=dataset.track("train"),
+        per_track=config.snippets_per_track if p.mode == "snippet" else 0, selection=config.snippet_selection,
+        crop_frames=crop, crop_max=full_crop_limits(dataset, "train", crop) if crop else None,
+        random_crop=config.full_crop == "random", augment=config if _augments(config) else None)
     val = SnippetSequence(dataset.X("val"), dataset.y("val"), n, dataset.norm, config.norm_method,
-                          config.batch_size, False, seed)
+                          config.batch_size, False, seed, crop_frames=crop)
     return train, val
 
 
@@ -163,13 +313,15 @@ def build_compiled(kind: str, n_classes: int, params, config: TrainConfig):
         model = build_model(kind, n_classes, params.n_mels, params.input_frames, config.dropout)
     finally:
         set_precision("float32")
-    compile_model(model, config.lr, config.jit_compile)
+    compile_model(model, config.lr, config.jit_compile, config.label_smoothing)
     return model
 
 
-def compile_model(model, lr: float, jit_compile: bool = False) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=jit_compile)
+def compile_model(model, lr: float, jit_compile: bool = False, label_smoothing: float = 0.0) -> None:
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing) if label_smoothing else \
+        "categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=["accuracy"],
+                  jit_compile=jit_compile)
 
 
 def seed_everything(seed: int) -> None:
@@ -226,6 +378,8 @@ class TrainResult:
     best_val_loss: float
     history: list[dict] = field(default_factory=list)
     stop_reason: str = ""
+    monitor: str = "val_loss"
+    best_value: float | None = None  # the monitored value at the best epoch
 
     @property
     def best_model_path(self) -> Path:
@@ -233,12 +387,17 @@ class TrainResult:
 
 
 class _StopCheck(keras.callbacks.Callback):
-    """Asks ``should_stop`` between batches (drops the unfinished epoch) and reports batch progress."""
+    """Asks ``should_stop`` between batches (drops the unfinished epoch), reports batch progress and, with a
+    ``lr_at(batch)`` function, sets each batch's learning rate (the cosine schedule)."""
 
-    def __init__(self, should_stop, on_batch, epoch: int, n_batches: int):
+    def __init__(self, should_stop, on_batch, epoch: int, n_batches: int, lr_at=None):
         super().__init__()
-        self.should_stop, self.on_batch = should_stop, on_batch
+        self.should_stop, self.on_batch, self.lr_at = should_stop, on_batch, lr_at
         self.epoch_idx, self.n_batches, self.stopped = epoch, n_batches, False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.lr_at is not None:
+            set_lr(self.model, self.lr_at(batch))
 
     def on_train_batch_end(self, batch, logs=None):
         if self.on_batch:
@@ -291,8 +450,9 @@ def check_resume(state: dict, dataset, kind: str, seed: int, config: TrainConfig
         problems.append("the dataset was rebuilt or is another dataset (build_id differs)")
     if state["dataset"]["params"] != dataset.params.to_dict():
         problems.append("the dataset's feature parameters differ from those the model was trained on")
-    old = {k: v for k, v in state["config"].items() if k not in RESUMABLE_CHANGES}
-    new = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    changeable = RESUMABLE_CHANGES - ({"max_epochs"} if config.schedule == "cosine" else set())  # cosine: max_epochs shapes the curve
+    old = {k: v for k, v in TrainConfig.from_dict(state["config"]).full_dict().items() if k not in changeable}
+    new = {k: v for k, v in config.full_dict().items() if k not in changeable}
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         problems.append("training settings differ: " + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff))
@@ -359,6 +519,9 @@ def train_run(
         raise TrainError(f"the model in {run_dir} takes inputs {got}, the dataset gives {expected}")
 
     train_seq, val_seq = make_sequences(dataset, config, seed)
+    val_y = np.asarray(dataset.y("val"))
+    val_tracks = np.asarray(dataset.track("val"))
+    n_batches = len(train_seq)
     stopped = False
     while not state["finished"]:
         epoch = state["epoch"]  # 0-based index of the epoch about to run
@@ -370,17 +533,25 @@ def train_run(
         reseed_dropout(model, seed, epoch)
         set_lr(model, state["lr"])
         train_seq.set_epoch(epoch)
-        cb = _StopCheck(should_stop, on_batch, epoch, len(train_seq))
-        h = model.fit(train_seq, validation_data=val_seq, epochs=1, verbose=0, callbacks=[cb], shuffle=False)
+        lr_at = None
+        if config.schedule == "cosine":
+            def lr_at(batch, epoch=epoch):
+                return cosine_lr(config, epoch * n_batches + batch, n_batches)
+        cb = _StopCheck(should_stop, on_batch, epoch, n_batches, lr_at)
+        h = model.fit(train_seq, epochs=1, verbose=0, callbacks=[cb], shuffle=False)
         if cb.stopped:
             stopped = True
             break
         logs = {k: float(v[-1]) for k, v in h.history.items()}
-        rec = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
-               "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
-               "lr": state["lr"], "seconds": round(time.perf_counter() - t0, 3)}
+        val = validation_metrics(model.predict(val_seq, verbose=0), val_y, val_tracks)
+        rec = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"), **val,
+               "lr": state["lr"] if lr_at is None else cosine_lr(config, epoch * n_batches, n_batches),
+               "seconds": round(time.perf_counter() - t0, 3)}
         _update_schedule(state, rec, config)
+        if config.schedule == "cosine":
+            state["lr"] = cosine_lr(config, (epoch + 1) * n_batches, n_batches)
         rec["best"] = state["best_epoch"] == epoch + 1
+        rec["monitor"] = config.monitor
         state["history"].append(rec)
         state["epoch"] = epoch + 1
         # commit: pending model files, then state.json, then renames
@@ -396,25 +567,86 @@ def train_run(
     atomic_write_json(run_dir / "history.json", state["history"])
     return TrainResult(run_dir, "stopped" if stopped else "done", state["epoch"], state["best_epoch"],
                        state["best_val_loss"] if state["best_val_loss"] is not None else math.nan,
-                       list(state["history"]), "requested" if stopped else state["stop_reason"])
+                       list(state["history"]), "requested" if stopped else state["stop_reason"],
+                       config.monitor, state.get("best_value"))
+
+
+def validation_metrics(scores: np.ndarray, y: np.ndarray, tracks: np.ndarray) -> dict[str, float]:
+    """``val_loss`` (cross-entropy, no smoothing), ``val_accuracy`` (per snippet) and ``val_track_accuracy``
+    (per track: the argmax of the summed snippet scores) from one pass over the validation snippets."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    loss = float(-np.log(np.clip(s[np.arange(len(y)), y], 1e-7, 1.0)).mean())
+    acc = float((s.argmax(axis=1) == y).mean())
+    uniq, inv = np.unique(np.asarray(tracks), return_inverse=True)
+    sums = np.zeros((len(uniq), s.shape[1]))
+    np.add.at(sums, inv, s)
+    truth = np.zeros(len(uniq), np.int64)
+    truth[inv] = y
+    track_acc = float((sums.argmax(axis=1) == truth).mean())
+    return {"val_loss": loss, "val_accuracy": acc, "val_track_accuracy": track_acc}
+
+
+def cosine_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up from ``lr / 10`` to ``lr`` over ``warmup_epochs``, then cosine decay to ``min_lr`` at
+    ``max_epochs`` (a pure function of the global step, so resumes are exact)."""
+    warm = int(round(config.warmup_epochs * steps_per_epoch))
+    total = max(config.max_epochs * steps_per_epoch, warm + 1)
+    if step < warm:
+        return config.lr * (0.1 + 0.9 * step / warm)
+    frac = min(1.0, (step - warm) / max(1, total - warm))
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * frac))
+
+
+def monitor_key(rec: dict, monitor: str) -> tuple[float, ...]:
+    """The monitored signal as a tuple compared lexicographically (higher is better): track accuracy, then
+    snippet accuracy, then -loss for ``val_track_accuracy``; snippet accuracy then -loss for
+    ``val_accuracy``; -loss for ``val_loss``."""
+    def num(k: str) -> float:
+        v = rec.get(k)
+        return float(v) if v is not None and math.isfinite(v) else -math.inf
+
+    loss = rec.get("val_loss")
+    neg_loss = -float(loss) if loss is not None and math.isfinite(loss) else -math.inf
+    if monitor == "val_track_accuracy":
+        return (num("val_track_accuracy"), num("val_accuracy"), neg_loss)
+    if monitor == "val_accuracy":
+        return (num("val_accuracy"), neg_loss)
+    return (neg_loss,)
+
+
+def _improved(new: tuple, best: list | tuple | None, min_delta: float) -> bool:
+    if best is None:
+        return math.isfinite(new[0])
+    best = tuple(best)
+    if new[0] > best[0] + min_delta:
+        return True
+    if abs(new[0] - best[0]) <= 1e-12:
+        return new[1:] > best[1:]
+    return False
 
 
 def _update_schedule(state: dict, rec: dict, config: TrainConfig) -> None:
-    """Early stopping + reduce-LR-on-plateau on ``val_loss`` (the Keras callbacks' semantics, as plain data)."""
-    vl = rec["val_loss"]
-    best = state["best_val_loss"]
-    if vl is not None and math.isfinite(vl) and (best is None or vl < best - config.min_delta):
-        state.update(best_val_loss=vl, best_epoch=rec["epoch"], es_wait=0, lr_wait=0)
+    """Best epoch, early stopping and reduce-LR-on-plateau on the monitored signal (the Keras callbacks'
+    semantics, as plain data in ``state``)."""
+    key = monitor_key(rec, config.monitor)
+    if "best_key" not in state:  # a state from before the monitor option: it monitored val_loss
+        bl = state.get("best_val_loss")
+        state["best_key"] = None if bl is None else [-bl]
+    if _improved(key, state["best_key"], config.min_delta):
+        state.update(best_key=list(key), best_val_loss=rec["val_loss"], best_epoch=rec["epoch"], es_wait=0,
+                     lr_wait=0, best_value=rec.get(config.monitor))
     else:
         state["es_wait"] += 1
         state["lr_wait"] += 1
-        if state["lr_wait"] >= config.lr_patience and state["lr"] > config.min_lr:
+        if (config.schedule == "plateau" and state["lr_wait"] >= config.lr_patience
+                and state["lr"] > config.min_lr):
             state["lr"] = max(state["lr"] * config.lr_factor, config.min_lr)
             state["lr_wait"] = 0
         if state["es_wait"] >= config.patience:
-            state.update(finished=True, stop_reason=f"early stop: no val_loss improvement in {config.patience} epochs")
+            state.update(finished=True,
+                         stop_reason=f"early stop: no {config.monitor} improvement in {config.patience} epochs")
     if not state["finished"] and rec["epoch"] >= config.max_epochs:
         state.update(finished=True, stop_reason="max_epochs")
-    if vl is None or not math.isfinite(vl):
-        if rec["epoch"] == 1 and state["best_epoch"] == 0:
-            state.update(best_epoch=1)  # keep a best.keras even if the first val loss is not finite
+    if state["best_epoch"] == 0 and rec["epoch"] == 1:
+        state.update(best_epoch=1)  # keep a best.keras even if the first validation is not finite
