@@ -243,6 +243,12 @@ def build_section(src: str | None) -> None:
     if job_running(job_dir):
         st.warning(f"“{ds_name}” is being built already.", icon=":material/hourglass_top:")
         return
+    from core.dataset import BuildLock, build_lock_holder
+
+    holder = build_lock_holder(out)  # a build started elsewhere (the CLI, another browser) into the same folder
+    if holder is not None:
+        st.error(f"Not started: {BuildLock(out).message(holder)}.", icon=":material/lock:")
+        return
     if hosted_mode():  # Community Cloud: capped (hosted_note above the form says so)
         limit = min(int(limit) or HOSTED_CAPS["tracks_per_class"], HOSTED_CAPS["tracks_per_class"])
     try:
@@ -284,6 +290,8 @@ def datasets_section() -> None:
     m[3].metric("Skipped files", card.get("n_skipped", 0))
     m[4].metric("Input", "×".join(str(x) for x in card["input_shape"][:2]), help="frames × mel bands per example")
     st.caption(f"Built {card.get('built_at', '?')} from `{card.get('source')}` · `{ds.path}`")
+    for cls, why in (card.get("left_out_classes") or {}).items():
+        st.warning(f"Class “{cls}” is not in this dataset: {why}.", icon=":material/warning:")
 
     counts = _counts(rec["path"], (Path(rec["path"]) / "card.json").stat().st_mtime)
     what = st.segmented_control("Count", ["tracks", "snippets"], default="tracks", key="data_count_what")

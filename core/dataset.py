@@ -34,6 +34,7 @@ import numpy as np
 from core import __version__
 from core.audio import AUDIO_EXTENSIONS, AudioError, is_silent, load_audio
 from core.features import FeatureParams, full_clip, track_snippets
+from core.jobs import OSLock
 from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
 
 SPLITS = ("train", "val", "test")
@@ -50,6 +51,42 @@ class DatasetError(Exception):
 
 class BuildStopped(Exception):
     """The build was stopped on request; running it again resumes."""
+
+
+class BuildLockedError(DatasetError):
+    """Another process is building into the same output folder; the message names it."""
+
+
+BUILD_LOCK_NAME = ".build.lock"
+
+
+class BuildLock(OSLock):
+    """One build per output folder: an OS lock on ``OUT/.build.lock`` (released by the kernel if the build
+    dies); the holder's pid and command are in ``OUT/.build.lock.json`` for the message."""
+
+    error = BuildLockedError
+    what = "dataset folder"
+
+    def __init__(self, out: str | os.PathLike, command: str | None = None):
+        super().__init__(out, BUILD_LOCK_NAME, command)
+
+    def message(self, info: dict | None) -> str:
+        info = info or {}
+        return (f"another build is writing {self.path.parent} (pid {info.get('pid')} on {info.get('host')} since "
+                f"{info.get('started_at')}, command: {info.get('command')}): wait for it to finish, or stop it, "
+                "then run this build again")
+
+
+def build_lock_holder(out: str | os.PathLike) -> dict | None:
+    """The running build of ``out`` (pid, host, started_at, command), or None when no build holds it."""
+    return BuildLock(out).holder() if Path(out).is_dir() else None
+
+
+def file_stat(path: str | os.PathLike) -> str:
+    """``size:mtime_ns:ctime_ns:inode`` of a file: when it differs from the recorded one, the content may
+    have changed (then the sha256 decides); replacing a file under the same name always changes it."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
 @dataclass
@@ -227,6 +264,7 @@ def process_track(abs_path: str, relpath: str, label: str, params_dict: dict[str
     rec["skipped"] = False
     name = _work_name(relpath)
     try:
+        rec["stat"] = file_stat(abs_path)  # before reading: a change during the build shows on the next run
         rec["sha256"] = sha256_file(abs_path)
         y = load_audio(abs_path, params.sample_rate)
         rec["duration_s"] = round(y.size / params.sample_rate, 3)
@@ -316,6 +354,7 @@ def build_dataset(
     should_stop: Callable[[], bool] | None = None,
     min_tracks_per_class: int | None = None,
     limit_per_class: int = 0,
+    lock_timeout: float = 1.0,
 ) -> Path:
     """Build (or resume, or reuse) a dataset from ``src`` into ``out``; returns ``out``.
 
@@ -324,6 +363,12 @@ def build_dataset(
     Errors in the source or options raise :class:`DatasetError` before any audio is decoded.
     ``limit_per_class > 0`` keeps only the first N tracks (sorted by path) of each class: a capped build for
     small machines (Community Cloud) and smoke runs.
+
+    Reliability: one build per output folder (:class:`BuildLock`; a second one waits ``lock_timeout`` seconds,
+    then raises :class:`BuildLockedError` naming the first). A rerun compares every file's size / mtime (then
+    its sha256) with the manifest and recomputes exactly the changed tracks, then the split and the
+    normalisation. Classes with fewer than ``min_tracks_per_class`` usable tracks (default: one per split)
+    are left out with the reason in the manifest and ``card["left_out_classes"]``; two classes must remain.
     """
     params = params or FeatureParams()
     split = split or SplitConfig()
@@ -343,31 +388,144 @@ def build_dataset(
                 skipped.append(_skip(t.relpath, t.abs_path, t.label, reason))
         tracks = kept
     custom = read_split_file(split.split_file) if split.split_file else None
-    _check_classes(tracks, classes, split, custom, min_tracks_per_class)
+    _check_classes(tracks, classes)
+    need = _min_tracks(split, custom, min_tracks_per_class)
+    tracks, classes, left_out = _leave_out_small_classes(tracks, classes, need, skipped)
 
     fhash = feature_hash(params)
-    build_id = stable_hash({"features": fhash, "split": {"val": split.val_share, "test": split.test_share,
-                            "seed": split.seed, "custom": custom}, "files": [t.relpath for t in tracks],
-                            "limit": limit_per_class})
+    request = {"features": fhash, "split": {"val": split.val_share, "test": split.test_share,
+               "seed": split.seed, "custom": custom}, "files": [t.relpath for t in tracks],
+               "limit": limit_per_class}
+    if min_tracks_per_class:
+        request["min_tracks"] = need
+    build_key = stable_hash(request)  # what was asked for; the build_id adds the files' content
     card_path = out / "card.json"
-    if card_path.exists():
-        try:
-            if read_json(card_path).get("build_id") == build_id:
-                if progress:
-                    progress(len(tracks), len(tracks), "already built")
-                return out
-        except (ValueError, OSError):
-            pass
-    if out.is_dir() and any(out.iterdir()) and not (card_path.exists() or any(out.glob(".work-*"))
-                                                     or (out / "manifest.json").exists()):
+    if out.is_dir() and any(p for p in out.iterdir() if BUILD_LOCK_NAME not in p.name) and not (
+            card_path.exists() or any(out.glob(".work-*")) or (out / "manifest.json").exists()):
         raise DatasetError(f"output folder {out} is not empty and is not a Genre Lab dataset: "
                            "choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
+    lock = BuildLock(out).acquire(timeout=lock_timeout)
+    try:
+        return _build_locked(src, out, params, split, custom, tracks, skipped, classes, left_out, need, fhash,
+                             build_key, limit_per_class, workers, progress, should_stop)
+    finally:
+        lock.release()
+
+
+def _read_card(card_path: Path) -> dict | None:
+    try:
+        card = read_json(card_path)
+    except (ValueError, OSError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
+def _remove_work_folders(out: Path) -> None:
+    """Leftovers of finished or abandoned builds: work folders and half-written arrays."""
+    for p in out.glob(".work-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(".*.npy.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def _unchanged(rec: dict | None, t: Track) -> tuple[bool, str | None]:
+    """``(same content, current stat)`` of a track against its recorded manifest/work record: the same stat
+    means unchanged; another stat is checked with the sha256 (a copy or ``touch`` keeps the features)."""
+    try:
+        cur = file_stat(t.abs_path)
+    except OSError:
+        return False, None
+    if rec is None:
+        return False, cur
+    if rec.get("stat") == cur:
+        return True, cur
+    if rec.get("sha256"):
+        try:
+            return sha256_file(t.abs_path) == rec["sha256"], cur
+        except OSError:
+            return False, cur
+    return False, cur
+
+
+def _seed_work_from_dataset(out: Path, work: Path, tracks: list[Track], old_manifest: list[dict],
+                            params: FeatureParams) -> int:
+    """Write the per-track results of the previous complete build (same features) into ``work`` for every
+    track whose file did not change, so a rebuild recomputes only changed or new tracks. Returns how many."""
+    by_path = {r.get("path"): (i, r) for i, r in enumerate(old_manifest)}
+    rows: dict[int, tuple[str, int, int]] = {}  # manifest index -> (split, first row, n rows)
+    for s in SPLITS:
+        try:
+            tr = np.load(out / f"{s}_track.npy")
+        except (OSError, ValueError):
+            return 0
+        if tr.size:
+            cut = np.flatnonzero(np.diff(tr)) + 1
+            for a, b in zip(np.r_[0, cut], np.r_[cut, tr.size]):
+                rows[int(tr[a])] = (s, int(a), int(b - a))
+    arrays = {s: (np.load(out / f"{s}_X.npy", mmap_mode="r"), np.load(out / f"{s}_start.npy")) for s in SPLITS}
+    n = 0
+    for t in tracks:
+        i, rec = by_path.get(t.relpath, (None, None))
+        if rec is None or rec.get("left_out") or rec.get("class") != t.label:
+            continue
+        has_features = i in rows and not rec.get("skipped")
+        if not (has_features or (rec.get("skipped") and rec.get("sha256"))):
+            continue  # not decoded, or decoded but not stored (outside a custom split): computed again
+        same, cur = _unchanged(rec, t)
+        if not same:
+            continue
+        name = _work_name(t.relpath)
+        new = dict(rec, abs_path=t.abs_path, split="", stat=cur)
+        if has_features:
+            s, a, k = rows[i]
+            X, st = arrays[s]
+            new["reason"] = ""
+            tmp = work / f".{name}.npz.tmp"
+            with open(tmp, "wb") as fh:
+                np.savez(fh, X=np.asarray(X[a:a + k], dtype=np.float32), start=np.asarray(st[a:a + k], np.float64))
+            os.replace(tmp, work / f"{name}.npz")
+        atomic_write_json(work / f"{name}.json", new)
+        n += 1
+    return n
+
+
+def _build_locked(src: Path, out: Path, params: FeatureParams, split: SplitConfig, custom: dict | None,
+                  tracks: list[Track], skipped: list[dict], classes: list[str], left_out: dict[str, str],
+                  need: int, fhash: str, build_key: str, limit_per_class: int, workers: int | None,
+                  progress: ProgressFn | None, should_stop: Callable[[], bool] | None) -> Path:
+    card_path = out / "card.json"
+    card = _read_card(card_path) if card_path.exists() else None
+    old_manifest = None
+    if card is not None and card.get("feature_hash") == fhash:
+        try:
+            old_manifest = read_json(out / "manifest.json")
+        except (ValueError, OSError):
+            old_manifest = None
+    if card is not None and old_manifest is not None and card.get("build_key", card.get("build_id")) == build_key:
+        by_path = {r.get("path"): r for r in old_manifest}
+        changed, touched = [], False
+        for t in tracks:
+            rec = by_path.get(t.relpath)
+            same, cur = _unchanged(rec, t)
+            if not same:
+                changed.append(t.relpath)
+            elif rec.get("stat") != cur:
+                rec["stat"], touched = cur, True
+        if not changed:
+            if touched:  # same content, new stat: remember it so the next run does not hash again
+                atomic_write_json(out / "manifest.json", old_manifest)
+            _remove_work_folders(out)
+            if progress:
+                progress(len(tracks), len(tracks), "already built")
+            return out
     work = out / f".work-{fhash}"
     work.mkdir(exist_ok=True)
     atomic_write_json(work / "params.json", params.to_dict())
+    if old_manifest is not None:  # a previous complete build with the same features: reuse unchanged tracks
+        _seed_work_from_dataset(out, work, tracks, old_manifest, params)
 
-    # 1. per-track features (resumable)
+    # 1. per-track features (resumable; a file changed since its work record is computed again)
     records: dict[str, dict] = {}
     todo = []
     for t in tracks:
@@ -375,7 +533,8 @@ def build_dataset(
         if jp.exists():
             try:
                 rec = read_json(jp)
-                if rec["skipped"] or (work / f"{_work_name(t.relpath)}.npz").exists():
+                if (rec["skipped"] or (work / f"{_work_name(t.relpath)}.npz").exists()) \
+                        and rec.get("stat") and rec.get("stat") == file_stat(t.abs_path):
                     records[t.relpath] = rec
                     continue
             except (ValueError, KeyError, OSError):
@@ -413,10 +572,11 @@ def build_dataset(
                 pool.terminate()
                 pool.join()
 
-    # 2. split, assemble, normalise
+    # 2. classes without enough usable tracks, split, assemble, normalise
     if progress:
         progress(done, total, "assembling arrays")
     manifest = [records[t.relpath] for t in tracks]
+    classes = _leave_out_unusable_classes(manifest, classes, need, left_out)
     _assign_splits(manifest, tracks, split, custom)
     manifest_all = manifest + skipped
     counts = _check_after_processing(manifest, classes, custom is not None)
@@ -428,7 +588,10 @@ def build_dataset(
     atomic_write_json(out / "manifest.json", manifest_all)
     card = {
         "format_version": FORMAT_VERSION,
-        "build_id": build_id,
+        # build_key: the request (features, split, file list); build_id adds every track's content, so a
+        # replaced file gives a new id (experiments keyed on it are not reused)
+        "build_id": stable_hash({"request": build_key, "content": [r.get("sha256") for r in manifest]}),
+        "build_key": build_key,
         "feature_hash": fhash,
         "source": str(src),
         "params": params.to_dict(),
@@ -436,6 +599,8 @@ def build_dataset(
                   "split_file": str(split.split_file) if split.split_file else None,
                   "custom_missing": _custom_missing(custom, tracks) if custom else []},
         "classes": classes,
+        "left_out_classes": left_out,
+        "min_tracks_per_class": need,
         "input_shape": [params.input_frames, params.n_mels, 1],
         "counts": counts,
         "n_tracks": len(tracks),
@@ -445,28 +610,69 @@ def build_dataset(
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     atomic_write_json(card_path, card)
-    shutil.rmtree(work, ignore_errors=True)
+    _remove_work_folders(out)
     if progress:
         progress(total, total, "done")
     return out
 
 
-def _check_classes(tracks: list[Track], classes: list[str], split: SplitConfig, custom: dict | None,
-                   min_tracks: int | None) -> None:
+def _check_classes(tracks: list[Track], classes: list[str]) -> None:
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
         raise DatasetError(
             f"need at least two class folders with audio files in them (found: {found}). "
             "The source must hold one sub-folder per class, e.g. genres/blues/*.wav, genres/rock/*.wav")
+
+
+def _min_tracks(split: SplitConfig, custom: dict | None, min_tracks: int | None) -> int:
+    """Usable tracks a class needs: ``--min-tracks-per-class``, else one per split with a positive share
+    (a published split file: one)."""
+    if min_tracks:
+        return max(1, int(min_tracks))
     if custom is not None:
-        return
-    need = min_tracks or (1 + (split.val_share > 0) + (split.test_share > 0))
+        return 1
+    return 1 + (split.val_share > 0) + (split.test_share > 0)
+
+
+def _leave_out_small_classes(tracks: list[Track], classes: list[str], need: int, skipped: list[dict]
+                             ) -> tuple[list[Track], list[str], dict[str, str]]:
+    """Before decoding: classes with fewer than ``need`` audio files are left out (their files become skipped
+    records with the reason); at least two classes must remain."""
     per = {c: sum(1 for t in tracks if t.label == c) for c in classes}
     few = {c: n for c, n in per.items() if n < need}
-    if few:
+    if len(classes) - len(few) < 2:
         detail = ", ".join(f"{c} ({n})" for c, n in sorted(few.items()))
         raise DatasetError(
-            f"every class needs at least {need} tracks for a train/val/test split; too few in: {detail}")
+            f"at least two classes need at least {need} tracks each for a train/val/test split; too few in: "
+            f"{detail} (--min-tracks-per-class sets the minimum)")
+    left_out = {c: f"class left out: {n} track(s), fewer than the {need} a class needs "
+                   "(--min-tracks-per-class)" for c, n in sorted(few.items())}
+    for t in tracks:
+        if t.label in left_out:
+            rec = _skip(t.relpath, t.abs_path, t.label, left_out[t.label])
+            rec["left_out"] = True
+            skipped.append(rec)
+    return [t for t in tracks if t.label not in left_out], [c for c in classes if c not in left_out], left_out
+
+
+def _leave_out_unusable_classes(manifest: list[dict], classes: list[str], need: int,
+                                left_out: dict[str, str]) -> list[str]:
+    """After decoding: classes with fewer than ``need`` usable tracks are left out (their usable tracks are
+    marked skipped with the reason, ``left_out`` gains the class); at least two classes must remain."""
+    usable = {c: sum(1 for r in manifest if r["class"] == c and not r["skipped"]) for c in classes}
+    total = {c: sum(1 for r in manifest if r["class"] == c) for c in classes}
+    few = {c: n for c, n in usable.items() if n < need}
+    if len(classes) - len(few) < 2:
+        detail = ", ".join(f"{c} ({n} of {total[c]})" for c, n in sorted(few.items()))
+        raise DatasetError(f"fewer than two classes have at least {need} usable tracks after decoding; usable "
+                           f"tracks in: {detail} (see the skipped files in manifest.json)")
+    for c, n in sorted(few.items()):
+        left_out[c] = (f"class left out: only {n} of its {total[c]} tracks could be used, fewer than the {need} "
+                       "a class needs (--min-tracks-per-class); see the skipped files")
+        for r in manifest:
+            if r["class"] == c and not r["skipped"]:
+                r.update(skipped=True, left_out=True, reason=left_out[c], n_snippets=0)
+    return [c for c in classes if c not in few]
 
 
 def _assign_splits(manifest: list[dict], tracks: list[Track], split: SplitConfig, custom: dict | None) -> None:
@@ -706,6 +912,8 @@ def register_cli(sub) -> None:
                         "(e.g. GTZAN's fault-filtered train/valid/test lists); matched by class/stem")
     p.add_argument("--limit-per-class", type=int, default=0,
                    help="use only the first N tracks of each class, 0 = all (capped builds, smoke runs)")
+    p.add_argument("--min-tracks-per-class", type=int, default=None,
+                   help="usable tracks a class needs, else it is left out with a warning (default: one per split)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=_cli_build)
 
@@ -727,7 +935,8 @@ def _cli_build(a) -> int:
         split = SplitConfig(a.val_share, a.test_share, a.split_seed, a.split_file)
         t0 = time.time()
         out = build_dataset(a.src, a.out, params, split, workers=a.workers, progress=progress,
-                            limit_per_class=a.limit_per_class)
+                            limit_per_class=a.limit_per_class,
+                            min_tracks_per_class=getattr(a, "min_tracks_per_class", None))
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -750,4 +959,6 @@ def _cli_build(a) -> int:
         print(f"skipped {ds.card['n_skipped']} files:")
         for r in ds.manifest[ds.manifest["skipped"].astype(bool)].itertuples():
             print(f"  {r.path}: {r.reason}")
+    for c, why in (ds.card.get("left_out_classes") or {}).items():
+        print(f"warning: {c}: {why}", file=sys.stderr)
     return 0

@@ -116,3 +116,246 @@ def test_a_forked_worker_does_not_keep_its_dead_parents_lock(tmp_path):
             pass
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+# --- 1. a changed file is noticed and exactly that track recomputed ----------------------------------------
+def _arrays(path):
+    from core.dataset import load_dataset
+
+    ds = load_dataset(path)
+    return ds, {(s, w): np.asarray(getattr(ds, w)(s)) for s in ("train", "val", "test")
+                for w in ("X", "y", "track", "start")}
+
+
+def test_replaced_file_is_recomputed_and_matches_a_fresh_build(tmp_path):
+    import shutil
+
+    import soundfile as sf
+
+    from core.dataset import build_dataset
+    from core.synth import make_dataset_folder, synth_clip
+    from core.utils import sha256_file
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=3, per_class=5, seconds=7.0)
+    out = build_dataset(src, tmp_path / "ds", workers=1)
+    _, before = _arrays(out)
+    old_id = json.loads((out / "card.json").read_text())["build_id"]
+    victim = sorted((src / "tone").iterdir())[1]
+    rel = f"tone/{victim.name}"
+    sf.write(victim, synth_clip(0, 9.0, seed=99) * 0.7, 22050)  # another recording, same name
+    calls = []
+    build_dataset(src, out, workers=1, progress=lambda d, t, m: calls.append((d, t, m)))
+    assert calls[0][:2] == (14, 15), "exactly the changed track is recomputed"
+    assert [m for d, t, m in calls if m == rel], calls
+    ds, after = _arrays(out)
+    rec = ds.manifest.set_index("path").loc[rel]
+    assert rec["sha256"] == sha256_file(victim) and rec["duration_s"] == pytest.approx(9.0, abs=0.01)
+    assert ds.card["build_id"] != old_id  # experiments keyed on the build id are not reused
+    assert any(not np.array_equal(before[k], after[k]) for k in before if k[1] == "X")
+    fresh = build_dataset(src, tmp_path / "fresh", workers=1)  # the same source built from scratch
+    dsf, ref = _arrays(fresh)
+    for k in ref:
+        assert np.array_equal(ref[k], after[k]), k
+    assert dsf.norm == ds.norm and dsf.card["build_id"] == ds.card["build_id"]
+    assert json.loads((fresh / "split.json").read_text()) == json.loads((out / "split.json").read_text())
+    # a touch or a copy with the same content recomputes nothing (the hash decides)
+    shutil.copyfile(victim, tmp_path / "copy.wav")
+    os.replace(tmp_path / "copy.wav", victim)
+    calls.clear()
+    build_dataset(src, out, workers=1, progress=lambda d, t, m: calls.append(m))
+    assert calls == ["already built"]
+    assert not list(out.glob(".work-*"))
+
+
+def test_file_changed_between_a_kill_and_the_resume_is_recomputed(tmp_path):
+    import soundfile as sf
+
+    from core.dataset import build_dataset
+    from core.synth import make_dataset_folder, synth_clip
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=4, seconds=5.0)
+    out = tmp_path / "ds"
+
+    def stop_after_three():
+        return len([p for p in out.glob(".work-*/*.json") if p.name != "params.json"]) >= 3
+
+    from core.dataset import BuildStopped
+
+    with pytest.raises(BuildStopped):
+        build_dataset(src, out, workers=1, should_stop=stop_after_three)
+    first = sorted((src / "bass").iterdir())[0]
+    sf.write(first, synth_clip(1, 6.5, seed=7), 22050)  # changed while the build was interrupted
+    build_dataset(src, out, workers=1)
+    fresh = build_dataset(src, tmp_path / "fresh", workers=1)
+    _, a = _arrays(out)
+    _, b = _arrays(fresh)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+# --- 3. one build per output folder ------------------------------------------------------------------------
+def test_second_build_into_the_same_folder_is_refused_naming_the_first(tmp_path):
+    from core.dataset import BuildLock, BuildLockedError, build_dataset, build_lock_holder, load_dataset
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=3, seconds=4.0)
+    out = tmp_path / "ds"
+    out.mkdir()
+    code = ("import sys, time; sys.path.insert(0, %r); from core.dataset import BuildLock; "
+            "BuildLock(%r, command='python -m core build-dataset FIRST').acquire(); print('held', flush=True); "
+            "time.sleep(60)") % (str(ROOT), str(out))
+    first = subprocess.Popen(PY + [code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        assert build_lock_holder(out)["pid"] == first.pid
+        with pytest.raises(BuildLockedError, match=f"another build is writing .*pid {first.pid}.*FIRST"):
+            build_dataset(src, out, workers=1, lock_timeout=0.2)
+        assert not (out / "card.json").exists() and not list(out.glob(".work-*"))
+        r = subprocess.run([sys.executable, "-m", "core", "build-dataset", str(src), str(out)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "another build is writing" in r.stderr and "FIRST" in r.stderr
+    finally:
+        first.kill()
+        first.wait()
+    assert build_lock_holder(out) is None  # released by the kernel with the first build
+    load_dataset(build_dataset(src, out, workers=1))
+    assert BuildLock(out).holder() is None
+
+
+def test_concurrent_cli_builds_one_wins_one_is_refused_cleanly(tmp_path):
+    from core.dataset import load_dataset
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=4, seconds=6.0)
+    out = tmp_path / "ds"
+    ref = subprocess.run([sys.executable, "-m", "core", "build-dataset", str(src), str(tmp_path / "ref"),
+                          "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    cmd = [sys.executable, "-m", "core", "build-dataset", str(src), str(out), "--workers", "1"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    res = [(p.wait(300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in res)
+    assert codes in ([0, 0], [0, 2]), res  # the second either found it built or was refused
+    assert all("Traceback" not in err for _, err in res), res
+    if codes == [0, 2]:
+        assert any(rc == 2 and "another build is writing" in err for rc, err in res)
+    _, a = _arrays(out)
+    _, b = _arrays(tmp_path / "ref")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert load_dataset(out).manifest["skipped"].sum() == 0
+
+
+# --- 4. no work folder left after a finished build -----------------------------------------------------------
+_KILL_AFTER_CARD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import core.dataset as d
+real = d.atomic_write_json
+def write(path, obj):
+    real(path, obj)
+    if str(path).endswith("card.json"):
+        os.kill(os.getpid(), signal.SIGKILL)  # killed just after the card is written
+d.atomic_write_json = write
+d.build_dataset({src!r}, {out!r}, workers=1)
+"""
+
+
+def test_kill_just_after_the_card_leaves_no_work_folder_after_a_rerun(tmp_path):
+    from core.dataset import build_dataset, load_dataset
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=3, seconds=5.0)
+    out = tmp_path / "ds"
+    r = subprocess.run(PY + [_KILL_AFTER_CARD.format(root=str(ROOT), src=str(src), out=str(out))], timeout=300)
+    assert r.returncode == -signal.SIGKILL
+    assert (out / "card.json").exists() and list(out.glob(".work-*")), "the kill should land after the card"
+    calls = []
+    build_dataset(src, out, workers=1, progress=lambda d, t, m: calls.append(m))
+    assert calls == ["already built"]
+    assert not list(out.glob(".work-*")) and not list(out.glob(".*.tmp"))
+    load_dataset(out)
+
+
+# --- 5. a stray folder or a class of bad files is left out with a reason ----------------------------------
+def test_stray_folder_and_all_bad_class_are_left_out_with_reasons(tmp_path):
+    from core.dataset import DatasetError, build_dataset, load_dataset
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=3, per_class=5, seconds=5.0)
+    (src / "stray").mkdir()
+    (src / "stray" / "junk.mp3").write_bytes(b"not audio at all" * 64)
+    (src / "broken").mkdir()
+    for i in range(4):
+        (src / "broken" / f"{i}.wav").write_bytes(b"RIFF\x00\x00" + bytes(200))
+    out = build_dataset(src, tmp_path / "ds", workers=1)
+    ds = load_dataset(out)
+    assert ds.classes == ["bass", "pulse", "tone"]
+    assert set(ds.card["left_out_classes"]) == {"stray", "broken"}
+    assert "1 track(s)" in ds.card["left_out_classes"]["stray"]
+    assert "only 0 of its 4 tracks" in ds.card["left_out_classes"]["broken"]
+    m = ds.manifest.set_index("path")
+    assert m.loc["stray/junk.mp3", "skipped"] and "class left out" in m.loc["stray/junk.mp3", "reason"]
+    assert all(m.loc[f"broken/{i}.wav", "skipped"] for i in range(4))
+    for s in ("train", "val", "test"):
+        assert set(ds.y(s).tolist()) == {0, 1, 2}
+    # the CLI warns
+    r = subprocess.run([sys.executable, "-m", "core", "build-dataset", str(src), str(tmp_path / "ds2"),
+                        "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "warning: stray: class left out" in r.stderr and "warning: broken: class left out" in r.stderr
+    # --min-tracks-per-class: fewer than two classes remain -> a clear error
+    with pytest.raises(DatasetError, match="at least two classes need at least 6 tracks"):
+        build_dataset(src, tmp_path / "ds3", workers=1, min_tracks_per_class=6)
+
+
+# --- 3 and 5 on the data page --------------------------------------------------------------------------------
+@pytest.fixture
+def page_home(tmp_path, monkeypatch):
+    from test_app import _without_shipped_models
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("GENRELAB_HOME", str(home))
+    _without_shipped_models(monkeypatch)
+    return home
+
+
+def test_data_page_refuses_a_build_while_another_writes_the_folder(page_home):
+    from test_app import assert_clean, open_page, texts
+
+    from core.synth import make_dataset_folder
+
+    make_dataset_folder(page_home / "sources" / "tiny", n_classes=2, per_class=4, seconds=5.0)
+    out = page_home / "datasets" / "tiny"
+    out.mkdir(parents=True)
+    code = ("import sys, time; sys.path.insert(0, %r); from core.dataset import BuildLock; "
+            "BuildLock(%r, command='python -m core build-dataset CLI').acquire(); print('held', flush=True); "
+            "time.sleep(60)") % (str(ROOT), str(out))
+    holder = subprocess.Popen(PY + [code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        at = open_page("data")
+        next(b for b in at.button if b.label == "Build dataset").click().run()
+        assert_clean(at)
+        assert any("another build is writing" in t and "CLI" in t for t in texts(at.error)), texts(at.error)
+        assert not (page_home / "jobs" / "build-tiny").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_data_page_warns_about_left_out_classes(page_home):
+    from test_app import assert_clean, open_page, texts
+
+    from core.dataset import build_dataset
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(page_home / "sources" / "s", n_classes=2, per_class=4, seconds=5.0)
+    (src / "stray").mkdir()
+    (src / "stray" / "junk.mp3").write_bytes(b"junk" * 100)
+    build_dataset(src, page_home / "datasets" / "s", workers=1)
+    at = open_page("data")
+    assert_clean(at)
+    assert any("“stray” is not in this dataset" in t for t in texts(at.warning)), texts(at.warning)
