@@ -101,7 +101,9 @@ def zip_source() -> str | None:
     from core.download import ArchiveError, extract_zip_dataset
 
     up = st.file_uploader("A .zip with one folder per class", type=["zip"], key="data_zip",
-                          help="Unpacked into the data folder's sources/. Hidden files and __MACOSX are skipped.")
+                          help="Unpacked into the data folder's sources/. Hidden files and __MACOSX are skipped. "
+                               "Refused: files expanding more than 100x, more than 2 GB unpacked, or a data "
+                               "folder past its quota (10 GB; $GENRELAB_HOME_QUOTA_GB).")
     done = st.session_state.get("data_zip_done")
     if up is None:
         return done
@@ -111,7 +113,7 @@ def zip_source() -> str | None:
         dest = unique_folder(home_dir("sources"), safe_name(name, "upload"))
         try:
             with st.spinner("Unpacking and checking the archive ..."):
-                root = extract_zip_dataset(up, dest)
+                root = extract_zip_dataset(up, dest, quota_root=home_dir("sources").parent)  # data-home quota
         except (ArchiveError, FileExistsError, OSError) as exc:
             st.error(f"This zip cannot be used: {exc}", icon=":material/error:")
             return None

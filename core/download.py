@@ -619,8 +619,41 @@ def _open_zip(src) -> zipfile.ZipFile:
         raise DatasetArchiveError(f"cannot read the zip archive: {e.strerror or e}") from None
 
 
-def _plan_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int) -> list[tuple[zipfile.ZipInfo, tuple]]:
-    """Members to extract with their safe path parts; rejects escapes, links, encryption and bombs."""
+#: A member may expand to at most this many times its compressed size (audio compresses 1-3x; a zero-filled
+#: file 1000x): checked on the declared sizes before anything is written. Members under 1 MB are exempt.
+MAX_COMPRESSION_RATIO = 100
+_RATIO_EXEMPT_BYTES = 1 << 20
+#: Default quota of the data home for unpacked uploads (``$GENRELAB_HOME_QUOTA_GB`` overrides it).
+DATA_HOME_QUOTA_BYTES = 10 * 10**9
+QUOTA_ENV = "GENRELAB_HOME_QUOTA_GB"
+
+
+def data_home_quota() -> int:
+    """The data home's quota in bytes: ``$GENRELAB_HOME_QUOTA_GB`` (GB = 10^9 bytes), else 10 GB."""
+    try:
+        return int(float(os.environ[QUOTA_ENV]) * 10**9)
+    except (KeyError, ValueError):
+        return DATA_HOME_QUOTA_BYTES
+
+
+def folder_bytes(root: str | os.PathLike) -> int:
+    """Bytes of the regular files under ``root`` (links not followed); 0 when it does not exist."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, f))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def _plan_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int,
+              max_ratio: float = MAX_COMPRESSION_RATIO) -> list[tuple[zipfile.ZipInfo, tuple]]:
+    """Members to extract with their safe path parts; rejects escapes, links, encryption and bombs (more than
+    ``max_total_bytes`` in all, or a member over 1 MB expanding more than ``max_ratio`` times)."""
     plan = []
     n_files = declared = 0
     for info in zf.infolist():
@@ -637,6 +670,11 @@ def _plan_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int) -> list
                 raise DatasetArchiveError("password-protected zip files are not supported")
             n_files += 1
             declared += info.file_size
+            if info.file_size > _RATIO_EXEMPT_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+                raise DatasetArchiveError(
+                    f"the zip member {_zip_name(info)!r} would expand {info.file_size / max(info.compress_size, 1):.0f} "
+                    f"times ({_fmt_bytes(info.compress_size)} -> {_fmt_bytes(info.file_size)}), more than the limit of "
+                    f"{max_ratio:g} (zip bomb, or a file of silence): nothing was unpacked")
             if n_files > max_files:
                 raise DatasetArchiveError(f"the zip holds more than {max_files} files, the limit")
             if declared > max_total_bytes:
@@ -678,7 +716,9 @@ def _extract_zip_members(zf: zipfile.ZipFile, plan, into: Path, max_total_bytes:
 
 
 def extract_zip_dataset(zip_path_or_fileobj: str | os.PathLike | IO[bytes], dest_dir: str | os.PathLike, *,
-                        max_total_bytes: int = 2_000_000_000, max_files: int = 20000) -> Path:
+                        max_total_bytes: int = 2_000_000_000, max_files: int = 20000,
+                        max_ratio: float = MAX_COMPRESSION_RATIO, quota_root: str | os.PathLike | None = None,
+                        quota_bytes: int | None = None) -> Path:
     """Safely extract an uploaded dataset zip to ``dest_dir`` and return the dataset folder.
 
     ``dest_dir`` must not exist (or be empty); extraction happens in a temporary folder beside it that is
@@ -687,12 +727,25 @@ def extract_zip_dataset(zip_path_or_fileobj: str | os.PathLike | IO[bytes], dest
     encrypted members, more than ``max_files`` files, more than ``max_total_bytes`` declared or written.
     ``__MACOSX/``, hidden files and OS junk are skipped; names are unicode (NFC). Returns the single top-level
     folder when there is one, else ``dest_dir``; it must hold at least two class folders with audio files.
+    Also refused before anything is written: a member over 1 MB that expands more than ``max_ratio`` times,
+    and, with ``quota_root`` (the data home), an archive whose declared size would take the bytes under
+    ``quota_root`` past ``quota_bytes`` (default :func:`data_home_quota`); writing stops at the quota too.
     """
     dest_dir = Path(dest_dir)
     if dest_dir.exists() and (not dest_dir.is_dir() or any(dest_dir.iterdir())):
         raise FileExistsError(f"{dest_dir} already exists and is not an empty folder")
     with _open_zip(zip_path_or_fileobj) as zf:
-        plan = _plan_zip(zf, max_total_bytes, max_files)
+        plan = _plan_zip(zf, max_total_bytes, max_files, max_ratio)
+        if quota_root is not None:
+            quota = data_home_quota() if quota_bytes is None else int(quota_bytes)
+            used = folder_bytes(quota_root)
+            need = sum(info.file_size for info, _ in plan if not info.is_dir())
+            if used + need > quota:
+                raise DatasetArchiveError(
+                    f"unpacking this zip ({_fmt_bytes(need)}) would take the data folder past its quota of "
+                    f"{_fmt_bytes(quota)} ({_fmt_bytes(used)} used): delete sources or datasets you no longer need "
+                    f"(or raise ${QUOTA_ENV})")
+            max_total_bytes = min(max_total_bytes, max(0, quota - used))
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.extract-", dir=dest_dir.parent))
         try:

@@ -359,3 +359,74 @@ def test_data_page_warns_about_left_out_classes(page_home):
     at = open_page("data")
     assert_clean(at)
     assert any("“stray” is not in this dataset" in t for t in texts(at.warning)), texts(at.warning)
+
+
+# --- 8. compression ratio and data-home quota on uploaded zips ---------------------------------------------
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _noise_wav(seconds: float, seed: int = 0) -> bytes:
+    from core.audio import encode_wav_bytes
+
+    rng = np.random.default_rng(seed)
+    return encode_wav_bytes((rng.standard_normal(int(22050 * seconds)) * 0.1).astype(np.float32), 22050)
+
+
+def test_zip_with_a_zero_filled_wav_is_refused_before_writing(tmp_path):
+    import io
+
+    from core.download import DatasetArchiveError, extract_zip_dataset
+
+    zeros = b"RIFF" + bytes(50_000_000)  # 50 MB of silence: ~50 KB deflated, ratio ~1000
+    data = _zip({"d/a/1.wav": _noise_wav(2, 1), "d/a/2.wav": _noise_wav(2, 2), "d/b/1.wav": _noise_wav(2, 3),
+                 "d/b/silence.wav": zeros})
+    assert len(data) < 300_000
+    (tmp_path / "sources").mkdir()
+    with pytest.raises(DatasetArchiveError, match=r"would expand \d+ times.*limit of 100"):
+        extract_zip_dataset(io.BytesIO(data), tmp_path / "sources" / "up")
+    assert list((tmp_path / "sources").iterdir()) == []  # nothing written, nothing left
+    # real audio compresses ~1.1x: accepted
+    ok = _zip({"d/a/1.wav": _noise_wav(2, 1), "d/b/1.wav": _noise_wav(2, 3)})
+    assert extract_zip_dataset(io.BytesIO(ok), tmp_path / "sources" / "ok").is_dir()
+
+
+def test_zip_past_the_data_home_quota_is_refused(tmp_path, monkeypatch):
+    import io
+
+    from core.download import DatasetArchiveError, data_home_quota, extract_zip_dataset
+
+    home = tmp_path / "home"
+    (home / "datasets").mkdir(parents=True)
+    (home / "datasets" / "big.npy").write_bytes(bytes(300_000))
+    data = _zip({"d/a/1.wav": _noise_wav(3, 1), "d/b/1.wav": _noise_wav(3, 2)})  # ~265 KB unpacked
+    with pytest.raises(DatasetArchiveError, match="past its quota of 500.00 KB"):
+        extract_zip_dataset(io.BytesIO(data), home / "sources" / "up", quota_root=home, quota_bytes=500_000)
+    assert not (home / "sources" / "up").exists()
+    monkeypatch.setenv("GENRELAB_HOME_QUOTA_GB", "0.0005")
+    assert data_home_quota() == 500_000
+    with pytest.raises(DatasetArchiveError, match="GENRELAB_HOME_QUOTA_GB"):
+        extract_zip_dataset(io.BytesIO(data), home / "sources" / "up", quota_root=home)
+    monkeypatch.delenv("GENRELAB_HOME_QUOTA_GB")
+    assert data_home_quota() == 10 * 10**9
+    extract_zip_dataset(io.BytesIO(data), home / "sources" / "up", quota_root=home)
+
+
+def test_data_page_refuses_a_zip_bomb_and_keeps_nothing(page_home):
+    from test_app import open_page, texts
+
+    data = _zip({"d/a/1.wav": _noise_wav(1, 1), "d/b/1.wav": _noise_wav(1, 2), "d/b/2.wav": bytes(20_000_000)})
+    at = open_page("data")
+    at.segmented_control(key="data_how").set_value("Upload a .zip").run()
+    at.file_uploader(key="data_zip").set_value(("bomb.zip", data, "application/zip")).run()
+    next(b for b in at.button if b.label == "Unpack").click().run()
+    assert not at.exception
+    assert any("This zip cannot be used" in t and "would expand" in t for t in texts(at.error)), texts(at.error)
+    assert not (page_home / "sources").exists() or not any((page_home / "sources").iterdir())
