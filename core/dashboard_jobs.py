@@ -1,5 +1,5 @@
-"""Background jobs the dashboard starts besides experiments: dataset builds, the GTZAN download and the tiny
-demo model. Each is a ``python -m core.dashboard_jobs COMMAND ... --events E --stop-file S`` process that
+"""Background jobs the dashboard starts besides experiments: dataset builds, the GTZAN and Emotify downloads
+and the tiny demo model. Each is a ``python -m core.dashboard_jobs COMMAND ... --events E --stop-file S`` process that
 reports through :mod:`core.jobs`' JSON-lines events and stops (resumably) when the stop file appears, so the
 pages handle them exactly like experiment jobs (:class:`core.jobs.Job`: ``state()``, ``stop()``, re-attach
 with :func:`core.jobs.open_job` after a browser reload).
@@ -213,6 +213,37 @@ def _cmd_gtzan(a) -> int:
     return 0
 
 
+def _cmd_emotify(a) -> int:
+    from core.download import ArchiveError, DownloadError, DownloadStopped, download_emotify, emotify_info
+
+    ev, stop = EventLog(a.events), StopFlag(a.stop_file).install_signals()
+    rep = _Reporter(ev, "download")
+    ev.emit(state="running", job="download", message="connecting", fraction=0.0, done=0, total=None)
+
+    def progress(done: int, total: int | None) -> None:
+        msg = f"{done / 1e6:.0f} MB" + (f" of {total / 1e6:.0f} MB" if total else "")
+        rep.progress(done, total, msg)
+
+    try:
+        folder = download_emotify(a.dest, url=a.url, csv_url=a.csv_url, progress=progress, should_stop=stop,
+                                  keep_archive=False)
+    except DownloadStopped as exc:
+        ev.emit(state="stopped", job="download", message=f"{exc}; start again to resume")
+        return 130
+    except (DownloadError, ArchiveError) as exc:
+        ev.emit(state="failed", job="download", message=str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        ev.emit(state="failed", job="download", message=f"unexpected error: {type(exc).__name__}: {exc}"[:400])
+        return 1
+    found = (emotify_info(a.dest) or {}).get("found") or {}
+    counts = ", ".join(f"{g} {n}" for g, n in found.items())
+    ev.emit(state="done", job="download", message=f"Emotify is ready in {folder}" + (f" ({counts})" if counts else ""),
+            fraction=1.0, result=str(folder))
+    return 0
+
+
 def _cmd_demo_model(a) -> int:
     from core.dashboard_support import train_demo_model
 
@@ -268,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None)
     common(p)
     p.set_defaults(func=_cmd_gtzan)
+
+    p = sub.add_parser("download-emotify", help="core.download.download_emotify with progress events")
+    p.add_argument("dest")
+    p.add_argument("--url", default=None)
+    p.add_argument("--csv-url", default=None)
+    common(p)
+    p.set_defaults(func=_cmd_emotify)
 
     p = sub.add_parser("demo-model", help="train the tiny synthetic demo model")
     p.add_argument("out")

@@ -725,7 +725,7 @@ def test_bad_zip_is_a_clear_error(empty_home):
 def test_gtzan_download_without_network_says_so(empty_home, monkeypatch):
     monkeypatch.setenv("GENRELAB_GTZAN_URL", "http://127.0.0.1:9/genres.tar.gz")  # nothing listens there
     at = open_page("data")
-    at.segmented_control(key="data_how").set_value("Download GTZAN").run()
+    at.segmented_control(key="data_how").set_value("Download a dataset").run()
     next(b for b in at.button if b.label == "Download GTZAN").click().run()
     status = _wait_job(empty_home / "jobs" / "download-gtzan", timeout=120)
     assert status["state"] == "failed"
