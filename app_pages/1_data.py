@@ -1,4 +1,4 @@
-"""Data: get audio (folder, zip, GTZAN), build a snippet dataset in the background, explore what was built."""
+"""Data: get audio (folder, zip, Emotify or GTZAN download), build a snippet dataset in the background, explore what was built."""
 from __future__ import annotations
 
 import os
@@ -18,8 +18,13 @@ from ui.charts import counts_figure, mel_figure, waveform_figure
 from ui.common import guarded, show_error
 from ui.jobs_view import job_panel, job_running
 
-GTZAN_NOTE = ("GTZAN: 1000 30-second clips in 10 genres (blues, classical, country, disco, hiphop, jazz, metal, pop, "
-              "reggae, rock), about 1.2 GB. The download is resumable: stop it any time and start it again.")
+GTZAN_NOTE = ("1000 30-second clips in 10 genres (blues, classical, country, disco, hiphop, jazz, metal, pop, "
+              "reggae, rock), about 1.2 GB, from its Hugging Face mirror (checksum-verified). Tzanetakis & Cook, "
+              "IEEE TSAP 2002. The download is resumable: stop it any time and start it again.")
+EMOTIFY_NOTE = ("400 one-minute excerpts of Magnatune recordings in 4 genres (classical, electronic, pop, rock), "
+                "about 363 MB, with listeners' emotion annotations (`data.csv`), from the dataset's page at Utrecht "
+                "University. Aljanaki, Wiering & Veltkamp, Information Processing & Management 2015: cite it "
+                "with results. Resumable too; the smaller of the two, and the data of this lab's reference results.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,13 +63,52 @@ def source_section() -> str | None:
     st.subheader("1 · Audio", divider="gray")
     st.caption("One sub-folder per class with audio files inside (wav, au, mp3, flac, ogg, m4a ...), "
                "like GTZAN's `genres/blues/blues.00000.au`.")
-    how = st.segmented_control("Where is the audio?", ["Folder on this machine", "Upload a .zip", "Download GTZAN"],
+    how = st.segmented_control("Where is the audio?", ["Folder on this machine", "Upload a .zip",
+                                                       "Download a dataset"],
                                default="Folder on this machine", key="data_how")
     if how == "Upload a .zip":
         return zip_source()
-    if how == "Download GTZAN":
-        return gtzan_source()
+    if how == "Download a dataset":
+        return download_source()
     return folder_source()
+
+
+def download_source() -> str | None:
+    """Emotify and GTZAN side by side, each with its download button; the chosen (downloaded) one is returned."""
+    left, right = st.columns(2, border=True)
+    with left:
+        emotify = emotify_source()
+    with right:
+        gtzan = gtzan_source()
+    ready = {k: v for k, v in (("Emotify", emotify), ("GTZAN", gtzan)) if v}
+    if len(ready) > 1:
+        pick = st.radio("Build from", list(ready), horizontal=True, key="data_download_pick")
+        return ready[pick]
+    return next(iter(ready.values()), None)
+
+
+def emotify_source() -> str | None:
+    from core.download import EMOTIFY_FOLDER_NAME, EMOTIFY_MARKER_NAME
+
+    dest = home_dir("sources") / "emotify"
+    target = dest / EMOTIFY_FOLDER_NAME
+    job_dir = home_dir("jobs") / "download-emotify"
+    st.markdown("**Emotify** · 4 genres, 363 MB")
+    st.caption(EMOTIFY_NOTE)
+    if (dest / EMOTIFY_MARKER_NAME).is_file() and target.is_dir():
+        st.success(f"Emotify is here: `{target}`", icon=":material/check_circle:")
+        return str(target)
+    running = job_running(job_dir)
+    if st.button("Download Emotify", type="primary", disabled=running, icon=":material/download:",
+                 key="data_download_emotify"):
+        try:
+            start_job(["download-emotify", str(dest)], job_dir)
+            st.rerun()
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "could not start the download")
+    job_panel(job_dir, "Emotify download", "emotify", resumable=True,
+              finished_hint="It is also listed under “Folder on this machine”.")
+    return None
 
 
 def folder_source() -> str | None:
@@ -130,19 +174,21 @@ def gtzan_source() -> str | None:
     dest = home_dir("sources") / "gtzan"
     target = dest / GTZAN_FOLDER_NAME
     job_dir = home_dir("jobs") / "download-gtzan"
+    st.markdown("**GTZAN** · 10 genres, 1.2 GB")
     st.caption(GTZAN_NOTE)
     if (dest / GTZAN_MARKER_NAME).is_file() and target.is_dir():
         st.success(f"GTZAN is here: `{target}`", icon=":material/check_circle:")
         return str(target)
     running = job_running(job_dir)
-    if st.button("Download GTZAN", type="primary", disabled=running, icon=":material/download:"):
+    if st.button("Download GTZAN", type="primary", disabled=running, icon=":material/download:",
+                 key="data_download_gtzan"):
         try:
             start_job(["download-gtzan", str(dest)], job_dir)
             st.rerun()
         except Exception as exc:  # noqa: BLE001
             show_error(exc, "could not start the download")
     job_panel(job_dir, "GTZAN download", "gtzan", resumable=True,
-              finished_hint="Choose it under “Folder on this machine” to build a dataset.")
+              finished_hint="It is also listed under “Folder on this machine”.")
     return None
 
 
@@ -176,7 +222,9 @@ def build_section(src: str | None) -> None:
         st.caption("Choose the audio above first.")
         return
     d = FeatureParams()
-    with st.form("build_form", border=True):
+    # enter_to_submit=False: Enter in a field ("Tracks per class" = 10, Enter) must not start a build; only the
+    # button does. Widgets in a form do not rerun the page either, so nothing changes until the click.
+    with st.form("build_form", border=True, enter_to_submit=False):
         st.markdown(f"Source: `{src}`")
         name = st.text_input("Dataset name", value=_default_name(src),
                              help="The dataset is written to the data folder's datasets/<name>.")
@@ -253,6 +301,10 @@ def build_section(src: str | None) -> None:
         return
     if hosted_mode():  # Community Cloud: capped (hosted_note above the form says so)
         limit = min(int(limit) or HOSTED_CAPS["tracks_per_class"], HOSTED_CAPS["tracks_per_class"])
+    same = identical_build(src, params, split, int(limit))
+    if same:
+        st.warning(same, icon=":material/content_copy:")
+        return
     try:
         start_job(build_dataset_args(src, str(out), params, split, int(workers), int(limit)), job_dir)
     except Exception as exc:  # noqa: BLE001
@@ -260,6 +312,48 @@ def build_section(src: str | None) -> None:
         return
     st.session_state["data_last_build"] = str(job_dir)
     st.rerun()
+
+
+def _request(args: list[str]) -> list[str]:
+    """A build's arguments without where it writes, its worker count and job plumbing (what makes it the same)."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] in ("--workers", "--events", "--stop-file"):
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    if len(out) >= 3:  # build-dataset SRC OUT ...
+        out[1], out[2] = str(Path(out[1]).resolve()), "OUT"
+    return out
+
+
+def identical_build(src: str, params: FeatureParams, split: SplitConfig, limit: int) -> str | None:
+    """Why a build of ``src`` with these settings would repeat one that is running or finished (a message for
+    the user), or None. Same audio folder + same features, split and cap = the same dataset."""
+    want = _request(build_dataset_args(src, "OUT", params, split, None, limit))
+    for p in sorted(home_dir("jobs").glob("build-*")):
+        job = find_job(p)
+        if job is None or not job.alive():
+            continue
+        cmd = list(job.command)
+        args = cmd[cmd.index("core.dashboard_jobs") + 1:] if "core.dashboard_jobs" in cmd else []
+        if _request(args) == want:
+            return (f"Not started: an identical build is running already (“{p.name[len('build-'):]}”, the same "
+                    "audio with the same parameters). Its progress is shown above.")
+    source = str(Path(src).resolve())
+    for d in list_datasets():
+        card = d.get("card") or {}
+        sp = card.get("split") or {}
+        if (d["complete"] and card.get("source") == source and card.get("params") == params.to_dict()
+                and int(card.get("limit_per_class") or 0) == int(limit)
+                and (sp.get("val_share"), sp.get("test_share"), sp.get("seed"), sp.get("split_file"))
+                == (split.val_share, split.test_share, split.seed,
+                    str(split.split_file) if split.split_file else None)):
+            return (f"Not started: “{d['name']}” was built already from this audio with the same parameters "
+                    "(listed below). Change a parameter for a different dataset, or delete that folder to "
+                    "build it again.")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,7 +383,13 @@ def datasets_section() -> None:
     m[0].metric("Classes", len(ds.classes))
     m[1].metric("Tracks used", sum(c[s]["tracks"] for s in c))
     m[2].metric("Snippets" if ds.params.mode == "snippet" else "Clips", f"{sum(c[s]['snippets'] for s in c):,}")
-    m[3].metric("Skipped files", card.get("n_skipped", 0))
+    skipped = skipped_files(ds)
+    capped = skipped[skipped["reason"].astype(str).str.startswith("not used: build capped")]
+    faulty = skipped.drop(capped.index)
+    m[3].metric("Skipped files", len(faulty),
+                help="Files that could not be used (unreadable, too short, not audio ...); the list is below."
+                + (f" Not counted: {len(capped)} files left out by the cap of {card.get('limit_per_class')} "
+                   "tracks per class." if len(capped) else ""))
     m[4].metric("Input", "×".join(str(x) for x in card["input_shape"][:2]), help="frames × mel bands per example")
     st.caption(f"Built {card.get('built_at', '?')} from `{card.get('source')}` · `{ds.path}`")
     for cls, why in (card.get("left_out_classes") or {}).items():
@@ -299,12 +399,14 @@ def datasets_section() -> None:
     what = st.segmented_control("Count", ["tracks", "snippets"], default="tracks", key="data_count_what")
     st.plotly_chart(counts_figure(counts, ds.classes, what or "tracks"), config={"displayModeBar": False},
                     key="data_counts")
-    skipped = skipped_files(ds)
-    with st.expander(f"Skipped files ({len(skipped)})", expanded=0 < len(skipped) <= 10):
-        if len(skipped):
-            st.dataframe(skipped, hide_index=True, width="stretch")
+    if len(capped):  # deliberate, not a fault: said apart from the skipped files
+        st.caption(f"Capped build: {card.get('limit_per_class')} tracks per class; {len(capped)} further files "
+                   "of the source were not used.")
+    with st.expander(f"Skipped files ({len(faulty)})", expanded=0 < len(faulty) <= 10):
+        if len(faulty):
+            st.dataframe(faulty.reset_index(drop=True), hide_index=True, width="stretch")
         else:
-            st.write("None: every file was used.")
+            st.write("None: every file was used" + (" (apart from the cap above)." if len(capped) else "."))
     with st.expander("Build parameters"):
         st.json({"features": card["params"], "split": card.get("split"), "versions": card.get("versions")},
                 expanded=1)

@@ -1,8 +1,10 @@
-"""Streamed, resumable, checksum-verified downloads (GTZAN) and safe archive extraction.
+"""Streamed, resumable, checksum-verified downloads (GTZAN, Emotify) and safe archive extraction.
 
 * :func:`download_file` streams a URL into ``DEST.part`` (resuming it with an HTTP ``Range`` request),
   checks size and optional sha256, then renames it into place atomically.
 * :func:`download_gtzan` fetches ``genres.tar.gz`` (Hugging Face mirror of GTZAN) and extracts it safely.
+* :func:`download_emotify` fetches Emotify's ``data.csv`` and ``emotifymusic.zip`` from its official page and
+  extracts the genre folders, checked against the annotations.
 * :func:`extract_zip_dataset` unpacks a user-uploaded zip (one folder per class) without path escapes,
   zip bombs or half-extracted leftovers.
 
@@ -41,6 +43,9 @@ from core.utils import atomic_write_json, read_json, sha256_file
 GTZAN_URL = "https://huggingface.co/datasets/marsyas/gtzan/resolve/main/data/genres.tar.gz"
 GTZAN_URL_ENV = "GENRELAB_GTZAN_URL"
 GTZAN_SHA256_ENV = "GENRELAB_GTZAN_SHA256"
+#: sha256 of :data:`GTZAN_URL`'s file as Hugging Face's Git LFS pointer lists it (``data/genres.tar.gz``, 1.23 GB,
+#: added in commit 7031b10 and unchanged since). Applied only when the default URL is used.
+GTZAN_SHA256 = "b28cc067ff6199bd826f5d1a6931458586d64acae7f44b2e882b7a97af057531"
 GTZAN_ARCHIVE_NAME = "genres.tar.gz"
 GTZAN_FOLDER_NAME = "genres"
 #: Written in DEST (next to ``genres/``) once extraction is complete; its presence = nothing left to do.
@@ -546,8 +551,9 @@ def download_gtzan(dest_dir: str | os.PathLike, url: str | None = None, sha256: 
 
     Returns the folder holding the genre sub-folders (``dest_dir/genres``), the one to give to
     ``build-dataset``. ``url`` defaults to ``$GENRELAB_GTZAN_URL`` then :data:`GTZAN_URL`; ``sha256`` to
-    ``$GENRELAB_GTZAN_SHA256`` then None (no official checksum is known: the size must still match
-    Content-Length and the archive must be a readable gzip tar). Re-running resumes a partial download and
+    ``$GENRELAB_GTZAN_SHA256``, then :data:`GTZAN_SHA256` for the default URL, else None (another copy: the
+    size must still match Content-Length and the archive must be a readable gzip tar). Re-running resumes a
+    partial download and
     returns at once when a previous extraction completed (marker file written last). A damaged or unsafe
     archive is deleted and reported as :class:`DownloadError`; a stop request raises :class:`DownloadStopped`.
     """
@@ -560,7 +566,7 @@ def download_gtzan(dest_dir: str | os.PathLike, url: str | None = None, sha256: 
         raise DownloadError(f"{target} already exists but was not made by a completed GTZAN download: "
                             "delete it, or choose another folder")
     url = url or os.environ.get(GTZAN_URL_ENV) or GTZAN_URL
-    sha256 = sha256 or os.environ.get(GTZAN_SHA256_ENV) or None
+    sha256 = sha256 or os.environ.get(GTZAN_SHA256_ENV) or (GTZAN_SHA256 if url == GTZAN_URL else None)
     try:
         sha256 = _normalise_sha256(sha256)
     except ValueError as e:
@@ -589,6 +595,162 @@ def download_gtzan(dest_dir: str | os.PathLike, url: str | None = None, sha256: 
     if not keep_archive:
         _remove(archive)
     return target
+
+
+# ------------------------------------------------------------------------------------------- Emotify
+
+#: The Emotify dataset's official page (Aljanaki, Wiering & Veltkamp 2015, Utrecht University). It serves the
+#: music as ``emotifymusic.zip`` (400 one-minute MP3 excerpts of Magnatune recordings, ~363 MB, one folder per
+#: genre: ``classical/``, ``electronic/``, ``pop/``, ``rock/``, files ``1.mp3`` ... ``100.mp3``) and the
+#: annotations as ``data.csv`` (one row per game response: ``track id`` 1-400, ``genre``, the nine GEMS emotions,
+#: ``mood``, ...; the header has spaces after its commas). These addresses are the ones published on that page
+#: and used by other projects; they could not be fetched from this project's machines (no internet), and the
+#: page publishes no checksum: ``--url`` / ``--csv-url`` (or ``$GENRELAB_EMOTIFY_URL`` /
+#: ``$GENRELAB_EMOTIFY_CSV_URL``) point at another copy, ``--sha256`` / ``--csv-sha256`` (or the ``..._SHA256``
+#: variables) pin the files. The sizes are always checked against Content-Length, the zip is extracted safely
+#: and its genre folders are checked against ``data.csv``; the marker file records both files' sha256.
+EMOTIFY_PAGE = "https://www2.projects.science.uu.nl/memotion/emotifydata/"
+EMOTIFY_URL = EMOTIFY_PAGE + "emotifymusic.zip"
+EMOTIFY_CSV_URL = EMOTIFY_PAGE + "data.csv"
+EMOTIFY_URL_ENV = "GENRELAB_EMOTIFY_URL"
+EMOTIFY_CSV_URL_ENV = "GENRELAB_EMOTIFY_CSV_URL"
+EMOTIFY_SHA256_ENV = "GENRELAB_EMOTIFY_SHA256"
+EMOTIFY_CSV_SHA256_ENV = "GENRELAB_EMOTIFY_CSV_SHA256"
+EMOTIFY_ARCHIVE_NAME = "emotifymusic.zip"
+EMOTIFY_CSV_NAME = "data.csv"
+#: The genre folders end up in ``DEST/emotify`` (the folder to give to ``build-dataset``).
+EMOTIFY_FOLDER_NAME = "emotify"
+EMOTIFY_MARKER_NAME = ".emotify.extracted.json"
+EMOTIFY_CITATION = ("Aljanaki, Wiering & Veltkamp, \"Studying emotion induced by music through a crowdsourcing "
+                    "game\", Information Processing & Management, 2015")
+
+
+def read_emotify_csv(path: str | os.PathLike) -> dict[int, str]:
+    """``{track id: genre}`` from Emotify's ``data.csv`` (several rows per track; names and values are
+    stripped, genres lower-cased). :class:`DownloadError` when the file is not that table."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+            rows = csv.reader(fh)
+            header = [h.strip().lower().replace("_", " ") for h in next(rows, [])]
+            if "track id" not in header or "genre" not in header:
+                raise DownloadError(f"{Path(path).name} is not Emotify's annotation table: no 'track id' and "
+                                    f"'genre' columns (found: {', '.join(header[:6]) or 'nothing'})")
+            i_id, i_genre = header.index("track id"), header.index("genre")
+            genres: dict[int, str] = {}
+            for n, row in enumerate(rows, start=2):
+                if not row or not "".join(row).strip():
+                    continue
+                try:
+                    tid, genre = int(row[i_id].strip()), row[i_genre].strip().lower()
+                except (IndexError, ValueError):
+                    raise DownloadError(f"{Path(path).name}, line {n}: no track id / genre") from None
+                if genres.setdefault(tid, genre) != genre:
+                    raise DownloadError(f"{Path(path).name}: track {tid} is listed as both "
+                                        f"{genres[tid]!r} and {genre!r}")
+    except OSError as e:
+        raise DownloadError(f"cannot read {path}: {e.strerror or e}") from None
+    if not genres:
+        raise DownloadError(f"{Path(path).name} lists no tracks")
+    return genres
+
+
+def _emotify_check(root: Path, genres_of: dict[int, str]) -> dict:
+    """Compare the extracted genre folders with ``data.csv``: tracks per genre expected and found.
+    A genre folder the table does not know is an error (wrong archive)."""
+    expected: dict[str, int] = {}
+    for g in genres_of.values():
+        expected[g] = expected.get(g, 0) + 1
+    found = check_dataset_layout(root, what="the Emotify archive")
+    unknown = [g for g in found if g.lower() not in expected]
+    if unknown:
+        raise DatasetArchiveError(f"the Emotify archive has genre folders that data.csv does not list: "
+                                  f"{_listing(unknown)} (data.csv lists {_listing(sorted(expected))})")
+    found_l = {g.lower(): n for g, n in found.items()}
+    missing = {g: n - found_l.get(g, 0) for g, n in sorted(expected.items()) if found_l.get(g, 0) < n}
+    return {"expected": dict(sorted(expected.items())), "found": dict(sorted(found_l.items())),
+            "missing": missing}
+
+
+def download_emotify(dest_dir: str | os.PathLike, url: str | None = None, csv_url: str | None = None,
+                     sha256: str | None = None, csv_sha256: str | None = None,
+                     progress: ProgressFn | None = None, should_stop: StopFn | None = None, *,
+                     keep_archive: bool = True, timeout: float = 30) -> Path:
+    """Download Emotify (``data.csv``, then ``emotifymusic.zip``, ~363 MB) into ``dest_dir`` and extract the
+    music to ``dest_dir/emotify/<genre>/N.mp3``; ``data.csv`` stays in ``dest_dir``.
+
+    Returns ``dest_dir/emotify``, the folder to give to ``build-dataset``. URLs and checksums default to the
+    ``$GENRELAB_EMOTIFY_*`` variables, then :data:`EMOTIFY_URL` / :data:`EMOTIFY_CSV_URL` and no checksum
+    (none is published; sizes are checked against Content-Length). ``progress(done, total)`` reports the
+    zip's bytes. Re-running resumes a partial download and returns at once when a previous run completed
+    (marker file written last). An unusable archive is deleted and reported as :class:`DownloadError`; a stop
+    request raises :class:`DownloadStopped` (partial files kept).
+    """
+    dest_dir = Path(dest_dir)
+    target = dest_dir / EMOTIFY_FOLDER_NAME
+    marker = dest_dir / EMOTIFY_MARKER_NAME
+    if marker.is_file() and target.is_dir():
+        return target
+    if target.exists():
+        raise DownloadError(f"{target} already exists but was not made by a completed Emotify download: "
+                            "delete it, or choose another folder")
+    url = url or os.environ.get(EMOTIFY_URL_ENV) or EMOTIFY_URL
+    csv_url = csv_url or os.environ.get(EMOTIFY_CSV_URL_ENV) or EMOTIFY_CSV_URL
+    try:
+        sha256 = _normalise_sha256(sha256 or os.environ.get(EMOTIFY_SHA256_ENV))
+        csv_sha256 = _normalise_sha256(csv_sha256 or os.environ.get(EMOTIFY_CSV_SHA256_ENV))
+    except ValueError as e:
+        raise DownloadError(f"bad Emotify checksum: {e}") from None
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, archive = dest_dir / EMOTIFY_CSV_NAME, dest_dir / EMOTIFY_ARCHIVE_NAME
+    for what, u, dest, digest, prog in (("data.csv", csv_url, csv_path, csv_sha256, None),
+                                        ("emotifymusic.zip", url, archive, sha256, progress)):
+        try:
+            download_file(u, dest, sha256=digest, progress=prog, should_stop=should_stop, timeout=timeout)
+        except DownloadError as e:
+            if e.status is not None:
+                flag = "--url" if what.endswith(".zip") else "--csv-url"
+                env = EMOTIFY_URL_ENV if what.endswith(".zip") else EMOTIFY_CSV_URL_ENV
+                raise DownloadError(f"{e} (Emotify's {what}; pass {flag} or set {env} to use another copy)",
+                                    status=e.status) from None
+            raise
+    try:
+        genres_of = read_emotify_csv(csv_path)
+    except DownloadError as e:
+        _remove(csv_path)
+        raise DownloadError(f"{e}. The downloaded data.csv was deleted: run again to download it afresh") from None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMOTIFY_FOLDER_NAME}.extract-", dir=dest_dir))
+    try:
+        root = extract_zip_dataset(archive, tmp / "x")
+        check = _emotify_check(root, genres_of)
+        os.rename(root, target)
+    except ArchiveError as e:
+        _remove(archive)
+        raise DownloadError(f"the downloaded Emotify archive is unusable: {e}. It was deleted: run again to "
+                            "download it afresh") from None
+    except OSError as e:
+        raise DownloadError(f"could not extract {archive} into {dest_dir}: {e.strerror or e} "
+                            "(disk full?); run again once fixed") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_json(marker, {"url": url, "csv_url": csv_url, "archive": archive.name,
+                               "archive_bytes": archive.stat().st_size, "sha256": sha256_file(archive),
+                               "csv_sha256": sha256_file(csv_path), "folder": target.name, **check,
+                               "citation": EMOTIFY_CITATION,
+                               "extracted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if not keep_archive:
+        _remove(archive)
+    return target
+
+
+def emotify_info(dest_dir: str | os.PathLike) -> dict | None:
+    """The marker of a completed :func:`download_emotify` in ``dest_dir`` (tracks per genre, checksums), or None."""
+    try:
+        info = read_json(Path(dest_dir) / EMOTIFY_MARKER_NAME)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 # ----------------------------------------------------------------------------------------------- zip
@@ -809,8 +971,52 @@ def _cmd_download_gtzan(args) -> int:
     return 0
 
 
+def _cmd_download_emotify(args) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def progress(done: int, total: int | None) -> None:
+        if args.quiet:
+            return
+        if not bars:
+            bars.append(tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc="Emotify", file=sys.stderr, dynamic_ncols=True))
+        bar = bars[0]
+        if total is not None and bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    try:
+        try:
+            folder = download_emotify(args.dest, url=args.url, csv_url=args.csv_url, sha256=args.sha256,
+                                      csv_sha256=args.csv_sha256, progress=progress,
+                                      keep_archive=not args.remove_archive)
+        finally:  # Ctrl-C included: close the bar, the partial download stays for the next run
+            if bars:
+                bars[0].close()
+    except (DownloadError, DownloadStopped, ArchiveError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    info = emotify_info(args.dest) or {}
+    found = info.get("found") or {}
+    print(f"Emotify is ready in {folder}: " + ", ".join(f"{g} ({n})" for g, n in found.items()))
+    if info.get("missing"):
+        print("note: fewer tracks than data.csv lists: "
+              + ", ".join(f"{g} {n} missing" for g, n in info["missing"].items()), file=sys.stderr)
+    print(f"annotations: {Path(args.dest) / EMOTIFY_CSV_NAME}; sha256 of {EMOTIFY_ARCHIVE_NAME}: "
+          f"{info.get('sha256', '?')} (pin it with --sha256)")
+    print(f"cite: {EMOTIFY_CITATION}")
+    print(f"next: python -m core build-dataset {folder} OUT_FOLDER")
+    return 0
+
+
 def register_cli(sub) -> None:
-    """Add ``download-gtzan DEST [--url URL] [--sha256 HEX]`` to the ``python -m core`` sub-parsers."""
+    """Add ``download-gtzan DEST [--url URL] [--sha256 HEX]`` and ``download-emotify DEST [...]`` to the
+    ``python -m core`` sub-parsers."""
     p = sub.add_parser(
         "download-gtzan",
         help="download and extract GTZAN (~1.2 GB, resumable)",
@@ -824,3 +1030,22 @@ def register_cli(sub) -> None:
     p.add_argument("--remove-archive", action="store_true", help="delete genres.tar.gz after extraction")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download_gtzan)
+
+    p = sub.add_parser(
+        "download-emotify",
+        help="download Emotify (400 one-minute MP3s in 4 genres, ~363 MB, resumable) into genre folders",
+        description=("Download Emotify from its page at Utrecht University (emotifymusic.zip and the annotations "
+                     "data.csv) and extract the music to DEST/emotify/<genre>/ (classical, electronic, pop, rock), "
+                     "checked against data.csv. Ctrl-C keeps the partial download; running the same command again "
+                     "resumes it. No checksum is published: sizes are checked, --sha256 pins the zip. "
+                     f"The URLs can also be set with ${EMOTIFY_URL_ENV} and ${EMOTIFY_CSV_URL_ENV}."),
+    )
+    p.add_argument("dest", metavar="DEST", help="folder to download into (created if needed)")
+    p.add_argument("--url", default=None, help=f"zip URL (default: ${EMOTIFY_URL_ENV} or {EMOTIFY_URL})")
+    p.add_argument("--csv-url", default=None,
+                   help=f"annotations URL (default: ${EMOTIFY_CSV_URL_ENV} or {EMOTIFY_CSV_URL})")
+    p.add_argument("--sha256", default=None, metavar="HEX", help="expected sha256 of the zip (optional)")
+    p.add_argument("--csv-sha256", default=None, metavar="HEX", help="expected sha256 of data.csv (optional)")
+    p.add_argument("--remove-archive", action="store_true", help=f"delete {EMOTIFY_ARCHIVE_NAME} after extraction")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download_emotify)
