@@ -257,8 +257,9 @@ def show_result(res, clip, hop_s: float, clip_hash: str) -> None:
     sel = int(st.session_state[slider_key])
     fig = vote_figure(res.classes, res.window_scores, res.starts, res.ends, hop_s, selected=sel,
                       aggregated=res.aggregated, aggregation_label=AGG_AXIS[res.aggregation])
+    # no plotly toolbar: on hover it covered the right panel's title; double-click still resets a zoom
     st.plotly_chart(fig, key=chart_key, on_select="rerun", selection_mode="points",
-                    config={"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]})
+                    config={"displayModeBar": False})
     if n > 1:
         st.select_slider("Window to play", options=list(range(n)), key=slider_key,
                          format_func=lambda i: f"{i + 1}: {res.starts[i]:.1f}–{res.ends[i]:.1f} s")
@@ -297,19 +298,39 @@ def main() -> None:
         no_model()
         return
 
-    left, right = st.columns([3, 2], gap="large")
+    left, right = st.columns([3, 2], gap="large", vertical_alignment="bottom")
     with left:
         keys = [m["key"] for m in usable]
         key = st.selectbox("Model", keys, format_func=lambda k: next(m["label"] for m in usable if m["key"] == k),
                            index=keys.index(default_model_key(usable)), key="demo_model",
                            help="Models shipped in models/ (trained on real music), models in your data folder "
-                                "and finished experiment runs.")
+                                "and finished experiment runs. Its card is at the bottom of the page.")
         model = next(m for m in usable if m["key"] == key)
         card = model["card"]
-    with right:
-        with st.expander("Model card", icon=":material/badge:"):
-            model_card_view(card)
+    with right:  # one line here; the full card is full-width below everything, so it never pushes the clip down
+        st.caption(model_summary(card))
 
+    classify_section(model, card)
+    with st.expander("Model card", icon=":material/badge:"):
+        model_card_view(card)
+
+
+def model_summary(card: dict) -> str:
+    """One line about a model: kind, classes, training data and its best measured test accuracy."""
+    classes = card.get("classes", [])
+    bits = [KIND_TEXT.get(card.get("kind"), str(card.get("kind"))).split(" (")[0].split(":")[0],
+            f"{len(classes)} classes"]
+    td = card.get("training_data") or {}
+    if td.get("source") or card.get("trained_on"):
+        bits.append(f"trained on {td.get('source') or card.get('trained_on')}")
+    acc = card.get("accuracy") or {}
+    if isinstance(acc.get("track_sum/test"), (int, float)):
+        bits.append(f"track-level test accuracy {acc['track_sum/test']:.0%}")
+    return " · ".join(bits) + " · card below"
+
+
+def classify_section(model: dict, card: dict) -> None:
+    """Input, settings and the result for the chosen model."""
     sr = int(card["params"]["sample_rate"])
     try:
         picked = pick_input(sr)

@@ -248,3 +248,89 @@ def test_demo_bad_upload(page, server, tmp_path):
     _settle(page)
     _no_error(page)
     _shot(page, "06-demo-bad-upload.png")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# first use (issue 11): no Enter-key trap in the build form, the model card never pushes the demo down
+# ---------------------------------------------------------------------------------------------------------
+def _builds(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / "jobs").glob("build-*")) if (home / "jobs").is_dir() else []
+
+
+def test_enter_in_the_build_form_starts_nothing(page, server, browser_home):
+    page.goto(f"{server}/data")
+    page.get_by_role("heading", name="Data", exact=True).wait_for()
+    page.get_by_text("2 · Build a dataset").wait_for()
+    _settle(page)
+    before = _builds(browser_home)
+    page.get_by_text("Split and scope").click()
+    tracks = page.get_by_role("spinbutton", name="Tracks per class")
+    tracks.fill("10")
+    tracks.press("Enter")  # used to submit the form: a build named after the default started
+    _settle(page)
+    name = page.get_by_role("textbox", name="Dataset name")
+    name.fill("renamed")
+    name.press("Enter")
+    _settle(page)
+    page.wait_for_timeout(2000)
+    assert _builds(browser_home) == before, "Enter in a form field started a build"
+    assert page.get_by_text("Building").count() == 0
+    _no_error(page)
+    _shot(page, "07-data-enter-starts-nothing.png")
+    # the button does submit; the same audio with the same parameters as an existing dataset is refused
+    tracks.fill("0")
+    page.get_by_role("button", name="Build dataset").click()
+    page.get_by_text("was built already from this audio with the same parameters").wait_for(timeout=30_000)
+    _settle(page)
+    assert _builds(browser_home) == before
+    _shot(page, "08-data-identical-build-refused.png")
+
+
+def test_demo_model_card_keeps_the_input_in_place(page, server, tmp_path):
+    from core.dashboard_support import demo_clip_wav
+
+    page.goto(f"{server}/demo")
+    page.get_by_role("heading", name="Demo: classify a clip").wait_for()
+    _settle(page)
+    uploader = page.locator('[data-testid="stFileUploader"]').first
+    y_closed = uploader.bounding_box()["y"]
+    card = page.locator('[data-testid="stExpander"]').filter(has_text="Model card").first
+    card.locator("summary").click()
+    page.wait_for_timeout(1000)
+    _settle(page)
+    y_open = uploader.bounding_box()["y"]
+    assert abs(y_open - y_closed) < 2, f"opening the model card moved the uploader by {y_open - y_closed:.0f} px"
+    card_box = card.bounding_box()
+    assert card_box["y"] > y_open, "the model card is above the input"
+    title = page.locator('[data-testid="stHeading"]').first.bounding_box()  # a full-width block
+    assert card_box["width"] > 0.97 * title["width"], "the model card is not full-width"
+    _no_error(page)
+    _shot(page, "09-demo-model-card-open.png")
+    card.locator("summary").click()  # close it again
+
+    clip = tmp_path / "four-minutes.wav"
+    clip.write_bytes(demo_clip_wav(2, 240.0))  # a long clip: large sums in the side bars
+    uploader.locator('input[type="file"]').set_input_files(str(clip))
+    page.get_by_text("Predicted genre").wait_for(timeout=120_000)
+    chart = page.locator(".js-plotly-plot").first
+    chart.wait_for()
+    _settle(page)
+    chart.scroll_into_view_if_needed()
+    chart.hover()
+    page.wait_for_timeout(500)
+    modebar = chart.locator(".modebar")
+    assert modebar.count() == 0 or not modebar.first.is_visible(), "the plotly toolbar shows on the vote chart"
+    labels = [t for t in chart.locator("text.bartext").all() if t.is_visible()]
+    boxes = [t.bounding_box() for t in labels]
+    assert boxes, "the side bars have no value labels"
+    for b in boxes:
+        assert b["width"] > b["height"], "a value label is rotated"
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            overlap = not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                           or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+            assert not overlap, "two value labels of the side bars overlap"
+    chart.screenshot(path=str(ARTIFACTS / "10-demo-vote-chart-long-clip.png"))
+    titles = [t.text_content() or "" for t in chart.locator("g.annotation text").all()]
+    assert any("sum of scores" in t for t in titles), titles
+    _no_error(page)

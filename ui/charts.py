@@ -121,11 +121,17 @@ def vote_figure(classes: Sequence[str], window_scores: np.ndarray, starts: np.nd
             legendgroup=c, showlegend=False,
             hovertemplate=f"{c}: %{{y:.2f}} after %{{x:.1f}} s<extra></extra>"), row=2, col=1)
     order = np.argsort(agg)
+    # Labels always horizontal and outside the bar's end (never rotated inside a thin bar, never over a
+    # neighbour), with room for them on the axis: "31.99" beside a bar of any length.
     fig.add_trace(go.Bar(
         x=agg[order], y=[classes[i] for i in order], orientation="h", showlegend=False,
         marker_color=[colors[classes[i]] for i in order],
-        text=[f"{agg[i]:.2f}" if abs(agg[i]) < 100 else f"{agg[i]:.0f}" for i in order], textposition="auto",
-        hovertemplate="%{y}: %{x:.3f}<extra></extra>"), row=1, col=2)
+        text=[_bar_label(agg[i]) for i in order], textposition="outside", textangle=0, constraintext="none",
+        cliponaxis=False, textfont=dict(size=12), hovertemplate="%{y}: %{x:.3f}<extra></extra>"), row=1, col=2)
+    lo, hi = float(min(agg.min(), 0.0)), float(max(agg.max(), 0.0))
+    pad = 0.42 * max(hi - lo, 1e-9)  # label room (~6 characters at the panel's width)
+    fig.update_xaxes(range=[lo - (pad if lo < 0 else 0), hi + (pad if hi > 0 else 0.05 * (hi - lo))],
+                     zeroline=True, row=1, col=2)
     if selected is not None and 0 <= selected < n:
         fig.add_vrect(x0=float(starts[selected]), x1=float(ends[selected]), fillcolor="#FFD54F", opacity=0.35,
                       line_width=0, layer="below", row=1, col=1)
@@ -134,6 +140,11 @@ def vote_figure(classes: Sequence[str], window_scores: np.ndarray, starts: np.nd
     fig.update_yaxes(title_text="sum", row=2, col=1)
     fig.update_xaxes(title_text="time (s)", row=2, col=1)
     return _base(fig, 540, legend=BOTTOM_LEGEND, margin=dict(l=10, r=10, t=40, b=40))
+
+
+def _bar_label(v: float) -> str:
+    """Short value label: 2 decimals, fewer for large magnitudes (at most 6 characters in practice)."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
 
 
 # ---------------------------------------------------------------------------------------------------------
