@@ -171,9 +171,11 @@ def model_dirs(home: Path | None = None) -> list[tuple[str, Path]]:
 def list_model_folders(home: Path | None = None) -> list[dict[str, Any]]:
     """Model folders (a ``.keras`` file + ``model_card.json``): ``{"name", "path", "origin", "card"}``.
 
-    Folders whose card does not read are listed with ``"error"`` so the page can say why.
+    Folders whose card or model file is unusable (unreadable, against the card schema, truncated ``.keras``)
+    are listed with ``"error"`` (which file and why) and ``"card": None``, so the page lists them as unusable
+    and the other models keep working; nothing a folder holds can make this listing fail.
     """
-    from core.predictor import CARD_NAME, PredictorError, read_model_card, resolve_model_path
+    from core.predictor import CARD_NAME, PredictorError, check_model_file, read_model_card, resolve_model_path
 
     out = []
     seen: set[str] = set()
@@ -189,10 +191,15 @@ def list_model_folders(home: Path | None = None) -> list[dict[str, Any]]:
             seen.add(key)
             rec: dict[str, Any] = {"name": child.name, "path": str(child), "origin": origin, "card": None}
             try:
-                rec["card"] = read_model_card(child / CARD_NAME)
-                rec["model_file"] = str(resolve_model_path(child))
+                card = read_model_card(child / CARD_NAME)
+                model_file = resolve_model_path(child)
+                check_model_file(model_file)  # a truncated .keras: "unreadable", listed as unusable
+                rec["model_file"] = str(model_file)
+                rec["card"] = card
             except PredictorError as exc:
                 rec["error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one odd folder must not take the page down
+                rec["error"] = f"{child} cannot be read: {type(exc).__name__}: {exc}"[:300]
             out.append(rec)
     return out
 

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.predictor import CARD_NAME, Predictor, PredictorError, read_model_card, resolve_model_path
+from core.predictor import (CARD_NAME, Predictor, PredictorError, check_model_file, check_model_matches_card,
+                            read_model_card, resolve_model_path, validate_model_card)
 
 
 class UnsupportedModel(Exception):
@@ -350,7 +351,8 @@ class LitePredictor(Predictor):
     def __init__(self, model_path: str | os.PathLike, card: str | os.PathLike | dict | None = None,
                  batch_size: int = 16, warmup: bool = False):
         self.model_path = resolve_model_path(model_path)
-        self.card = card if isinstance(card, dict) else read_model_card(card or self.model_path.parent / CARD_NAME)
+        self.card = validate_model_card(card, "(given as a dict)") if isinstance(card, dict) else \
+            read_model_card(card or self.model_path.parent / CARD_NAME)
         self.kind = self.card["kind"]
         self.classes = list(self.card["classes"])
         from core.features import FeatureParams
@@ -359,13 +361,10 @@ class LitePredictor(Predictor):
         self.norm = self.card["norm"]
         self.norm_method = self.card["norm_method"]
         self.batch_size = batch_size
+        check_model_file(self.model_path)  # truncated / damaged: "unreadable", not "not found"
         self.model = load_numpy_model(self.model_path)
-        n_out = int(self.model.output_shape[-1])
-        if n_out != len(self.classes):
-            raise PredictorError(f"the model has {n_out} outputs but its card lists {len(self.classes)} classes")
-        if int(self.model.input_shape[2]) != self.params.n_mels:
-            raise PredictorError(f"the model takes {self.model.input_shape[2]} mel bands, its card says "
-                                 f"{self.params.n_mels}")
+        check_model_matches_card(tuple(self.model.input_shape), int(self.model.output_shape[-1]), self.card,
+                                 self.params, self.model_path, getattr(self.model, "name", None))
         self._fixed_frames = self.model.input_shape[1]
         self.backend = "numpy"
 

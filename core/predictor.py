@@ -38,6 +38,11 @@ class PredictorError(Exception):
     """A model or model card that cannot be used; the message is for the user."""
 
 
+class ModelCardError(PredictorError):
+    """A model card that breaks the schema (wrong type, out of range, kind that does not fit the model); the
+    message names the file and the field."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # aggregation
 # ---------------------------------------------------------------------------------------------------------
@@ -90,6 +95,8 @@ def write_model_card(folder: str | os.PathLike, card: dict) -> Path:
 
 
 def read_model_card(path: str | os.PathLike) -> dict:
+    """Read and validate (:func:`validate_model_card`) a ``model_card.json``; :class:`PredictorError` with the
+    file and the reason otherwise."""
     path = Path(path)
     if not path.exists():
         raise PredictorError(f"no {CARD_NAME} at {path}: a model needs its card (classes, features, normalisation)")
@@ -97,12 +104,161 @@ def read_model_card(path: str | os.PathLike) -> dict:
         card = read_json(path)
     except (ValueError, OSError) as exc:
         raise PredictorError(f"{path} is not a readable model card: {exc}") from exc
-    if card.get("format", 0) > CARD_FORMAT:
-        raise PredictorError(f"{path} was written by a newer Genre Lab (card format {card['format']}); update")
+    return validate_model_card(card, path)
+
+
+#: FeatureParams fields of a card: (type, lowest, highest); bool and str fields are checked by type only
+_PARAM_RULES: dict[str, tuple[type, float | None, float | None]] = {
+    "sample_rate": (int, 1000, 384_000), "snippet_s": (float, 0.01, 3600.0), "overlap_s": (float, 0.0, 3600.0),
+    "max_snippets": (int, 0, 1_000_000), "selection_seed": (int, None, None), "n_fft": (int, 16, 65_536),
+    "hop_length": (int, 1, 65_536), "n_mels": (int, 1, 1024), "full_clip_s": (float, 0.01, 36_000.0),
+    "log": (bool, None, None), "peak_normalize": (bool, None, None), "pad_short": (bool, None, None),
+    "selection": (str, None, None), "mode": (str, None, None),
+}
+NORM_METHODS = ("minmax", "standard", "none")
+
+
+def _type_name(x: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(x), "number" if isinstance(x, (int, float)) else type(x).__name__)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
+def validate_model_card(card: Any, path: str | os.PathLike = CARD_NAME) -> dict:
+    """Check a model card against the schema: an object with ``kind`` (string), ``classes`` (unique non-empty
+    strings), ``params`` (FeatureParams fields of the right types and ranges), ``norm_method`` (minmax,
+    standard or none) and ``norm`` (finite numbers; per-mel lists of ``n_mels`` for standard), optional fields
+    of the right type. Returns the card; raises :class:`ModelCardError` naming the file and the field."""
+
+    def bad(why: str) -> ModelCardError:
+        return ModelCardError(f"model card {path} is not usable: {why}")
+
+    if not isinstance(card, dict):
+        raise bad(f"it is a JSON {_type_name(card)}, not an object")
+    fmt = card.get("format", 0)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 0:
+        raise bad(f"format is {fmt!r} (a card format number is expected)")
+    if fmt > CARD_FORMAT:
+        raise PredictorError(f"{path} was written by a newer Genre Lab (card format {fmt}); update")
     missing = [k for k in ("kind", "classes", "params", "norm", "norm_method") if k not in card]
     if missing:
         raise PredictorError(f"model card {path} lacks {', '.join(missing)}")
+    if not isinstance(card["kind"], str) or not card["kind"]:
+        raise bad(f"kind is {card['kind']!r} (a model kind such as 'snippet' or 'full' is expected)")
+    classes = card["classes"]
+    if not isinstance(classes, list) or not classes:
+        raise bad(f"classes is a {_type_name(classes)}{'' if classes else ' (empty)'}, not a list of class names")
+    if not all(isinstance(c, str) and c for c in classes):
+        raise bad("classes must all be non-empty strings")
+    if len(set(classes)) != len(classes):
+        raise bad("classes are listed twice")
+    params = card["params"]
+    if not isinstance(params, dict):
+        raise bad(f"params is a {_type_name(params)}, not an object")
+    for key, (kind, lo, hi) in _PARAM_RULES.items():
+        if key not in params:
+            continue
+        v = params[key]
+        if kind is bool:
+            ok = isinstance(v, bool)
+        elif kind is str:
+            ok = isinstance(v, str)
+        elif kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = _is_number(v)
+        if not ok:
+            want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
+            raise bad(f"params.{key} is {v!r} ({_type_name(v)}; {want} is expected)")
+        if lo is not None and not (lo <= v <= hi):
+            raise bad(f"params.{key} is {v!r} (it must be between {lo:g} and {hi:g})")
+    try:
+        fp = FeatureParams.from_dict(params)
+    except (ValueError, TypeError) as exc:
+        raise bad(f"params: {exc}") from None
+    method = card["norm_method"]
+    if method not in NORM_METHODS:
+        raise bad(f"norm_method is {method!r} (one of {', '.join(NORM_METHODS)} is expected)")
+    norm = card["norm"]
+    if not isinstance(norm, dict):
+        raise bad(f"norm is a {_type_name(norm)}, not an object")
+    if method == "minmax":
+        for k in ("min", "max"):
+            if not _is_number(norm.get(k)):
+                raise bad(f"norm.{k} is {norm.get(k)!r} (a finite number is expected for minmax scaling)")
+        if norm["max"] < norm["min"]:
+            raise bad(f"norm.max ({norm['max']}) is below norm.min ({norm['min']})")
+    if method == "standard":
+        for k in ("mean", "std"):
+            v = norm.get(k)
+            if not isinstance(v, list) or len(v) != fp.n_mels or not all(_is_number(x) for x in v):
+                raise bad(f"norm.{k} must be a list of {fp.n_mels} finite numbers (one per mel band)")
+        if any(x <= 0 for x in norm["std"]):
+            raise bad("norm.std holds a value <= 0")
+    for k in ("name", "description", "model_file"):
+        if k in card and card[k] is not None and not isinstance(card[k], str):
+            raise bad(f"{k} is a {_type_name(card[k])}, not a string")
+    for k in ("accuracy", "training_data", "reproduction", "metrics", "config"):
+        if k in card and card[k] is not None and not isinstance(card[k], dict):
+            raise bad(f"{k} is a {_type_name(card[k])}, not an object")
+    shape = card.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and all(
+            x is None or (isinstance(x, int) and not isinstance(x, bool) and x > 0) for x in shape)):
+        raise bad(f"input_shape is {shape!r} (a list of positive integers is expected)")
     return card
+
+
+def check_model_file(path: str | os.PathLike) -> None:
+    """A ``.keras`` file must be a complete zip archive holding ``config.json`` and ``model.weights.h5``; a
+    truncated or damaged file is reported as unreadable (not as missing)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise PredictorError(f"model file {path} is unreadable: not a complete .keras archive ({size:,} bytes; "
+                             f"truncated or damaged: {exc})") from None
+    lacking = [n for n in ("config.json", "model.weights.h5") if n not in names]
+    if lacking:
+        raise PredictorError(f"model file {path} is unreadable: the .keras archive lacks {', '.join(lacking)}")
+
+
+def check_model_matches_card(input_shape: tuple, n_outputs: int, card: dict, params: FeatureParams,
+                             path: str | os.PathLike, model_name: str | None = None) -> None:
+    """The model and its card must agree: outputs vs classes, mel bands, and the card's ``kind`` vs the frames
+    the model takes (a snippet model takes ``snippet_frames``, a full-clip model ``full_frames``), vs the
+    card's own ``input_shape`` and vs the architecture's name (``snippet_crnn`` / ``full_crnn``)."""
+    where = f"model card {Path(path).parent / CARD_NAME if Path(path).suffix == '.keras' else path}"
+    classes = card["classes"]
+    if n_outputs != len(classes):
+        raise ModelCardError(f"the model has {n_outputs} outputs but its card lists {len(classes)} classes "
+                             f"({where})")
+    if len(input_shape) < 3:
+        return  # not a spectrogram model (e.g. an embedding classifier): nothing more to compare
+    if input_shape[2] is not None and int(input_shape[2]) != params.n_mels:
+        raise ModelCardError(f"the model takes {input_shape[2]} mel bands, its card says {params.n_mels} ({where})")
+    frames = input_shape[1]
+    kind = card["kind"]
+    shape = card.get("input_shape")
+    declared = shape[0] if isinstance(shape, list) and len(shape) >= 2 else None
+    if kind in ("snippet", "full"):
+        expect = params.full_frames if kind == "full" else params.snippet_frames
+        for what, n in (("the model takes", frames), ("its input_shape says", declared)):
+            if n is not None and int(n) != expect:
+                raise ModelCardError(f"{where} is not usable: kind {kind!r} means {expect}-frame inputs, but {what} "
+                                     f"{int(n)} frames")
+        arch = (model_name or "").split("_crnn")[0] if (model_name or "").endswith("_crnn") else None
+        if arch in ("snippet", "full") and arch != kind:
+            raise ModelCardError(f"{where} is not usable: kind {kind!r}, but the model is a {arch} CRNN "
+                                 f"({model_name})")
+    if declared is not None and frames is not None and int(declared) != int(frames):
+        raise ModelCardError(f"{where} is not usable: input_shape says {declared} frames, the model takes "
+                             f"{int(frames)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,7 +334,7 @@ class Predictor:
                  batch_size: int = 256, warmup: bool = True):
         self.model_path = resolve_model_path(model_path)
         if isinstance(card, dict):
-            self.card = card
+            self.card = validate_model_card(card, "(given as a dict)")
         else:
             self.card = read_model_card(card or self.model_path.parent / CARD_NAME)
         self.kind: str = self.card["kind"]
@@ -187,18 +343,15 @@ class Predictor:
         self.norm: dict = self.card["norm"]
         self.norm_method: str = self.card["norm_method"]
         self.batch_size = batch_size
+        check_model_file(self.model_path)
         from core.train import TrainError, load_model
 
         try:
             self.model = load_model(self.model_path, compile=False)
         except TrainError as exc:
             raise PredictorError(str(exc)) from exc
-        n_out = int(self.model.output_shape[-1])
-        if n_out != len(self.classes):
-            raise PredictorError(f"the model has {n_out} outputs but its card lists {len(self.classes)} classes")
-        if int(self.model.input_shape[2]) != self.params.n_mels:
-            raise PredictorError(f"the model takes {self.model.input_shape[2]} mel bands, its card says "
-                                 f"{self.params.n_mels}")
+        check_model_matches_card(tuple(self.model.input_shape), int(self.model.output_shape[-1]), self.card,
+                                 self.params, self.model_path, getattr(self.model, "name", None))
         self._fixed_frames = self.model.input_shape[1]
         if warmup:  # two shapes: Keras' predict function then retraces once to a shape-generic graph
             f = self.params.input_frames

@@ -102,7 +102,7 @@ def test_predictor_refuses_model_without_card(tmp_path, trained):
         Predictor(tmp_path / "m.keras")
     (tmp_path / "x.keras").write_bytes(b"not a zip")
     shutil.copy(run / "model_card.json", tmp_path / "model_card.json")
-    with pytest.raises(PredictorError, match="does not load"):
+    with pytest.raises(PredictorError, match="x.keras is unreadable: not a complete .keras archive"):
         Predictor(tmp_path / "x.keras")
 
 

@@ -430,3 +430,124 @@ def test_data_page_refuses_a_zip_bomb_and_keeps_nothing(page_home):
     assert not at.exception
     assert any("This zip cannot be used" in t and "would expand" in t for t in texts(at.error)), texts(at.error)
     assert not (page_home / "sources").exists() or not any((page_home / "sources").iterdir())
+
+
+# --- 6. tampered or broken model folders -----------------------------------------------------------------
+SHIPPED = ROOT / "models" / "emotify-crnn"
+
+
+def _model_copy(dst: Path, tamper=None) -> Path:
+    import shutil
+
+    if not (SHIPPED / "model.keras").exists():
+        pytest.skip("the shipped models/emotify-crnn is not in this checkout")
+    shutil.copytree(SHIPPED, dst)
+    if tamper is not None:
+        card = json.loads((dst / "model_card.json").read_text())
+        card = tamper(card)
+        (dst / "model_card.json").write_text(json.dumps(card))
+    return dst
+
+
+def _set(path: str, value):
+    def tamper(card):
+        obj = card
+        *head, last = path.split(".")
+        for k in head:
+            obj = obj[k]
+        obj[last] = value
+        return card
+    return tamper
+
+
+TAMPERED = [
+    ("sample_rate", _set("params.sample_rate", -5), r"params\.sample_rate is -5 \(it must be between 1000"),
+    ("hop", _set("params.hop_length", 0), r"params\.hop_length is 0 \(it must be between 1"),
+    ("norm_strings", _set("norm.min", "low"), r"norm\.min is 'low' \(a finite number"),
+    ("norm_null", _set("norm.max", None), r"norm\.max is None"),
+    ("list", lambda card: [card], r"it is a JSON list, not an object"),
+    ("kind_full", _set("kind", "full"), r"kind .full. means 1292-frame inputs, but its input_shape says 130 frames"),
+    ("kind_full_no_shape", lambda c: {**{k: v for k, v in c.items() if k != "input_shape"}, "kind": "full"},
+     r"kind 'full', but the model is a snippet CRNN"),
+    ("classes_number", _set("classes", 4), r"classes is a number"),
+    ("params_bool", _set("params.n_mels", True), r"params\.n_mels is True"),
+]
+
+
+@pytest.mark.parametrize("name,tamper,message", TAMPERED, ids=[t[0] for t in TAMPERED])
+def test_tampered_cards_are_refused_naming_the_file_and_field(tmp_path, name, tamper, message):
+    from core.lite_inference import make_predictor
+    from core.predictor import ModelCardError, Predictor
+
+    folder = _model_copy(tmp_path / "m", tamper)
+    with pytest.raises(ModelCardError, match=message) as err:
+        make_predictor(folder)
+    assert "model_card.json" in str(err.value)
+    if not name.startswith("kind_full"):  # the card is checked before the Keras model is even loaded
+        with pytest.raises(ModelCardError, match=message):
+            Predictor(folder, warmup=False)
+
+
+def test_predict_cli_says_which_card_is_bad_without_a_traceback(tmp_path):
+    from core.synth import synth_clip
+    import soundfile as sf
+
+    folder = _model_copy(tmp_path / "m", _set("params.sample_rate", -5))
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, synth_clip(0, 4.0), 22050)
+    r = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(folder), str(clip)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "model_card.json is not usable: params.sample_rate is -5" in r.stderr
+
+
+def test_truncated_model_file_is_unreadable_not_missing(tmp_path):
+    from core.lite_inference import make_predictor
+    from core.predictor import Predictor, PredictorError
+
+    folder = _model_copy(tmp_path / "m")
+    data = (folder / "model.keras").read_bytes()
+    (folder / "model.keras").write_bytes(data[: len(data) // 2])
+    for make in (make_predictor, lambda f: Predictor(f, warmup=False)):
+        with pytest.raises(PredictorError, match="is unreadable: not a complete .keras archive") as err:
+            make(folder)
+        assert "not found" not in str(err.value).lower()
+
+
+def test_broken_model_folders_are_listed_as_unusable_and_the_others_work(tmp_path):
+    from core.dashboard_support import list_model_folders
+    from core.lite_inference import make_predictor
+
+    home = tmp_path / "home"
+    _model_copy(home / "models" / "good")
+    _model_copy(home / "models" / "as-list", lambda card: [card])
+    _model_copy(home / "models" / "bad-rate", _set("params.sample_rate", -5))
+    trunc = _model_copy(home / "models" / "truncated")
+    (trunc / "model.keras").write_bytes((trunc / "model.keras").read_bytes()[:1000])
+    (home / "models" / "garbage").mkdir()
+    (home / "models" / "garbage" / "model_card.json").write_bytes(b"\xff\xfe not json")
+    found = {m["name"]: m for m in list_model_folders(home) if m["origin"] != "shipped"}
+    assert set(found) == {"good", "as-list", "bad-rate", "truncated", "garbage"}
+    assert found["good"]["card"] and not found["good"].get("error")
+    for name, why in (("as-list", "JSON list"), ("bad-rate", "sample_rate is -5"), ("truncated", "unreadable"),
+                      ("garbage", "not a readable model card")):
+        assert found[name]["card"] is None and why in found[name]["error"], (name, found[name])
+        assert name in found[name]["error"]  # the message names the folder / file
+    assert make_predictor(found["good"]["path"]).predict_array(np.zeros(22050 * 4, np.float32) + 0.01).n_windows
+
+
+def test_demo_page_lists_broken_models_as_unusable_and_classifies_with_the_good_one(page_home):
+    from test_app import _upload, assert_clean, open_page, texts
+
+    from core.dashboard_support import demo_clip_wav
+
+    _model_copy(page_home / "models" / "good")
+    _model_copy(page_home / "models" / "as-list", lambda card: [card])
+    _model_copy(page_home / "models" / "kind-full", _set("kind", "full"))
+    at = open_page("demo")
+    assert_clean(at)
+    warnings = texts(at.warning)
+    assert any("as-list" in w and "JSON list" in w for w in warnings), warnings
+    _upload(at, "clip.wav", demo_clip_wav(1, 6.0))
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Windows"] == "4"
