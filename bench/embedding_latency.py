@@ -4,7 +4,10 @@ Times, after the model is loaded and warmed up, on a decoded 16 kHz signal (a sy
 decoded once beforehand): the log-mel front end, and the network on 3 s patches cut
 
 * every 3 s (musicnn's own extractor: 60 patches on 3 minutes), and
-* every 1 s (Genre Lab's track-level windows: 178 patches on 3 minutes).
+* every 1 s (Genre Lab's track-level windows: 178 patches on 3 minutes), patch by patch and with the timbral
+  front end shared between overlapping windows (``core.musicnn.OverlappingWindows``, same result);
+
+and the whole classifier (``core.embeddings.MusicnnPredictor``: log-mel, 178 windows, musicnn + head, sum).
 
 Reports the median of ``--repeats`` runs, wall and CPU time. Usage:
 ``python bench/embedding_latency.py [--seconds 180] [--repeats 5] [--batch 32] [--clip FILE]``.
@@ -76,6 +79,26 @@ def main() -> None:
         w_net, c_net, _ = _time(lambda: mn.predict_patches(model, x, batch_size=a.batch), a.repeats)
         print(f"network, {len(x)} patches {label}: {w_net * 1000:.0f} ms wall ({w_net / len(x) * 1000:.1f} ms/patch), "
               f"{c_net * 1000:.0f} ms CPU; mel + network = {(w_mel + w_net) * 1000:.0f} ms")
+        if hop is None:  # the same windows with the timbral front end computed once per track
+            ow = mn.OverlappingWindows(model)
+            ow.run(mel, idx[:40], a.batch)  # traces its graphs
+            w_f, c_f, _ = _time(lambda: ow.run(mel, idx, a.batch), a.repeats)
+            print(f"network, {len(x)} patches {label}, shared timbral front end (OverlappingWindows): "
+                  f"{w_f * 1000:.0f} ms wall, {c_f * 1000:.0f} ms CPU; mel + network = {(w_mel + w_f) * 1000:.0f} ms")
+
+    # the classifier a user runs: musicnn + a head (random weights: latency does not depend on them)
+    import tempfile
+
+    from core.embeddings import MusicnnPredictor, build_head, combined_model, musicnn_card
+    from core.predictor import write_model_card
+
+    with tempfile.TemporaryDirectory() as tmp:
+        combined_model(model, build_head(4)).save(Path(tmp) / "best.keras")
+        write_model_card(tmp, musicnn_card(["a", "b", "c", "d"], card))
+        pred = MusicnnPredictor(tmp, batch_size=a.batch)
+        w_p, c_p, r = _time(lambda: pred.predict_array(y, mn.SR, hop_s=1.0), a.repeats)
+        print(f"MusicnnPredictor.predict_array (musicnn + head, {r.n_windows} windows every 1 s, sum): "
+              f"{w_p * 1000:.0f} ms wall, {c_p * 1000:.0f} ms CPU")
 
 
 if __name__ == "__main__":

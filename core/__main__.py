@@ -12,6 +12,7 @@ CLI_MODULES = [
     "core.ablation",
     "core.dataset",
     "core.download",
+    "core.embeddings",
     "core.experiment",
     "core.musicnn",
     "core.predictor",

@@ -102,3 +102,16 @@ def test_shipped_model_card():
     assert "Pons" in card["citation"] and card["n_params"] == 792079
     assert (MODEL_DIR / card["weights_file"]).stat().st_size < 4_000_000
     assert "ISC" in (MODEL_DIR / "MODEL_CARD.md").read_text()
+
+
+def test_overlapping_windows_equal_patch_by_patch(model):
+    """The shared timbral front end gives what cutting each patch and running the whole network gives."""
+    from core.musicnn import OverlappingWindows, frames_at, log_mel, predict_patches
+
+    m, _ = model
+    mel = log_mel(np.tile(ref.clip("tones"), 2))  # 14 s
+    starts = np.array([frames_at(s) for s in np.arange(0, 11.01, 1.0)] + [mel.shape[0] - 187])
+    fast = OverlappingWindows(m, chunk_frames=128).run(mel, starts, batch_size=5)
+    direct = predict_patches(m, mel[starts[:, None] + np.arange(187)[None, :]])
+    assert np.abs(fast["taggram"] - direct["taggram"]).max() < 1e-5
+    assert np.abs(fast["penultimate"] - direct["penultimate"]).max() < 1e-4

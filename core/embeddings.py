@@ -1,0 +1,711 @@
+"""Pretrained music embeddings (musicnn's 200-d penultimate layer) for a built dataset, a small classifier head
+trained on them in seconds, and a predictor that runs musicnn + head on raw audio.
+
+**Embeddings** (:func:`embed_dataset`, ``python -m core embed-dataset DATASET``). A dataset's ``{split}_X.npy``
+holds the CRNN's 22.05 kHz features, so the audio is decoded again: each track listed in ``manifest.json``
+(``abs_path``) at 16 kHz, musicnn's log-mel of the whole track (:func:`core.musicnn.log_mel`), a 3 s patch
+(187 frames) at each snippet's start time (``{split}_start.npy``, nearest 16 ms frame), the network's
+``penultimate`` output. Also, for the val and test tracks, the patches every ``hop_s`` (1 s) over the whole
+track: the windows that track-level evaluation aggregates (the :class:`MusicnnPredictor` code path, computed
+once per dataset instead of once per trained head). Written into ``DATASET/embeddings-msd-musicnn/``:
+
+```
+card.json             model (name, wheel and weights sha256), dataset build_id, counts, hop, input parameters,
+                      library versions, time; written LAST (= complete)
+{split}_E.npy         float32 (N, 200): one row per row of {split}_y.npy (same order)
+{split}_W.npy         float32 (M, 200): windows every hop_s of each val/test track
+{split}_W_track.npy   int64 (M,): manifest index of each window's track
+{split}_W_start.npy   float64 (M,): window start in seconds
+.work-<hash>/         per-track results while computing (resume after a kill); removed when complete
+```
+
+A second call returns at once when the card matches (same dataset build, same model, same hop).
+
+**Head** (:func:`train_embedding_head`): standardisation (train statistics) -> [Dense(hidden, ReLU) -> Dropout]
+-> Dense softmax, Adam, seeded; the epoch with the best validation accuracy (snippet level; ties: lower loss)
+is kept. ``hidden=0`` is multinomial logistic regression. Returns the snippet scores of every split and the
+window scores of val/test, from which :func:`embedding_results` computes segment- and track-level metrics in
+the format of :func:`core.evaluate.evaluate_run`. Saves ``best.keras``: musicnn and the head as ONE Keras
+model (input: ``(187, 96)`` log-mel patches, output: class scores) with a ``model_card.json`` of kind
+``"musicnn"`` that carries musicnn's input parameters; :class:`MusicnnPredictor` (a
+:class:`core.predictor.Predictor`) classifies any audio with it, windows and aggregation as for the CRNNs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from core import musicnn as mn
+from core.predictor import PredictionResult, Predictor
+from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
+
+KIND = "musicnn"
+EMBED_DIRNAME = "embeddings-msd-musicnn"
+EMBED_FORMAT = 1
+SPLITS = ("train", "val", "test")
+WINDOW_SPLITS = ("val", "test")
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class EmbeddingError(Exception):
+    """Embeddings cannot be computed or are missing; the message is for the user."""
+
+
+class EmbedStopped(Exception):
+    """``should_stop()`` returned True; what was computed so far is kept (run again to resume)."""
+
+
+# =========================================================================================================
+# windows and the embedder
+# =========================================================================================================
+def window_start_frames(n_frames: int, hop_s: float = 1.0) -> np.ndarray:
+    """Start frames of musicnn windows every ``hop_s`` seconds (nearest frame) that fit in ``n_frames``;
+    ``[0]`` when not even one fits (the patch is then repeat-padded)."""
+    if hop_s <= 0:
+        raise ValueError("hop must be positive")
+    out = []
+    k = 0
+    while True:
+        f = mn.frames_at(k * hop_s)
+        if f + mn.PATCH_FRAMES > n_frames:
+            break
+        if not out or f > out[-1]:
+            out.append(f)
+        k += 1
+    return np.asarray(out or [0], dtype=np.int64)
+
+
+def cut_patches(mel: np.ndarray, start_frames) -> tuple[np.ndarray, int]:
+    """``(k, 187, 96)`` patches of a log-mel at the given start frames; a start too close to the end is moved
+    back so the patch fits (returns how many were moved); a too-short representation is repeat-padded."""
+    n = mel.shape[0]
+    if n < mn.PATCH_FRAMES:
+        x, _ = mn.patches(mel)
+        return np.repeat(x, len(start_frames), axis=0), len(start_frames)
+    s = np.asarray(start_frames, dtype=np.int64)
+    clipped = np.clip(s, 0, n - mn.PATCH_FRAMES)
+    idx = clipped[:, None] + np.arange(mn.PATCH_FRAMES)[None, :]
+    return np.ascontiguousarray(mel[idx], dtype=np.float32), int((clipped != s).sum())
+
+
+class MusicnnEmbedder:
+    """The converted musicnn (default: the shipped ``models/msd-musicnn``) as a 200-d embedding of 3 s patches."""
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, batch_size: int = 32):
+        self.model_dir = Path(model_dir) if model_dir else mn.default_model_dir()
+        self.model, self.card = mn.load_musicnn(self.model_dir)
+        self.batch_size = batch_size
+        self._ow = None
+
+    def embed_patches(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0, mn.EMBEDDING_DIM), np.float32)
+        return mn.predict_patches(self.model, x, self.batch_size)["penultimate"].astype(np.float32)
+
+    def embed_track(self, mel: np.ndarray, start_frames) -> np.ndarray:
+        """Embeddings of the patches of one track's log-mel at ``start_frames`` (all inside), in one pass."""
+        if self._ow is None:
+            self._ow = mn.OverlappingWindows(self.model)
+        return self._ow.run(mel, start_frames, self.batch_size)["penultimate"].astype(np.float32)
+
+    def identity(self) -> dict:
+        w = self.model_dir / self.card.get("weights_file", mn.WEIGHTS_FILE)
+        return {"name": self.card.get("name"), "model": self.card.get("model"),
+                "wheel_sha256": self.card.get("source", {}).get("wheel_sha256"),
+                "weights_sha256": sha256_file(w), "layer": "penultimate", "dim": mn.EMBEDDING_DIM}
+
+
+# =========================================================================================================
+# dataset embeddings
+# =========================================================================================================
+def embeddings_dir(dataset_path: str | os.PathLike) -> Path:
+    return Path(dataset_path) / EMBED_DIRNAME
+
+
+def _plan(dataset) -> dict[int, dict[str, Any]]:
+    """Per manifest index: its split, the rows of ``{split}_*.npy`` it owns and their start times."""
+    plan: dict[int, dict[str, Any]] = {}
+    for split in SPLITS:
+        tr = np.asarray(dataset.track(split))
+        st = np.asarray(dataset.start(split), dtype=np.float64)
+        for t in np.unique(tr):
+            rows = np.nonzero(tr == t)[0]
+            plan[int(t)] = {"split": split, "rows": rows, "starts": st[rows]}
+    return plan
+
+
+def embed_dataset(dataset_path: str | os.PathLike, model_dir: str | os.PathLike | None = None,
+                  hop_s: float = 1.0, progress: ProgressFn | None = None,
+                  should_stop: Callable[[], bool] | None = None, batch_size: int = 32,
+                  embedder: MusicnnEmbedder | None = None) -> Path:
+    """Compute (or find cached) musicnn embeddings of every snippet of a dataset; returns the embeddings folder.
+
+    ``progress(done, total, track)`` after each track. Raises :class:`EmbeddingError` (unreadable dataset,
+    missing audio) or :class:`EmbedStopped` (on ``should_stop()``; run again to resume).
+    """
+    from core.audio import AudioError, load_audio
+    from core.dataset import DatasetError, load_dataset
+
+    try:
+        ds = load_dataset(dataset_path)
+    except DatasetError as exc:
+        raise EmbeddingError(str(exc)) from exc
+    emb = embedder or MusicnnEmbedder(model_dir, batch_size)
+    ident = emb.identity()
+    key = stable_hash({"build_id": ds.card.get("build_id"), "model": ident, "hop_s": float(hop_s),
+                       "format": EMBED_FORMAT})
+    out = embeddings_dir(ds.path)
+    card_path = out / "card.json"
+    if card_path.exists():
+        try:
+            if read_json(card_path).get("key") == key:
+                return out
+        except (ValueError, OSError):
+            pass
+        card_path.unlink()  # stale (other build or model): recompute
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / f".work-{key}"
+    work.mkdir(exist_ok=True)
+    for old in out.glob(".work-*"):
+        if old != work:
+            shutil.rmtree(old, ignore_errors=True)
+
+    plan = _plan(ds)
+    manifest = ds.manifest
+    t0 = time.perf_counter()
+    done = 0
+    for t, job in sorted(plan.items()):
+        f = work / f"t{t:06d}.npz"
+        if not f.exists():
+            if should_stop and should_stop():
+                raise EmbedStopped(f"stopped after {done} of {len(plan)} tracks; run again to resume")
+            row = manifest.iloc[t]
+            try:
+                y = load_audio(row["abs_path"], mn.SR)
+            except AudioError as exc:
+                raise EmbeddingError(f"embeddings need the source audio; {row['abs_path']}: {exc}") from exc
+            mel = mn.log_mel(y)
+            sf = np.asarray([mn.frames_at(s) for s in job["starts"]], dtype=np.int64)
+            wf = window_start_frames(mel.shape[0], hop_s) if job["split"] in WINDOW_SPLITS else np.zeros(0, np.int64)
+            if mel.shape[0] >= mn.PATCH_FRAMES:  # every patch of the track in one pass (shared timbral front end)
+                clipped = np.clip(sf, 0, mel.shape[0] - mn.PATCH_FRAMES)
+                moved = int((clipped != sf).sum())
+                pen = emb.embed_track(mel, np.concatenate([clipped, wf]))
+                arrays = {"E": pen[:len(sf)], "moved": np.array(moved)}
+                if job["split"] in WINDOW_SPLITS:
+                    arrays["W"] = pen[len(sf):]
+            else:
+                xs, moved = cut_patches(mel, sf)
+                arrays = {"E": emb.embed_patches(xs), "moved": np.array(moved)}
+                if job["split"] in WINDOW_SPLITS:
+                    arrays["W"] = emb.embed_patches(cut_patches(mel, wf)[0])
+            if job["split"] in WINDOW_SPLITS:
+                arrays["W_start"] = wf * mn.HOP / mn.SR
+            import io
+
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            from core.utils import atomic_write_bytes
+
+            atomic_write_bytes(f, buf.getvalue())
+        done += 1
+        if progress:
+            progress(done, len(plan), str(manifest.iloc[t]["path"]))
+
+    moved_total = 0
+    counts = {}
+    for split in SPLITS:
+        n = len(ds.y(split))
+        E = np.zeros((n, mn.EMBEDDING_DIM), np.float32)
+        W, W_track, W_start = [], [], []
+        for t, job in sorted(plan.items()):
+            if job["split"] != split:
+                continue
+            with np.load(work / f"t{t:06d}.npz") as z:
+                E[job["rows"]] = z["E"]
+                moved_total += int(z["moved"])
+                if "W" in z.files:
+                    W.append(z["W"])
+                    W_track.append(np.full(len(z["W"]), t, np.int64))
+                    W_start.append(z["W_start"].astype(np.float64))
+        atomic_save_npy(out / f"{split}_E.npy", E)
+        counts[split] = {"snippets": n, "tracks": int(sum(1 for j in plan.values() if j["split"] == split))}
+        if split in WINDOW_SPLITS:
+            atomic_save_npy(out / f"{split}_W.npy", np.concatenate(W) if W else np.zeros((0, mn.EMBEDDING_DIM), np.float32))
+            atomic_save_npy(out / f"{split}_W_track.npy", np.concatenate(W_track) if W_track else np.zeros(0, np.int64))
+            atomic_save_npy(out / f"{split}_W_start.npy", np.concatenate(W_start) if W_start else np.zeros(0))
+            counts[split]["windows"] = int(sum(len(w) for w in W))
+    import keras
+
+    card = {
+        "format": EMBED_FORMAT, "key": key, "kind": "musicnn-embeddings", "model": ident,
+        "model_dir": str(emb.model_dir), "dataset": str(ds.path), "dataset_build_id": ds.card.get("build_id"),
+        "classes": ds.classes, "counts": counts, "hop_s": float(hop_s), "input": dict(mn.INPUT_PARAMS),
+        "snippet_rule": "3 s patch (187 frames) of the track's 16 kHz musicnn log-mel at each snippet's start "
+                        "(nearest frame); starts within 3 s of the end moved back so the patch fits",
+        "moved_to_fit": moved_total, "seconds": round(time.perf_counter() - t0, 2),
+        "versions": {"numpy": np.__version__, "keras": keras.__version__, "backend": keras.backend.backend()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(card_path, card)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+@dataclass
+class Embeddings:
+    path: Path
+    card: dict
+    E: dict[str, np.ndarray]
+    W: dict[str, np.ndarray]
+    W_track: dict[str, np.ndarray]
+    W_start: dict[str, np.ndarray]
+
+
+def load_embeddings(dataset_path: str | os.PathLike) -> Embeddings:
+    """The cached embeddings of a dataset (raises :class:`EmbeddingError` when not computed yet)."""
+    d = embeddings_dir(dataset_path)
+    if not (d / "card.json").exists():
+        raise EmbeddingError(f"no musicnn embeddings for {dataset_path}: run `python -m core embed-dataset "
+                             f"{dataset_path}` first")
+    card = read_json(d / "card.json")
+    E = {s: np.load(d / f"{s}_E.npy") for s in SPLITS}
+    W = {s: np.load(d / f"{s}_W.npy") for s in WINDOW_SPLITS}
+    Wt = {s: np.load(d / f"{s}_W_track.npy") for s in WINDOW_SPLITS}
+    Ws = {s: np.load(d / f"{s}_W_start.npy") for s in WINDOW_SPLITS}
+    return Embeddings(d, card, E, W, Wt, Ws)
+
+
+# =========================================================================================================
+# the head
+# =========================================================================================================
+def build_head(n_classes: int, hidden: int = 0, dropout: float = 0.3, l2: float = 1e-4,
+               mean: np.ndarray | None = None, var: np.ndarray | None = None, dim: int = mn.EMBEDDING_DIM):
+    """Embedding -> standardisation -> [Dense(hidden, ReLU) -> Dropout] -> Dense softmax."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input(shape=(dim,), name="embedding")
+    x = layers.Normalization(mean=mean, variance=var, name="emb_norm")(inp) if mean is not None else inp
+    if hidden:
+        x = layers.Dropout(dropout, name="head_in_drop")(x)
+        x = layers.Dense(hidden, activation="relu", kernel_regularizer=keras.regularizers.L2(l2), name="head_hidden")(x)
+    x = layers.Dropout(dropout, name="head_drop")(x)
+    out = layers.Dense(n_classes, activation="softmax", kernel_regularizer=keras.regularizers.L2(l2),
+                       dtype="float32", name="genre")(x)
+    return keras.Model(inp, out, name=f"musicnn_head_{hidden or 'linear'}")
+
+
+def combined_model(musicnn_model, head):
+    """musicnn patches ``(187, 96)`` -> penultimate -> head -> class scores, as one Keras model."""
+    import keras
+
+    emb = musicnn_model.get_layer("penultimate").output
+    return keras.Model(musicnn_model.input, head(emb), name="musicnn_classifier")
+
+
+@dataclass
+class HeadResult:
+    run_dir: Path | None
+    seed: int
+    hidden: int
+    classes: list[str]
+    best_epoch: int
+    epochs_run: int
+    history: list[dict]
+    scores: dict[str, np.ndarray]  # split -> (N, C) snippet scores (rows of {split}_y.npy)
+    window_scores: dict[str, np.ndarray]  # val/test -> (M, C) scores of the 1 s-hop windows
+    seconds: float
+    status: str = "done"
+    monitor: str = "val_accuracy"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return float(self.history[self.best_epoch - 1].get("val_accuracy", float("nan")))
+
+
+def _xent(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)))) if len(y) else float("nan")
+
+
+def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int = 0,
+                         run_dir: str | os.PathLike | None = None, *, epochs: int = 60, batch_size: int = 64,
+                         lr: float = 1e-3, dropout: float = 0.3, l2: float = 1e-4, patience: int = 20,
+                         model_dir: str | os.PathLike | None = None, save_model: bool = True,
+                         on_epoch: Callable[[dict], None] | None = None) -> HeadResult:
+    """Train a classifier head on a dataset's cached musicnn embeddings (:func:`embed_dataset` first).
+
+    Seeded (``keras.utils.set_random_seed(seed)``: initialisation, shuffling, dropout). Keeps the epoch with the
+    best validation snippet accuracy (ties: lower validation loss); stops after ``patience`` epochs without a
+    better one. With ``run_dir`` and ``save_model``, writes ``best.keras`` (musicnn + head in one model),
+    ``head.keras``, ``history.json`` and ``model_card.json`` (kind ``"musicnn"``).
+    """
+    import keras
+
+    from core.dataset import load_dataset
+
+    t0 = time.perf_counter()
+    ds = load_dataset(dataset_path)
+    emb = load_embeddings(ds.path)
+    classes = ds.classes
+    y = {s: np.asarray(ds.y(s)) for s in SPLITS}
+    if len(y["train"]) == 0:
+        raise EmbeddingError("the train split is empty")
+    mean = emb.E["train"].mean(axis=0)
+    var = emb.E["train"].var(axis=0) + 1e-6
+    keras.utils.set_random_seed(int(seed))
+    head = build_head(len(classes), hidden, dropout, l2, mean, var)
+    head.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    has_val = len(y["val"]) > 0
+    best = (-1.0, np.inf)
+    best_w, best_epoch, wait, history = head.get_weights(), 1, 0, []
+    for epoch in range(1, epochs + 1):
+        h = head.fit(emb.E["train"], y["train"], batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
+        rec = {"epoch": epoch, "loss": float(h.history["loss"][-1]), "accuracy": float(h.history["accuracy"][-1])}
+        if has_val:
+            p = head.predict_on_batch(emb.E["val"])
+            p = np.asarray(p)
+            rec["val_loss"] = _xent(p, y["val"])
+            rec["val_accuracy"] = float((p.argmax(1) == y["val"]).mean())
+            key = (rec["val_accuracy"], rec["val_loss"])
+            improved = key[0] > best[0] or (key[0] == best[0] and key[1] < best[1])
+        else:
+            improved = True
+        history.append(rec)
+        if improved:
+            best = (rec.get("val_accuracy", 0.0), rec.get("val_loss", 0.0))
+            best_w, best_epoch, wait = head.get_weights(), epoch, 0
+        else:
+            wait += 1
+        if on_epoch:
+            on_epoch(dict(rec, max_epochs=epochs))
+        if wait >= patience:
+            break
+    head.set_weights(best_w)
+    scores = {s: np.asarray(head.predict(emb.E[s], batch_size=1024, verbose=0), np.float64) if len(y[s])
+              else np.zeros((0, len(classes))) for s in SPLITS}
+    wscores = {s: np.asarray(head.predict(emb.W[s], batch_size=1024, verbose=0), np.float64) if len(emb.W[s])
+               else np.zeros((0, len(classes))) for s in WINDOW_SPLITS}
+    res = HeadResult(Path(run_dir) if run_dir else None, int(seed), int(hidden), classes, best_epoch, len(history),
+                     history, scores, wscores, 0.0,
+                     extra={"embeddings": str(emb.path), "hop_s": emb.card.get("hop_s", 1.0)})
+    if run_dir and save_model:
+        save_head_model(run_dir, head, ds, emb, res, model_dir=model_dir,
+                        config={"hidden": hidden, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                "dropout": dropout, "l2": l2, "patience": patience})
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def save_head_model(run_dir, head, ds, emb: Embeddings, res: HeadResult, model_dir=None, config=None) -> Path:
+    """``run_dir/best.keras`` (musicnn + head), ``head.keras``, ``history.json``, ``model_card.json``."""
+    from core.features import FeatureParams
+    from core.predictor import make_model_card, write_model_card
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    musicnn_model, mcard = mn.load_musicnn(model_dir or mn.default_model_dir())
+    full = combined_model(musicnn_model, head)
+    for name, m in (("best.keras", full), ("head.keras", head)):
+        tmp = run_dir / f".{name}.tmp.keras"
+        m.save(tmp)
+        tmp.replace(run_dir / name)
+    atomic_write_json(run_dir / "history.json", res.history)
+    card = musicnn_card(ds.classes, mcard, run_id=run_dir.name, seed=res.seed, dataset=str(ds.path),
+                        dataset_build_id=ds.card.get("build_id"), embeddings=emb.card.get("key"),
+                        head={"hidden": res.hidden, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+                              "monitor": res.monitor, **(config or {})},
+                        n_params=int(full.count_params()), macs_per_sample=mn.count_macs())
+    write_model_card(run_dir, card)
+    return run_dir / "best.keras"
+
+
+def musicnn_card(classes: list[str], musicnn_card_: dict, **extra: Any) -> dict:
+    """A ``model_card.json`` for a musicnn-based classifier: kind ``"musicnn"``; ``params`` describe the 16 kHz,
+    96-mel, 3 s input for generic readers (sample rate, snippet length); ``musicnn_input`` is exact."""
+    from core.features import FeatureParams
+    from core.predictor import make_model_card
+
+    params = FeatureParams(sample_rate=mn.SR, snippet_s=mn.PATCH_SECONDS, overlap_s=2.0, max_snippets=0,
+                           n_fft=mn.N_FFT, hop_length=mn.HOP, n_mels=mn.N_MELS, log=True)
+    return make_model_card(KIND, classes, params, {}, "none", model_file="best.keras",
+                           musicnn_input=dict(mn.INPUT_PARAMS), input_shape=[mn.PATCH_FRAMES, mn.N_MELS],
+                           base_model={"name": musicnn_card_.get("name"), "model": musicnn_card_.get("model"),
+                                       "citation": musicnn_card_.get("citation"),
+                                       "licence": musicnn_card_.get("licence", {}).get("name"),
+                                       "wheel_sha256": musicnn_card_.get("source", {}).get("wheel_sha256")},
+                           **extra)
+
+
+# =========================================================================================================
+# evaluation from cached embeddings (same format as core.evaluate.evaluate_run)
+# =========================================================================================================
+def embedding_results(dataset, res: HeadResult, splits=("val", "test")) -> dict[tuple[str, str], dict]:
+    """``{(level, split): {"metrics", "predictions"}}``: ``segment`` from the snippet scores, ``track_sum`` /
+    ``track_vote`` / ``track_logprob`` from the windows every ``hop_s`` over each whole track (the same windows
+    :class:`MusicnnPredictor` scores on the audio)."""
+    from core.evaluate import classification_metrics
+    from core.predictor import AGGREGATIONS, aggregate
+
+    emb = load_embeddings(dataset.path)
+    classes = dataset.classes
+    cidx = {c: i for i, c in enumerate(classes)}
+    m = dataset.manifest
+    out: dict[tuple[str, str], dict] = {}
+    for split in splits:
+        y = np.asarray(dataset.y(split))
+        if len(y) == 0:
+            continue
+        sc = res.scores[split]
+        pred = sc.argmax(1)
+        tr = np.asarray(dataset.track(split))
+        st = np.asarray(dataset.start(split))
+        paths = m["path"].to_numpy()
+        out[("segment", split)] = {
+            "metrics": classification_metrics(y, pred, classes),
+            "predictions": [{"track": paths[t], "start_s": float(s), "true": classes[a], "pred": classes[b],
+                             "scores": r} for t, s, a, b, r in zip(tr, st, y, pred, sc.round(5).tolist())]}
+        if split not in WINDOW_SPLITS:
+            continue
+        wt, ws = emb.W_track[split], res.window_scores[split]
+        rows = dataset.tracks(split)
+        y_true, preds, recs = [], {a: [] for a in AGGREGATIONS}, {a: [] for a in AGGREGATIONS}
+        for t, row in zip(rows.index, rows.to_dict("records")):
+            w = ws[wt == t]
+            if len(w) == 0:
+                continue
+            y_true.append(cidx[row["class"]])
+            for a in AGGREGATIONS:
+                agg = aggregate(w, a)
+                q = int(np.argmax(agg))
+                preds[a].append(q)
+                recs[a].append({"track": row["path"], "start_s": 0.0, "true": row["class"], "pred": classes[q],
+                                "scores": np.round(agg, 5).tolist(), "n_windows": int(len(w))})
+        for a in AGGREGATIONS:
+            out[(f"track_{a}", split)] = {"metrics": classification_metrics(y_true, preds[a], classes),
+                                          "predictions": recs[a]}
+    return out
+
+
+# =========================================================================================================
+# the predictor: musicnn + head on raw audio
+# =========================================================================================================
+class MusicnnPredictor(Predictor):
+    """:class:`core.predictor.Predictor` for ``kind == "musicnn"`` model folders: 16 kHz audio -> musicnn
+    log-mel -> 3 s windows every ``hop_s`` -> musicnn + head -> class scores -> aggregation. Same interface and
+    results (``predict_array``, ``predict_file``, ``window_features``, ``predict_features``)."""
+
+    def __init__(self, model_path, card=None, batch_size: int = 32, warmup: bool = True, fast: bool = True):
+        from core.features import FeatureParams
+        from core.predictor import CARD_NAME, PredictorError, read_model_card, resolve_model_path
+
+        self.model_path = resolve_model_path(model_path)
+        self.card = card if isinstance(card, dict) else read_model_card(card or self.model_path.parent / CARD_NAME)
+        if self.card["kind"] != KIND:
+            raise PredictorError(f"{self.model_path} is a {self.card['kind']!r} model, not {KIND!r}")
+        self.kind = KIND
+        self.classes = list(self.card["classes"])
+        self.params = FeatureParams.from_dict(self.card["params"])
+        self.norm, self.norm_method = {}, "none"
+        self.batch_size = batch_size
+        self.backend = "keras"
+        from core.train import TrainError, load_model
+
+        try:
+            self.model = load_model(self.model_path, compile=False)
+        except TrainError as exc:
+            raise PredictorError(str(exc)) from exc
+        if int(self.model.output_shape[-1]) != len(self.classes):
+            raise PredictorError(f"the model has {self.model.output_shape[-1]} outputs but its card lists "
+                                 f"{len(self.classes)} classes")
+        if tuple(self.model.input_shape[1:]) != (mn.PATCH_FRAMES, mn.N_MELS):
+            raise PredictorError(f"{self.model_path} takes {self.model.input_shape[1:]} inputs, not musicnn's "
+                                 f"({mn.PATCH_FRAMES}, {mn.N_MELS}) log-mel patches")
+        self._fixed_frames = mn.PATCH_FRAMES
+        self.fast = fast
+        self._ow = None
+        if warmup:
+            self.predict_features(np.zeros((1, mn.PATCH_FRAMES, mn.N_MELS), np.float32))
+            if fast:  # traces the shared-front-end graphs once (a 10 s signal: overlapping windows)
+                self.predict_array(np.zeros(10 * mn.SR, np.float32) + 1e-3)
+
+    @property
+    def sample_rate(self) -> int:
+        return mn.SR
+
+    def predict_features(self, X: np.ndarray) -> np.ndarray:
+        """Class scores of ``(k, 187, 96)`` musicnn log-mel patches."""
+        X = np.asarray(X, dtype=np.float32)
+        out = [np.asarray(self.model.predict_on_batch(X[a:a + self.batch_size]), dtype=np.float64)
+               for a in range(0, len(X), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def _windows(self, y: np.ndarray, window_s: float | None, hop_s: float):
+        from core.predictor import PredictorError
+
+        if window_s is not None and abs(window_s - mn.PATCH_SECONDS) > 1e-9:
+            raise PredictorError(f"musicnn takes 3 s windows (187 frames), not {window_s} s")
+        notes: list[str] = []
+        dur = y.size / mn.SR
+        mel = mn.log_mel(y)
+        if mel.shape[0] < mn.PATCH_FRAMES:
+            notes.append(f"clip shorter than one window ({dur:.2f} s < 3 s): repeat-padded")
+        starts_f = window_start_frames(mel.shape[0], hop_s)
+        starts = starts_f * mn.HOP / mn.SR
+        ends = np.minimum(starts + mn.PATCH_SECONDS, max(dur, mn.PATCH_SECONDS))
+        covered = float(ends[-1]) if len(ends) else 0.0
+        if dur - covered > hop_s:
+            notes.append(f"last {dur - covered:.2f} s not covered by a full window")
+        return mel, starts_f, starts, ends, notes
+
+    def window_features(self, y: np.ndarray, window_s: float | None = None, hop_s: float = 1.0):
+        """``(X (k, 187, 96), starts, ends, notes)``: the musicnn log-mel patches a track is scored on."""
+        mel, starts_f, starts, ends, notes = self._windows(y, window_s, hop_s)
+        X, _ = cut_patches(mel, starts_f)
+        return X, starts, ends, notes
+
+    def predict_array(self, y: np.ndarray, sr: int | None = None, window_s: float | None = None,
+                      hop_s: float = 1.0, aggregation: str = "sum") -> PredictionResult:
+        """As :meth:`core.predictor.Predictor.predict_array`; overlapping windows (hop < 3 s) go through
+        :class:`core.musicnn.OverlappingWindows` (same scores, ~2x faster)."""
+        from core.predictor import AGGREGATIONS, aggregate
+
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r} (use one of {AGGREGATIONS})")
+        t0 = time.perf_counter()
+        y = np.asarray(y, dtype=np.float32)
+        if y.ndim > 1:
+            y = y.mean(axis=-1 if y.shape[-1] <= 8 else 0)
+        if y.size == 0:
+            raise ValueError("empty signal")
+        notes: list[str] = []
+        if sr is not None and sr != mn.SR:
+            from core.audio import resample
+
+            y = resample(y, sr, mn.SR)
+            notes.append(f"resampled {sr} Hz -> {mn.SR} Hz")
+        mel, starts_f, starts, ends, more = self._windows(y, window_s, hop_s)
+        if self.fast and hop_s < mn.PATCH_SECONDS and len(starts_f) > 1 and mel.shape[0] >= mn.PATCH_FRAMES:
+            if self._ow is None:
+                self._ow = mn.OverlappingWindows(self.model)
+            scores = np.asarray(self._ow.run(mel, starts_f, self.batch_size), dtype=np.float64)
+        else:
+            X, _ = cut_patches(mel, starts_f)
+            scores = self.predict_features(X)
+        agg = aggregate(scores, aggregation)
+        return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)),
+                                y.size / mn.SR, notes + more, time.perf_counter() - t0)
+
+
+def is_musicnn_model(path: str | os.PathLike) -> bool:
+    """True when ``path`` (a ``.keras`` file or its folder) has a card of kind ``"musicnn"``."""
+    p = Path(path)
+    card = (p if p.is_dir() else p.parent) / "model_card.json"
+    try:
+        return card.exists() and read_json(card).get("kind") == KIND
+    except (ValueError, OSError):
+        return False
+
+
+# =========================================================================================================
+# CLI
+# =========================================================================================================
+def _cmd_embed(a) -> int:
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done, total, path):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="track", desc="embedding", file=sys.stderr)
+        bar.n = done
+        bar.set_postfix_str(path, refresh=False)
+        bar.refresh()
+
+    try:
+        out = embed_dataset(a.dataset, a.model_dir, a.hop, progress=progress)
+    except EmbeddingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    card = read_json(out / "card.json")
+    print(f"{out}: " + ", ".join(f"{s} {c['snippets']} snippets" + (f" / {c['windows']} windows" if 'windows' in c else "")
+                                 for s, c in card["counts"].items()) + f" ({card['seconds']:.0f} s)")
+    return 0
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """``"5"`` -> 0..4, ``"0-4"`` -> 0..4, ``"0,3,7"`` -> [0, 3, 7]."""
+    text = str(text).strip()
+    if "," in text:
+        return [int(s) for s in text.split(",") if s.strip()]
+    if "-" in text:
+        a, b = text.split("-", 1)
+        return list(range(int(a), int(b) + 1))
+    return list(range(int(text)))
+
+
+def _cmd_heads(a) -> int:
+    from core.dataset import load_dataset
+
+    try:
+        embed_dataset(a.dataset, a.model_dir, a.hop)
+    except EmbeddingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ds = load_dataset(a.dataset)
+    rows = []
+    for hidden in [int(h) for h in str(a.hidden).split(",")]:
+        for seed in _parse_seeds(a.seeds):
+            run_dir = Path(a.out) / f"musicnn-h{hidden}-s{seed}" if a.out else None
+            r = train_embedding_head(a.dataset, seed, hidden, run_dir, epochs=a.epochs, model_dir=a.model_dir)
+            res = embedding_results(ds, r)
+            row = {"hidden": hidden, "seed": seed, "best_epoch": r.best_epoch, "seconds": round(r.seconds, 1)}
+            row.update({f"{lvl}/{sp}": round(v["metrics"]["accuracy"], 4) for (lvl, sp), v in res.items()
+                        if lvl in ("segment", "track_sum")})
+            rows.append(row)
+            print(row, flush=True)
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    cols = [c for c in df.columns if "/" in c]
+    print(df.groupby("hidden")[cols].agg(["mean", "std"]).round(4).to_string())
+    if a.csv:
+        df.to_csv(a.csv, index=False)
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("embed-dataset", help="musicnn embeddings of every snippet of a dataset (cached)",
+                       description="Decode each track of DATASET again at 16 kHz, compute musicnn's 200-d "
+                                   "penultimate embedding of a 3 s patch at every snippet start, and of windows "
+                                   "every --hop s over each val/test track; writes DATASET/embeddings-msd-musicnn/. "
+                                   "Cached and resumable: run it again after a stop.")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--model-dir", default=None, help="converted musicnn folder (default: models/msd-musicnn)")
+    p.add_argument("--hop", type=float, default=1.0, help="hop of the track-level windows in s (%(default)s)")
+    p.set_defaults(func=_cmd_embed)
+    h = sub.add_parser("embedding-heads", help="train musicnn-embedding heads over seeds and print their accuracy",
+                       description="Embed DATASET (cached), train a linear (hidden 0) and/or one-hidden-layer head "
+                                   "per seed, print segment- and track-level (sum) accuracy on val and test.")
+    h.add_argument("dataset", metavar="DATASET")
+    h.add_argument("--seeds", default="0-4", help="e.g. 5, 0-4 or 0,3,7 (%(default)s)")
+    h.add_argument("--hidden", default="0,128", help="comma list of hidden sizes, 0 = linear (%(default)s)")
+    h.add_argument("--epochs", type=int, default=60)
+    h.add_argument("--hop", type=float, default=1.0)
+    h.add_argument("--model-dir", default=None)
+    h.add_argument("--out", default=None, help="save each run (musicnn + head model, card) under this folder")
+    h.add_argument("--csv", default=None, help="write the per-run table here")
+    h.set_defaults(func=_cmd_heads)

@@ -1,0 +1,160 @@
+"""musicnn embeddings of a dataset, the head trained on them, and the musicnn + head predictor, on tiny
+generated data (3 synthetic classes x 6 tracks x 8 s)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from core.dataset import build_dataset
+    from core.synth import make_dataset_folder
+
+    root = tmp_path_factory.mktemp("emb")
+    src = make_dataset_folder(root / "src", n_classes=3, per_class=6, seconds=8.0)
+    return build_dataset(src, root / "ds", workers=1)
+
+
+@pytest.fixture(scope="module")
+def embedded(tiny_dataset):
+    from core.embeddings import embed_dataset
+
+    calls = []
+    out = embed_dataset(tiny_dataset, progress=lambda d, t, p: calls.append((d, t)))
+    return tiny_dataset, out, calls
+
+
+def test_embed_dataset_files_and_cache(embedded):
+    from core.dataset import load_dataset
+    from core.embeddings import embed_dataset, load_embeddings
+
+    path, out, calls = embedded
+    ds = load_dataset(path)
+    assert out == path / "embeddings-msd-musicnn" and (out / "card.json").exists()
+    assert calls[-1] == (18, 18) and not list(out.glob(".work-*"))
+    emb = load_embeddings(path)
+    for split in ("train", "val", "test"):
+        E = emb.E[split]
+        assert E.dtype == np.float32 and E.shape == (len(ds.y(split)), 200) and np.isfinite(E).all()
+    for split in ("val", "test"):
+        # 8 s tracks: windows at 0..5 s every 1 s
+        assert len(emb.W[split]) == 6 * len(ds.tracks(split))
+        assert set(emb.W_track[split]) == set(ds.tracks(split).index)
+        np.testing.assert_allclose(emb.W_start[split][:6], np.arange(6) * 1.0, atol=0.01)
+    card = json.loads((out / "card.json").read_text())
+    assert card["dataset_build_id"] == ds.card["build_id"] and card["model"]["dim"] == 200
+    mtime = (out / "train_E.npy").stat().st_mtime_ns
+    again = []
+    embed_dataset(path, progress=lambda d, t, p: again.append(d))
+    assert again == [] and (out / "train_E.npy").stat().st_mtime_ns == mtime  # cached
+
+
+def test_embedding_rows_equal_musicnn_on_the_snippet(embedded):
+    """A row of {split}_E.npy is musicnn's penultimate of the 3 s patch at that snippet's start."""
+    from core import musicnn as mn
+    from core.audio import load_audio
+    from core.dataset import load_dataset
+    from core.embeddings import load_embeddings
+
+    path, _, _ = embedded
+    ds = load_dataset(path)
+    emb = load_embeddings(path)
+    i = 3
+    t, s = int(ds.track("train")[i]), float(ds.start("train")[i])
+    y = load_audio(ds.manifest.iloc[t]["abs_path"], 16000)
+    mel = mn.log_mel(y)
+    f = mn.frames_at(s)
+    model, _ = mn.load_musicnn(mn.default_model_dir())
+    e = mn.predict_patches(model, mel[None, f:f + 187])["penultimate"][0]
+    np.testing.assert_allclose(emb.E["train"][i], e, atol=1e-4)
+
+
+def test_embed_dataset_resumes_after_stop(tiny_dataset, tmp_path):
+    import shutil
+
+    from core.embeddings import EmbedStopped, embed_dataset, load_embeddings
+
+    ds2 = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds2, ignore=shutil.ignore_patterns("embeddings-*"))
+    n = {"k": 0}
+
+    def stop():
+        n["k"] += 1
+        return n["k"] > 5
+
+    with pytest.raises(EmbedStopped):
+        embed_dataset(ds2, should_stop=stop)
+    work = list((ds2 / "embeddings-msd-musicnn").glob(".work-*/t*.npz"))
+    assert len(work) == 5 and not (ds2 / "embeddings-msd-musicnn" / "card.json").exists()
+    done = []
+    embed_dataset(ds2, progress=lambda d, t, p: done.append(d))
+    assert done[-1] == 18
+    a, b = load_embeddings(ds2), load_embeddings(tiny_dataset)
+    np.testing.assert_allclose(a.E["train"], b.E["train"], atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_head_trains_saves_and_predicts_like_the_audio_path(embedded, tmp_path, hidden):
+    from core.dataset import load_dataset
+    from core.embeddings import MusicnnPredictor, embedding_results, is_musicnn_model, train_embedding_head
+
+    path, _, _ = embedded
+    ds = load_dataset(path)
+    run = tmp_path / f"run{hidden}"
+    r = train_embedding_head(path, seed=0, hidden=hidden, run_dir=run, epochs=15)
+    assert 1 <= r.best_epoch <= r.epochs_run <= 15 and r.seconds < 120
+    assert r.scores["train"].shape == (len(ds.y("train")), 3)
+    np.testing.assert_allclose(r.scores["test"].sum(1), 1.0, atol=1e-5)
+    res = embedding_results(ds, r)
+    assert {k for k in res} >= {("segment", "val"), ("track_sum", "test"), ("track_vote", "val")}
+    assert res[("track_sum", "test")]["metrics"]["n"] == len(ds.tracks("test"))
+    assert res[("segment", "test")]["metrics"]["accuracy"] >= 0.5  # 3 easy synthetic classes
+    # the saved musicnn + head model on the raw audio gives the cached windows' scores
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["kind"] == "musicnn" and card["musicnn_input"]["sample_rate"] == 16000
+    assert card["params"]["sample_rate"] == 16000 and card["params"]["n_mels"] == 96
+    assert is_musicnn_model(run)
+    pred = MusicnnPredictor(run)
+    row = ds.tracks("test").iloc[0]
+    out = pred.predict_file(row["abs_path"])
+    assert out.n_windows == 6 and out.window_scores.shape == (6, 3)
+    from core.embeddings import load_embeddings
+
+    emb = load_embeddings(path)
+    t = ds.tracks("test").index[0]
+    np.testing.assert_allclose(out.window_scores, r.window_scores["test"][emb.W_track["test"] == t], atol=1e-4)
+    assert out.predicted == res[("track_sum", "test")]["predictions"][0]["pred"]
+
+
+def test_seeded_head_is_reproducible(embedded):
+    from core.embeddings import train_embedding_head
+
+    path, _, _ = embedded
+    a = train_embedding_head(path, seed=3, hidden=16, epochs=5)
+    b = train_embedding_head(path, seed=3, hidden=16, epochs=5)
+    np.testing.assert_allclose(a.scores["val"], b.scores["val"], atol=1e-6)
+
+
+def test_missing_embeddings_say_what_to_run(tiny_dataset, tmp_path):
+    import shutil
+
+    from core.embeddings import EmbeddingError, train_embedding_head
+
+    ds2 = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds2, ignore=shutil.ignore_patterns("embeddings-*"))
+    with pytest.raises(EmbeddingError, match="embed-dataset"):
+        train_embedding_head(ds2, seed=0)
+
+
+def test_short_clip_is_repeat_padded(embedded, tmp_path):
+    from core.embeddings import MusicnnPredictor, train_embedding_head
+
+    path, _, _ = embedded
+    run = tmp_path / "run"
+    train_embedding_head(path, seed=0, run_dir=run, epochs=2)
+    pred = MusicnnPredictor(run)
+    r = pred.predict_array(np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1, 16000)
+    assert r.n_windows == 1 and any("repeat-padded" in n for n in r.notes)
