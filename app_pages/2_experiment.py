@@ -12,6 +12,7 @@ from core.dashboard_support import (HOSTED_CAPS, experiment_groups, experiment_p
                                     hosted_mode, hosted_note, list_datasets,
                                     paired_models_sentence, paired_sentence)
 from core.jobs import EVENTS_NAME, open_job, read_events
+from core.experiment import DEFAULT_PRESET, PRESET_HELP, PRESETS, preset_config, preset_name
 from core.reproduce import PUBLISHED
 from ui.charts import aggregation_figure, confusion_figure, curves_figure, headline_figure
 from ui.common import guarded, show_error
@@ -21,10 +22,8 @@ from ui.state import (local_results, reference_files, reference_info, reference_
 KIND_NAMES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
 LEVEL_NAMES = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
                "track_logprob": "track (log-prob)", "full": "30 s clip"}
-PRESET_HELP = {"paper": "the article: Adam 1e-4, batch 32, up to 50 epochs, early stopping (patience 10)",
-               "tuned": "what trains well on CPU: Adam 1e-3, up to 40 epochs, patience 8",
-               "fast": "a smoke run: 2 short epochs (20 batches each) per model"}
-PRESET_EPOCHS = {"paper": 50, "tuned": 40, "fast": 2}
+PRESET_LABELS = {"recommended": "recommended (default)", "paper": "paper (the article's settings)",
+                 "tuned": "tuned (first reference results)", "fast": "fast (smoke run)"}
 MODEL_CHOICES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
 
 
@@ -77,30 +76,42 @@ def run_section() -> None:
         return
     if hosted_mode():
         st.info(hosted_note(), icon=":material/cloud:")
-    with st.form("exp_form"):
+    last = _last_settings(job)  # the form shows what ran last, not the defaults
+    with st.form("exp_form", enter_to_submit=False):
         c = st.columns([2, 1, 1])
-        ds_path = c[0].selectbox("Dataset", [d["path"] for d in datasets], format_func=lambda p: Path(p).name,
+        paths = [d["path"] for d in datasets]
+        ds_path = c[0].selectbox("Dataset", paths, format_func=lambda p: Path(p).name,
+                                 index=paths.index(last["dataset"]) if last.get("dataset") in paths else 0,
                                  key="exp_dataset",
                                  help="Snippet datasets of the data folder. The 30 s model's full-clip dataset is "
                                       "derived from the same tracks and split automatically.")
-        seeds = c[1].number_input("Seeds", 1, 30, 3, key="exp_seeds",
+        seeds = c[1].number_input("Seeds", 1, 30, last.get("seeds", 3), key="exp_seeds",
                                   help="Each seed trains every chosen model once (seeds 0, 1, ...). "
                                        "The article used 10.")
-        preset = c[2].selectbox("Settings", list(PRESET_HELP), key="exp_preset",
-                                help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
+        preset = c[2].selectbox("Settings", list(PRESET_HELP), key="exp_preset", format_func=PRESET_LABELS.get,
+                                index=list(PRESET_HELP).index(last.get("preset", DEFAULT_PRESET)),
+                                help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items())
+                                + "\n\n**recommended** is what learns on small data within a bounded budget "
+                                  "(measured in `results/ablation`); **paper** reproduces the article exactly and "
+                                  "under-trains on small data (Adam 1e-4).")
         c = st.columns([2, 1, 1])
-        models = c[0].multiselect("Models", list(MODEL_CHOICES), default=list(MODEL_CHOICES), key="exp_models",
+        models = c[0].multiselect("Models", list(MODEL_CHOICES), default=last.get("models", list(MODEL_CHOICES)),
+                                  key="exp_models",
                                   format_func=MODEL_CHOICES.get,
                                   help="**snippet CRNN**: scores 3 s snippets, a track's snippets vote. "
                                        "**30 s CRNN**: one look at the whole clip. **linear baseline**: per-snippet "
                                        "mel-band mean and standard deviation, softmax regression, voting like the "
                                        "snippet CRNN; the reference every comparison shows (what the deep models add "
                                        "over a simple one). It fits in seconds.")
-        epochs = c[1].number_input("Max epochs", 1, 500, None, placeholder="preset's", key="exp_epochs",
-                                   help="Empty = the preset's (paper 50, tuned 40, fast 2). Early stopping may end a "
-                                        "run sooner.")
+        epochs = c[1].number_input("Max epochs", 1, 500, last.get("epochs"), placeholder="preset's", key="exp_epochs",
+                                   help="Empty = the preset's (" + ", ".join(
+                                       f"{k} {preset_config(k).max_epochs}" for k in PRESETS)
+                                   + "). Early stopping may end a run sooner.")
         c[2].caption(f"Results go to `{store_path()}`. Finished runs are skipped, stopped ones resume.")
         go = st.form_submit_button("Start in the background", type="primary", icon=":material/play_arrow:")
+    st.caption(f"Settings **{PRESET_LABELS.get(preset, preset)}**: {PRESET_HELP.get(preset, '')}."
+               + (" The article's own settings: expect under-trained models on small datasets (its learning rate "
+                  "is 10x lower); pick *recommended* to get models that learn." if preset == "paper" else ""))
     if not go:
         return
     if not models:
@@ -120,6 +131,28 @@ def run_section() -> None:
         return
     st.session_state.pop("exp_stopping", None)
     st.rerun()
+
+
+def _last_settings(job) -> dict:
+    """Dataset, seeds, preset, models and epochs of the last experiment job (empty when there is none)."""
+    if job is None:
+        return {}
+    args = _job_args(job)
+    plan = experiment_plan(["core"] + args)
+    out: dict = {"dataset": plan["dataset"]}
+    if plan["seeds"] == list(range(len(plan["seeds"]))) and 1 <= len(plan["seeds"]) <= 30:
+        out["seeds"] = len(plan["seeds"])
+    models = [m for m in plan["models"] if m in MODEL_CHOICES]
+    if models:
+        out["models"] = models
+    if "--preset" in args and args.index("--preset") + 1 < len(args) and args[args.index("--preset") + 1] in PRESET_HELP:
+        out["preset"] = args[args.index("--preset") + 1]
+    if "--epochs" in args and args.index("--epochs") + 1 < len(args):
+        try:
+            out["epochs"] = int(args[args.index("--epochs") + 1])
+        except ValueError:
+            pass
+    return out
 
 
 def _job_args(job) -> list[str]:
@@ -297,6 +330,23 @@ def show_results(store: str, res: dict, label: str) -> None:
     has_linear = bool((df["kind"] == "linear").any())
     st.markdown(f"#### Segment vs track vs 30 s{' vs linear baseline' if has_linear else ''}: mean ± SD over "
                 f"{n_seeds} seed{'s' if n_seeds != 1 else ''}")
+    configs = [r.get("config") for r in res["runs"] if r.get("kind") in ("snippet", "full")]
+    cfg = configs[0] if configs else None
+    if isinstance(cfg, str):
+        import json
+
+        cfg = json.loads(cfg)
+    if cfg:
+        p = preset_name(cfg)
+        st.caption(f"Training settings: {PRESET_LABELS.get(p, p) if p else 'custom'}"
+                   f" (learning rate {cfg.get('lr', 1e-4):g}, best epoch by "
+                   f"{MONITOR_WORDS.get(cfg.get('monitor', 'val_loss'), 'val loss')}).")
+    first = df.iloc[0]
+    extra = run_metrics_extra(store, stamp, first["run_id"], first["level"], first["split"]) or {}
+    n_classes = len(extra.get("classes") or []) or None
+    warn = chance_warning(summary, n_classes, cfg)
+    if warn:
+        st.warning(warn, icon=":material/warning:")
     st.plotly_chart(headline_figure(summary, PUBLISHED, label), key="exp_headline", config={"displayModeBar": False})
     st.caption(f"Grey hatched bars: published (Hilsdorf 2022, full GTZAN): segment {PUBLISHED['segment_best_val']:.1%} "
                f"best validation accuracy, track level about +{PUBLISHED['track_gain_points']:g} points, 30 s model "
@@ -379,6 +429,36 @@ TABLE_HELP = {name: f"{KIND_NAMES[kind]}, {LEVEL_NAMES[level]} level" if kind !=
               "30 s CRNN: one prediction per clip" for (kind, level), name in TABLE_COLUMNS.items()}
 
 
+MONITOR_WORDS = {"val_track_accuracy": "val track acc", "val_accuracy": "val acc", "val_loss": "val loss"}
+
+
+def chance_warning(summary: pd.DataFrame, n_classes: int | None, config: dict | None) -> str | None:
+    """A sentence when the CRNNs score at chance level on the test split, with the likely reasons."""
+    if not n_classes or summary.empty:
+        return None
+    chance = 1.0 / n_classes
+    crnn = summary[(summary["split"] == "test") & summary["kind"].isin(["snippet", "full"])
+                   & summary["level"].isin(["segment", "track_sum", "full"])]
+    low = [f"{KIND_NAMES.get(k, k)} ({LEVEL_NAMES.get(lv, lv)})" for k, lv, m in
+           zip(crnn["kind"], crnn["level"], crnn["accuracy_mean"]) if m <= chance + 0.05]
+    if not low:
+        return None
+    cfg = config or {}
+    why = []
+    preset = preset_name(cfg)
+    if preset == "paper" or (cfg.get("lr") is not None and cfg["lr"] < 5e-4):
+        why.append(f"the learning rate {cfg.get('lr', 1e-4):g} (the article's) is too low to learn in a few "
+                   "epochs on a small dataset: use the *recommended* settings")
+    if cfg.get("max_epochs") is not None and cfg["max_epochs"] < 10:
+        why.append(f"{cfg['max_epochs']} epochs are too few: leave *Max epochs* empty (early stopping ends a run "
+                   "when it stops improving)")
+    if not why:
+        why.append("too few training tracks or epochs for this model; more data or epochs, or the *recommended* "
+                   "settings, usually help")
+    return (f"At chance level ({chance:.0%} for {n_classes} classes): {', '.join(low)}. Likely why: "
+            + "; ".join(why) + ".")
+
+
 def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> pd.DataFrame:
     """Accuracy per seed (rows) and approach (columns, those of the headline) on one split, in %, and the
     CRNNs' epochs."""
@@ -393,8 +473,10 @@ def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> p
     for r in runs:
         if r["kind"] != "linear":  # one L-BFGS fit: no epochs to speak of
             name = "CRNN" if r["kind"] == "snippet" else "30 s"
-            epochs.setdefault(r["seed"], []).append(
-                (r["kind"] != "snippet", f"{name} {r['epochs']} (best {r['best_epoch'] or '–'})"))
+            best = f"best {r['best_epoch'] or '–'}"
+            if r.get("monitor") and r.get("best_value") is not None:
+                best += f": {MONITOR_WORDS.get(r['monitor'], r['monitor'])} {r['best_value']:.3g}"
+            epochs.setdefault(r["seed"], []).append((r["kind"] != "snippet", f"{name} {r['epochs']} ({best})"))
     if epochs:
         t["epochs"] = [", ".join(text for _, text in sorted(epochs.get(s, []))) for s in t.index]
     return t.reset_index()

@@ -12,11 +12,16 @@ After one warm-up epoch each (tracing), timed epochs alternate between the varia
 process CPU time per sample (robust to such load). ``--extra`` adds bf16 mixed precision, XLA and 2 loader
 threads for the default path; ``--wide`` adds a plain fit of a wide-filter variant (64/128/128/128).
 
-Usage: ``python bench/train_throughput.py [--samples 320] [--repeats 3] [--extra] [--wide]``
+Every line also gives the achieved GFLOP/s (samples/s x 3 x the forward FLOPs of one snippet: forward + backward)
+and its fraction of the fp32 matmul peak measured at the start of the same run. ``--arch`` adds the architecture
+variants (no batch norm on the widest map, ReLU, an unrolled GRU loop).
+
+Usage: ``python bench/train_throughput.py [--samples 320] [--repeats 3] [--extra] [--wide] [--arch]``
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -36,6 +41,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--extra", action="store_true", help="also bf16, XLA and 2-thread loader variants")
     ap.add_argument("--wide", action="store_true", help="also the wide-filter (64/128/128/128) plain fit")
+    ap.add_argument("--arch", action="store_true",
+                    help="also plain fits of the architecture variants (no BN on block 1, ReLU, unrolled GRU)")
     a = ap.parse_args()
 
     import logging
@@ -45,7 +52,7 @@ def main() -> None:
 
     from core.dataset import apply_norm
     from core.features import FeatureParams
-    from core.models import build_snippet_crnn
+    from core.models import build_snippet_crnn, count_flops
     from core.train import SnippetSequence, TrainConfig, _StopCheck, build_compiled, compile_model
 
     p = FeatureParams()
@@ -86,11 +93,28 @@ def main() -> None:
         variants["default path + mixed_bfloat16"] = default_path(TrainConfig(precision="mixed_bfloat16"))
         variants["default path + jit_compile (XLA)"] = default_path(TrainConfig(jit_compile=True))
         variants["default path + 2 loader threads"] = default_path(TrainConfig(workers=2))
+    arch_models = {}
+    if a.arch:
+        for label, arch, frames in (("no BN on block 1", {"bn_first": False}, None),
+                                    ("no BN on block 1 + ReLU", {"bn_first": False, "activation": "relu"}, None),
+                                    ("pool first (BN + ELU on pooled maps)", {"pool_first": True}, None),
+                                    ("pool first + ReLU", {"pool_first": True, "activation": "relu"}, None),
+                                    ("pool first, no BN on block 1", {"pool_first": True, "bn_first": False}, None),
+                                    ("unrolled GRU", {"unroll": True}, p.snippet_frames)):
+            mv = build_snippet_crnn(n_classes, frames=frames, arch=arch)
+            compile_model(mv, 1e-4)
+            arch_models[f"plain model.fit, {label}"] = mv
+            variants[f"plain model.fit, {label}"] = plain(mv)
     if a.wide:
         w = build_snippet_crnn(n_classes, filters=(64, 128, 128, 128))
         compile_model(w, 1e-4)
         variants["plain model.fit, wide filters 64/128/128/128"] = plain(w)
 
+    peak = matmul_peak_gflops()
+    flops = {name: 3 * count_flops(arch_models.get(name, m), (p.snippet_frames, p.n_mels))["flops"]
+             for name in variants}  # one training sample: forward + backward ~ 3 x the forward FLOPs
+    print(f"fp32 matmul peak measured now (2048 x 2048, {os.cpu_count()} threads): {peak:.0f} GFLOP/s; training "
+          f"FLOPs per sample (3 x forward): {flops[next(iter(flops))] / 1e6:.0f} MFLOP", flush=True)
     print(f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs, {n} samples of "
           f"{p.snippet_frames}x{p.n_mels}, batch {bs}, {a.repeats} timed epochs per variant", flush=True)
     for name, fn in variants.items():  # warm-up: tracing / compilation
@@ -105,10 +129,13 @@ def main() -> None:
             fn()
             wall[name].append(n / (time.perf_counter() - t0))
             cpu[name].append(1000 * (time.process_time() - c0) / n)
-    print(f"{'variant':52s} {'samples/s (median)':>18s} {'runs':>18s} {'CPU ms/sample':>14s}")
+    print(f"{'variant':56s} {'samples/s (median)':>18s} {'runs':>18s} {'CPU ms/sample':>14s} {'GFLOP/s':>8s} "
+          f"{'of peak':>8s}")
     for name in variants:
         runs = " ".join(f"{v:.0f}" for v in wall[name])
-        print(f"{name:52s} {np.median(wall[name]):18.1f} {runs:>18s} {np.median(cpu[name]):14.2f}")
+        g = np.median(wall[name]) * flops[name] / 1e9
+        print(f"{name:56s} {np.median(wall[name]):18.1f} {runs:>18s} {np.median(cpu[name]):14.2f} {g:8.1f} "
+              f"{g / peak:8.1%}")
     names = list(variants)
     ratio = np.median(wall[names[1]]) / np.median(wall[names[0]])
     cpu_ratio = np.median(cpu[names[0]]) / np.median(cpu[names[1]])
@@ -116,6 +143,22 @@ def main() -> None:
     for name in names[2:]:
         print(f"ratio {name} / plain: {np.median(wall[name]) / np.median(wall[names[0]]):.2f}x samples/s")
     tmp.cleanup()
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 8) -> float:
+    """fp32 matmul throughput of the Keras backend on this machine now (best of ``repeats``), in GFLOP/s."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = keras.ops.convert_to_tensor(rng.standard_normal((n, n)).astype(np.float32))
+    y = keras.ops.convert_to_tensor(rng.standard_normal((n, n)).astype(np.float32))
+    keras.ops.convert_to_numpy(keras.ops.matmul(x, y))  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        keras.ops.convert_to_numpy(keras.ops.matmul(x, y))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 if __name__ == "__main__":

@@ -643,8 +643,8 @@ def experiment_groups(runs: list[dict]) -> list[dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     for r in runs:
         ds = str(r.get("dataset") or "")
-        if r.get("kind") == "full" and ds.endswith("-full"):
-            ds = ds[: -len("-full")]
+        if r.get("kind") == "full":
+            ds = re.sub(r"-full(\d+(\.\d+)?s)?$", "", ds)  # X-full or X-full60s: derived from X
         cfg = r.get("config") or {}
         if isinstance(cfg, str):
             try:
@@ -662,7 +662,10 @@ def experiment_groups(runs: list[dict]) -> list[dict[str, Any]]:
     out = []
     for g in groups.values():
         cfg = g["config"]
-        bits = []
+        from core.experiment import preset_name
+
+        preset = preset_name(cfg)
+        bits = [f"preset {preset}"] if preset else []
         if "lr" in cfg:
             bits.append(f"lr {cfg['lr']:g}")
         if "max_epochs" in cfg:

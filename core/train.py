@@ -92,6 +92,7 @@ class TrainConfig:
     snippets_per_track: int = 0  # training snippets per track and epoch (0 = every snippet in the dataset)
     snippet_selection: str = "first"  # "first" (the same ones every epoch) or "random" (re-drawn every epoch)
     full_crop: str = "first"  # 30 s model: "first" 30 s, or "random" crop re-drawn every epoch
+    arch: str = "standard"  # CRNN architecture (core.models.ARCHS): "standard" or "lean"
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1:
@@ -120,6 +121,8 @@ class TrainConfig:
             raise TrainError("snippet_selection must be 'first' or 'random'")
         if self.full_crop not in ("first", "random"):
             raise TrainError("full_crop must be 'first' or 'random'")
+        if self.arch not in ("standard", "lean"):
+            raise TrainError("arch must be 'standard' or 'lean'")
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting; those added after state version 1 only when they differ from their default, so the
@@ -141,7 +144,7 @@ class TrainConfig:
 
 MONITORS = ("val_loss", "val_accuracy", "val_track_accuracy")
 _V2_FIELDS = ("monitor", "schedule", "warmup_epochs", "label_smoothing", "time_masks", "time_mask_frames",
-              "freq_masks", "freq_mask_bins", "mixup", "snippets_per_track", "snippet_selection", "full_crop")
+              "freq_masks", "freq_mask_bins", "mixup", "snippets_per_track", "snippet_selection", "full_crop", "arch")
 _V2_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in _V2_FIELDS}
 
 
@@ -310,7 +313,8 @@ def build_compiled(kind: str, n_classes: int, params, config: TrainConfig):
 
     set_precision(config.precision)
     try:
-        model = build_model(kind, n_classes, params.n_mels, params.input_frames, config.dropout)
+        model = build_model(kind, n_classes, params.n_mels, params.input_frames, config.dropout,
+                            **({"arch": config.arch} if kind != "linear" else {}))
     finally:
         set_precision("float32")
     compile_model(model, config.lr, config.jit_compile, config.label_smoothing)
