@@ -11,6 +11,12 @@ Cloud gives an app about 1 GB: the target is well under that.
     python bench/demo_memory.py --model models/NAME   # a given model folder
     python bench/demo_memory.py --seconds 600         # the longest clip the page accepts
     python bench/demo_memory.py --keras               # the same with TensorFlow, for comparison
+    python bench/demo_memory.py --long 7200           # Predictor.predict_file on a generated 2-hour 44.1 kHz
+                                                      # stereo FLAC: streamed, bounded memory for any length
+    python bench/demo_memory.py --long-file SONG.flac # the same on a given file
+
+The ``--long`` run is the bound the README states (resident memory of ``predict`` on any length: the file is
+decoded and scored in 60 s blocks); the FLAC is written in 60 s blocks too, so generating it costs no memory.
 """
 from __future__ import annotations
 
@@ -63,7 +69,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=180.0, help="clip length (%(default)s s)")
     ap.add_argument("--hop", type=float, default=1.0, help="hop between windows (%(default)s s)")
     ap.add_argument("--keras", action="store_true", help="force Keras (TensorFlow) inference, for comparison")
+    ap.add_argument("--long", type=float, default=0.0, metavar="SECONDS",
+                    help="instead: predict_file on a generated SECONDS-long 44.1 kHz stereo FLAC (7200 = 2 hours)")
+    ap.add_argument("--long-file", default=None, help="instead: predict_file on this file")
+    ap.add_argument("--block", type=float, default=60.0, help="predict_file's block length (%(default)s s)")
     a = ap.parse_args()
+    if a.long or a.long_file:
+        return long_file(a)
 
     steps = [("start", rss_mb())]
     import streamlit  # noqa: F401  (the server has it loaded)
@@ -92,6 +104,75 @@ def main() -> int:
     res = classify_clip(pred, clip, None, a.hop, "sum")
     dt = time.perf_counter() - t0
     steps.append((f"decoded + classified: {res.n_windows} windows in {dt:.1f} s -> {res.predicted}", rss_mb()))
+    for name, mb in steps:
+        print(f"{mb:8.0f} MB  {name}")
+    print(f"peak RSS: {peak_mb():.0f} MB")
+    tmp.cleanup()
+    return 0
+
+
+def write_long_flac(path: Path, seconds: float, sr: int = 44100) -> Path:
+    """A ``seconds``-long stereo FLAC of generated music-like sound, written in 60 s blocks."""
+    import numpy as np
+    import soundfile as sf
+
+    from core.synth import synth_clip
+
+    with sf.SoundFile(str(path), "w", sr, 2, format="FLAC", subtype="PCM_16") as f:
+        done, k = 0.0, 0
+        while done < seconds:
+            n = min(60.0, seconds - done)
+            f.write(np.stack([synth_clip(k % 3, n, sr, seed=k), synth_clip((k + 1) % 3, n, sr, seed=k + 1000)], 1)
+                    * 0.5)
+            done, k = done + n, k + 1
+    return path
+
+
+def long_file(a) -> int:
+    """Peak RSS of ``Predictor.predict_file`` (the ``predict`` command's path) on a long file."""
+    import threading
+
+    tmp = tempfile.TemporaryDirectory(prefix="genrelab-membench-")
+    steps = [("start", rss_mb())]
+    if a.long_file:
+        path = Path(a.long_file)
+    else:
+        t0 = time.perf_counter()
+        path = write_long_flac(Path(tmp.name) / "long.flac", a.long)
+        steps.append((f"generated {a.long:g} s 44.1 kHz stereo FLAC ({path.stat().st_size / 1e6:.0f} MB) in "
+                      f"{time.perf_counter() - t0:.0f} s", rss_mb()))
+    from core.lite_inference import make_predictor
+
+    model_dir = a.model
+    if not model_dir:
+        from core.dashboard_support import list_model_folders
+
+        shipped = [m["path"] for m in list_model_folders() if m.get("card") and m["origin"] == "shipped"
+                   and m["card"].get("kind") == "snippet"]
+        model_dir = shipped[0] if shipped else str(untrained_model(Path(tmp.name)))
+    pred = make_predictor(model_dir, prefer_lite=not a.keras)
+    steps.append((f"{type(pred).__name__} loaded ({pred.backend} inference, {Path(model_dir).name})", rss_mb()))
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # resident memory every 0.2 s while predict_file runs
+        while not stop.wait(0.2):
+            samples.append(rss_mb())
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+
+    def progress(done_s: float, total_s: float | None) -> None:
+        if int(done_s) // 600 != int(done_s - a.block) // 600:
+            print(f"  {done_s / 60:6.1f} of {(total_s or 0) / 60:.1f} min  {rss_mb():6.0f} MB resident", flush=True)
+
+    res = pred.predict_file(path, None, a.hop, "sum", progress=progress, block_s=a.block)
+    dt = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    steps.append((f"predict_file: {res.n_windows} windows over {res.duration_s / 60:.1f} min in {dt:.0f} s -> "
+                  f"{res.predicted} (resident during it: max {max(samples, default=0):.0f} MB)", rss_mb()))
     for name, mb in steps:
         print(f"{mb:8.0f} MB  {name}")
     print(f"peak RSS: {peak_mb():.0f} MB")

@@ -122,6 +122,208 @@ def load_audio(path: str | os.PathLike, sr: int = 22050, *, max_seconds: float |
     return y
 
 
+# ---------------------------------------------------------------------------------------------------------
+# decoding only what is needed: a prefix, or the whole file in blocks (bounded memory for any length)
+# ---------------------------------------------------------------------------------------------------------
+def _check_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise AudioError("file not found")
+    if p.is_dir():
+        raise AudioError("is a folder, not a file")
+    if p.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    return p
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(frames, sample rate)`` from the file's header when soundfile reads it, else None (ffmpeg formats)."""
+    p = Path(path)
+    if p.suffix.lower() not in _SOUNDFILE_FIRST:
+        return None
+    try:
+        import soundfile as sf
+
+        info = sf.info(str(p))
+        return int(info.frames), int(info.samplerate)
+    except Exception:  # noqa: BLE001 - unreadable here: the decoder says why later
+        return None
+
+
+def _samples_at(frames: int, orig_sr: int, sr: int) -> int:
+    """Samples a whole-file decode gives at ``sr`` (:func:`resample`'s output length)."""
+    return frames if orig_sr == sr else int(np.ceil(frames * float(sr) / orig_sr))
+
+
+def _ffmpeg_stream(path: str, sr: int):
+    """``(process, read(n_samples) -> float32 array)`` decoding to mono f32 at ``sr`` on a pipe."""
+    exe = ffmpeg_exe()
+    if exe is None:
+        raise AudioError("this format needs ffmpeg, which is not installed")
+    import tempfile
+
+    err = tempfile.TemporaryFile()  # stderr to a file: a chatty decoder never blocks on a full pipe
+    cmd = [exe, "-nostdin", "-hide_banner", "-v", "info", "-i", path, "-vn", "-ac", "1", "-ar", str(sr),
+           "-f", "f32le", "-"]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        err.close()
+        raise AudioError(f"could not run the decoder: {exc}") from exc
+    proc._genrelab_err = err  # type: ignore[attr-defined]
+
+    def read(n: int) -> np.ndarray:
+        want, chunks, got = 4 * n, [], 0
+        while got < want:
+            b = proc.stdout.read(want - got)
+            if not b:
+                break
+            chunks.append(b)
+            got += len(b)
+        data = b"".join(chunks)
+        return np.frombuffer(data[: len(data) - len(data) % 4], dtype="<f4").astype(np.float32)
+
+    return proc, read
+
+
+def _ffmpeg_finish(proc, stop: bool) -> tuple[int | None, str]:
+    """Stop (kill) or wait for the ffmpeg process; returns ``(returncode, stderr text)``."""
+    if stop and proc.poll() is None:
+        proc.kill()
+    proc.stdout.close()
+    rc = proc.wait()
+    err = proc._genrelab_err
+    err.seek(0)
+    text = err.read().decode("utf-8", "replace")
+    err.close()
+    return (None if stop else rc), text
+
+
+def _ffmpeg_duration(text: str) -> float | None:
+    import re
+
+    m = re.search(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
+
+
+def _ffmpeg_error(text: str, rc: int | None) -> AudioError:
+    lines = [ln for ln in text.strip().splitlines() if "rror" in ln or "nvalid" in ln] or text.strip().splitlines()
+    detail = lines[-1] if lines else f"ffmpeg exit code {rc}"
+    return AudioError(f"not a readable audio file ({detail[:160]})")
+
+
+def load_audio_prefix(path: str | os.PathLike, sr: int, n_samples: int) -> tuple[np.ndarray, float | None]:
+    """The first ``n_samples`` of ``path`` as :func:`load_audio` would decode them (fewer when the file is
+    shorter), decoding only about that much: soundfile formats read the needed frames plus 1 s for the
+    resampler's edge, others read ffmpeg's pipe until ``n_samples`` arrived and then stop the decoder.
+
+    Returns ``(y, duration_s)``: ``duration_s`` is the whole file's (from the header: exact for soundfile
+    formats, ffmpeg's 10 ms-resolution container duration otherwise; None when unknown). The samples equal
+    ``load_audio(path, sr)[:n_samples]`` (soxr is causal in blocks: a prefix resamples to the same values).
+    """
+    p = _check_file(path)
+    n_samples = max(1, int(n_samples))
+    y: np.ndarray | None = None
+    duration: float | None = None
+    first_error = ""
+    if p.suffix.lower() in _SOUNDFILE_FIRST:
+        try:
+            import soundfile as sf
+
+            with sf.SoundFile(str(p)) as f:
+                orig, frames = int(f.samplerate), int(f.frames)
+                margin = 0 if orig == sr else orig  # the resampler's look-ahead at the cut
+                want = min(frames, int(np.ceil(n_samples * orig / sr)) + margin)
+                data = f.read(want, dtype="float32", always_2d=True)
+            y = data.mean(axis=1)
+            duration = _samples_at(frames, orig, sr) / sr
+            if y.size == 0 and frames:
+                raise RuntimeError("no frames decoded")
+            y = resample(np.ascontiguousarray(np.nan_to_num(y), dtype=np.float32), orig, sr)[:n_samples]
+        except Exception as exc:  # noqa: BLE001 - libsndfile's errors are terse
+            first_error, y = type(exc).__name__, None
+    if y is None:
+        proc, read = _ffmpeg_stream(str(p), sr)
+        y = read(n_samples)
+        complete = y.size < n_samples
+        rc, text = _ffmpeg_finish(proc, stop=not complete)
+        if complete and rc != 0:
+            if first_error:
+                raise AudioError("not a readable audio file (corrupt, truncated or not audio)")
+            raise _ffmpeg_error(text, rc)
+        duration = y.size / sr if complete else _ffmpeg_duration(text)
+        y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+    if y.size == 0:
+        raise AudioError("contains no audio samples (zero length)")
+    return np.ascontiguousarray(y, dtype=np.float32), duration
+
+
+def stream_audio(path: str | os.PathLike, sr: int, block_s: float = 60.0):
+    """Decode ``path`` to mono float32 at ``sr`` in blocks of about ``block_s`` seconds (a generator): only one
+    block (and the resampler's state) is in memory, whatever the file's length. The concatenated blocks equal
+    :func:`load_audio` (soxr's stream resampler gives the one-shot resampler's values). Raises
+    :class:`AudioError` like :func:`load_audio`."""
+    p = _check_file(path)
+    any_out = False
+    if p.suffix.lower() in _SOUNDFILE_FIRST:
+        try:
+            import soundfile as sf
+
+            f = sf.SoundFile(str(p))
+        except Exception:  # noqa: BLE001 - not readable by libsndfile: ffmpeg below
+            f = None
+        if f is not None:
+            with f:
+                orig, frames = int(f.samplerate), int(f.frames)
+                block = max(1, int(block_s * orig))
+                rs = None
+                if orig != sr:
+                    import soxr
+
+                    rs = soxr.ResampleStream(orig, sr, 1, dtype="float32", quality="soxr_hq")
+                n_in = n_out = 0
+                while True:
+                    try:
+                        data = f.read(block, dtype="float32", always_2d=True)
+                    except Exception as exc:  # noqa: BLE001
+                        raise AudioError("not a readable audio file (corrupt or truncated)") from exc
+                    last = data.shape[0] < block or f.tell() >= frames
+                    x = np.nan_to_num(data.mean(axis=1)).astype(np.float32)
+                    n_in += x.size
+                    if rs is not None:
+                        x = np.asarray(rs.resample_chunk(x, last=last), dtype=np.float32)
+                        if last:  # the one-shot length: ceil(n_in * sr / orig)
+                            want = int(np.ceil(n_in * float(sr) / orig)) - n_out
+                            x = x[:want] if x.size >= want else np.pad(x, (0, want - x.size))
+                    n_out += x.size
+                    if x.size:
+                        any_out = True
+                        yield x
+                    if last:
+                        break
+            if not any_out:
+                raise AudioError("contains no audio samples (zero length)")
+            return
+    proc, read = _ffmpeg_stream(str(p), sr)
+    finished = False
+    try:
+        block = max(1, int(block_s * sr))
+        while True:
+            x = read(block)
+            if x.size:
+                any_out = True
+                yield np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            if x.size < block:
+                break
+        finished = True
+    finally:  # closed early by the consumer: stop the decoder
+        rc, text = _ffmpeg_finish(proc, stop=not finished)
+    if rc != 0:
+        raise _ffmpeg_error(text, rc)
+    if not any_out:
+        raise AudioError("contains no audio samples (zero length)")
+
+
 def is_silent(y: np.ndarray, threshold_db: float = -80.0) -> bool:
     """True when the peak of ``y`` is below ``threshold_db`` dBFS (digital silence or near it)."""
     if y.size == 0:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from core import __version__
-from core.audio import AUDIO_EXTENSIONS, AudioError, is_silent, load_audio
+from core.audio import AUDIO_EXTENSIONS, AudioError, is_silent, load_audio, load_audio_prefix
 from core.features import FeatureParams, full_clip, track_snippets
 from core.jobs import OSLock
 from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
@@ -266,8 +266,15 @@ def process_track(abs_path: str, relpath: str, label: str, params_dict: dict[str
     try:
         rec["stat"] = file_stat(abs_path)  # before reading: a change during the build shows on the next run
         rec["sha256"] = sha256_file(abs_path)
-        y = load_audio(abs_path, params.sample_rate)
-        rec["duration_s"] = round(y.size / params.sample_rate, 3)
+        keep = kept_samples(params)
+        if keep is None:  # random snippet selection: any part of the track may be kept
+            y = load_audio(abs_path, params.sample_rate)
+            duration = y.size / params.sample_rate
+        else:  # decode only the prefix the kept snippets / clip use (a 2-hour file costs its first seconds)
+            y, duration = load_audio_prefix(abs_path, params.sample_rate, keep)
+            if duration is None:
+                duration = y.size / params.sample_rate
+        rec["duration_s"] = round(duration, 3)
         if is_silent(y):
             raise AudioError("silent (peak below -80 dBFS)")
         min_len = params.snippet_samples
@@ -295,6 +302,22 @@ def process_track(abs_path: str, relpath: str, label: str, params_dict: dict[str
             rec["reason"] += f" ({KNOWN_CORRUPT[stem]})"
     atomic_write_json(Path(work_dir) / f"{name}.json", rec)
     return rec
+
+
+def kept_samples(params: FeatureParams) -> int | None:
+    """Samples of a track's start that its features depend on (None: the whole track, for random snippet
+    selection or every snippet). Snippet mode, first N: up to the last kept frame's window; full mode: the
+    clip (or the stored length). Decoding just this prefix gives the same features as decoding everything."""
+    if params.mode == "full":
+        n = params.full_samples
+        if params.stored_frames > params.full_frames:
+            n = max(n, int(round(params.full_store_s * params.sample_rate)))
+        return n
+    if params.max_snippets == 0 or params.selection != "first" or \
+            params.step_s * params.sample_rate < params.hop_length:  # (sub-frame steps: starts deduplicated)
+        return None
+    f_last = int(round((params.max_snippets - 1) * params.step_s * params.sample_rate / params.hop_length))
+    return (f_last + params.snippet_frames - 1) * params.hop_length + params.n_fft // 2 + 1
 
 
 def _process_star(args: tuple) -> dict:

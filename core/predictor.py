@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from core.features import FeatureParams, full_clip, track_snippets
+from core.features import FeatureParams, full_clip, mel_spectrogram, track_snippets
 from core.utils import atomic_write_json, read_json
 
 AGGREGATIONS = ("sum", "vote", "logprob")
@@ -427,15 +427,134 @@ class Predictor:
                                 y.size / self.sample_rate, notes + more, time.perf_counter() - t0)
 
     def predict_file(self, path: str | os.PathLike, window_s: float | None = None, hop_s: float = 1.0,
-                     aggregation: str = "sum") -> PredictionResult:
+                     aggregation: str = "sum", progress=None, block_s: float = 60.0) -> PredictionResult:
         """Decode ``path`` (any format :func:`core.audio.load_audio` reads) at the model's rate and classify.
-        Raises :class:`core.audio.AudioError` with a reason for unreadable files."""
-        from core.audio import AudioError, load_audio
+        Raises :class:`core.audio.AudioError` with a reason for unreadable files.
 
-        y = load_audio(path, self.sample_rate)
-        if not np.any(y):
+        Streamed, so memory is bounded for any length: the file is decoded in blocks of ``block_s`` seconds
+        (:func:`core.audio.stream_audio`), the windows a block completes are scored and only their scores are
+        kept (the samples a later window still needs are carried over). The windows, features and scores are
+        those of :meth:`predict_array` on the whole decoded signal (the tests check equality). A full-clip
+        model decodes only its clip. ``progress(seconds_done, total_seconds | None)`` is called per block."""
+        from core.audio import AudioError, audio_info, load_audio_prefix, stream_audio
+
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r} (use one of {AGGREGATIONS})")
+        t0 = time.perf_counter()
+        sr = self.sample_rate
+        p = self.params
+        if self.kind == "full":
+            y, dur = load_audio_prefix(path, sr, p.full_samples)
+            if not np.any(y):
+                raise AudioError("digital silence: nothing to classify")
+            dur = y.size / sr if dur is None else dur
+            X, starts, ends, notes = self.window_features(y, window_s, hop_s)
+            if dur > p.full_clip_s + 0.5:
+                notes = [n for n in notes if "zero-padded" not in n]
+                notes.append(f"only the first {p.full_clip_s:g} s of {dur:.1f} s used (full-clip model)")
+            scores = self.predict_features(X)
+            agg = aggregate(scores, aggregation)
+            return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)), dur,
+                                    notes, time.perf_counter() - t0)
+        if hop_s <= 0:
+            raise ValueError("hop must be positive")
+        wp = p if window_s is None or abs(window_s - p.snippet_s) < 1e-9 else replace(
+            p, snippet_s=float(window_s), overlap_s=0.0)
+        if self._fixed_frames is not None and wp.snippet_frames != self._fixed_frames:
+            raise PredictorError(f"this model takes exactly {self._fixed_frames} frames; window {window_s} s "
+                                 f"gives {wp.snippet_frames}")
+        if wp.snippet_frames < 8:
+            raise ValueError("window too short for the model (needs >= 8 frames)")
+        info = audio_info(path)
+        total_s = None if info is None else info[0] / info[1]
+        H, F, E = wp.hop_length, wp.snippet_frames, wp.edge_frames
+        half = wp.n_fft // 2
+        buf = np.zeros(0, np.float32)
+        b0 = n = 0  # buf holds samples [b0, n) of the decoded signal
+        k, f_prev = 0, -1  # next window index and the last start frame used
+        pending: int | None = None  # start frame of the next window
+        scores_parts: list[np.ndarray] = []
+        starts_f: list[int] = []
+        heard = False
+        eof = False
+
+        def next_start() -> int:
+            nonlocal k, f_prev
+            while True:
+                f = int(round(k * hop_s * sr / H))
+                k += 1
+                if f > f_prev:
+                    f_prev = f
+                    return f
+
+        blocks = stream_audio(path, sr, block_s)
+        while not eof:
+            block = next(blocks, None)
+            if block is None:
+                eof = True
+            else:
+                heard = heard or bool(np.any(block))
+                buf = np.concatenate([buf, block]) if buf.size else block
+                n += block.size
+            if eof and n < wp.snippet_samples:  # shorter than one window: the whole-signal path pads it
+                if not heard:
+                    raise AudioError("digital silence: nothing to classify")
+                return self.predict_array(buf, None, window_s, hop_s, aggregation)
+            ready: list[int] = []
+            while True:
+                f = pending if pending is not None else next_start()
+                pending = f
+                if eof:
+                    ok = f + F <= 1 + n // H and f * H + wp.snippet_samples <= n + H
+                else:
+                    ok = (f + F - 1) * H + half + 1 <= n
+                if not ok:
+                    break
+                ready.append(f)
+                pending = None
+            if ready:
+                for i in range(0, len(ready), 512):
+                    part = ready[i:i + 512]
+                    a = max(0, (part[0] - E) * H)
+                    b = min(n, (part[-1] + F - 1) * H + half + 1 + H)
+                    seg = buf[a - b0:b - b0]
+                    mel = mel_spectrogram(seg, wp)
+                    X = np.stack([mel[f - a // H: f - a // H + F] for f in part]).astype(np.float32)
+                    if wp.peak_normalize:
+                        offs = np.asarray([_peak_offset_db(buf[f * H - b0: f * H - b0 + wp.snippet_samples])
+                                           for f in part], np.float32)
+                        X = X + offs[:, None, None] if wp.log else X * (10.0 ** (offs / 10.0))[:, None, None]
+                    scores_parts.append(self.predict_features(X))
+                    starts_f.extend(part)
+            if progress is not None:
+                progress(n / sr, total_s)
+            if not eof:  # keep only what the next windows need
+                nxt = pending if pending is not None else f_prev + 1
+                keep_from = max(b0, min(n, max(0, (nxt - E) * H)))
+                if keep_from > b0:
+                    buf = buf[keep_from - b0:].copy()
+                    b0 = keep_from
+        if not heard:
             raise AudioError("digital silence: nothing to classify")
-        return self.predict_array(y, None, window_s, hop_s, aggregation)
+        scores = np.concatenate(scores_parts)
+        dur = n / sr
+        starts = np.asarray(starts_f, dtype=np.float64) * H / sr
+        ends = np.minimum(starts + wp.snippet_s, max(dur, wp.snippet_s))
+        notes: list[str] = []
+        covered = float(ends[-1]) if len(ends) else 0.0
+        if dur - covered > hop_s:
+            notes.append(f"last {dur - covered:.2f} s not covered by a full window")
+        agg = aggregate(scores, aggregation)
+        return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)), dur,
+                                notes, time.perf_counter() - t0)
+
+
+def _peak_offset_db(seg: np.ndarray) -> float:
+    """The dB offset that peak-normalises ``seg`` (as :func:`core.features.track_snippets` applies it)."""
+    import math
+
+    peak = float(np.max(np.abs(seg))) if seg.size else 0.0
+    return 0.0 if peak <= 1e-8 else -20.0 * math.log10(peak)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -472,7 +591,7 @@ def _cli_predict(a) -> int:
     failed = 0
     for f in a.files:
         try:
-            r = pred.predict_file(f, a.window, a.hop, a.aggregation)
+            r = pred.predict_file(f, a.window, a.hop, a.aggregation, progress=_ProgressLine(f))
         except (AudioError, ValueError, PredictorError) as exc:
             failed += 1
             if a.json:
@@ -491,6 +610,22 @@ def _cli_predict(a) -> int:
     if failed:
         print(f"{failed} of {len(a.files)} files could not be classified", file=sys.stderr)
     return 1 if failed else 0
+
+
+class _ProgressLine:
+    """Progress of a long file on stderr (files over 10 minutes): ``FILE: 12.0 of 120.0 min decoded``."""
+
+    LONG_S = 600.0
+
+    def __init__(self, name: str):
+        self.name, self.shown, self.last = name, False, 0.0
+
+    def __call__(self, done_s: float, total_s: float | None) -> None:
+        if max(done_s, total_s or 0.0) < self.LONG_S or time.monotonic() - self.last < 1.0:
+            return
+        self.last, self.shown = time.monotonic(), True
+        of = f" of {total_s / 60:.1f}" if total_s else ""
+        print(f"{self.name}: {done_s / 60:.1f}{of} min classified", file=sys.stderr, flush=True)
 
 
 def _predict_header(pred: "Predictor", a) -> str:
