@@ -611,9 +611,10 @@ def is_musicnn_model(path: str | os.PathLike) -> bool:
     p = Path(path)
     card = (p if p.is_dir() else p.parent) / "model_card.json"
     try:
-        return card.exists() and read_json(card).get("kind") == KIND
+        data = read_json(card) if card.exists() else None
     except (ValueError, OSError):
         return False
+    return isinstance(data, dict) and data.get("kind") == KIND  # a tampered card (a list ...) is not musicnn
 
 
 # =========================================================================================================
