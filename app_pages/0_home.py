@@ -2,14 +2,18 @@
 import streamlit as st
 
 from core.dashboard_support import divide_and_conquer_example, list_datasets
-from ui.charts import divide_and_conquer_figure
 from ui.common import data_home, guarded
 from ui.state import available_models, experiment_overview
+from ui.svg_figures import divide_and_conquer_svg
 
 
 @st.cache_data(show_spinner="Cutting a track into snippets ...")
-def _example() -> dict:
-    return divide_and_conquer_example()
+def _example() -> tuple[dict, str]:
+    """The example's facts and its figure as SVG (static: no plotly.js on the first page a visitor sees)."""
+    ex = divide_and_conquer_example()
+    facts = {k: ex[k] for k in ("duration_s", "true_class", "intruder_class", "snippet_s", "overlap_s")}
+    facts["n_snippets"] = len(ex["starts"])
+    return facts, divide_and_conquer_svg(ex)
 
 
 @guarded()
@@ -25,11 +29,11 @@ def main() -> None:
         "and try any trained model on a clip of your own.")
 
     st.subheader("The idea, computed")
-    ex = _example()
-    st.plotly_chart(divide_and_conquer_figure(ex), config={"displayModeBar": False}, key="dc_figure")
+    ex, svg = _example()
+    st.image(svg, width="stretch", alt="the divide-and-conquer idea, computed")
     st.caption(
         f"A {ex['duration_s']:.0f}-second synthetic “{ex['true_class']}” texture with a passage that sounds like "
-        f"“{ex['intruder_class']}”, computed live. It is cut into {len(ex['starts'])} snippets of "
+        f"“{ex['intruder_class']}”, computed live. It is cut into {ex['n_snippets']} snippets of "
         f"{ex['snippet_s']:g} s overlapping by {ex['overlap_s']:g} s (the article's setting); each snippet gets a "
         "score per class, and the scores are summed. A snippet can be fooled, the sum rarely is. "
         "(Here the scores come from a simple spectral template matcher so the page works without a model; in "

@@ -150,7 +150,7 @@ def take(url: str, out: Path, clip: Path) -> None:
         try:
             pg.goto(url)
             pg.get_by_role("heading", name="Genre Lab").wait_for()
-            pg.locator(".js-plotly-plot").first.wait_for()
+            pg.locator('img[alt="the divide-and-conquer idea, computed"]').first.wait_for()
             settle(pg)
             check_no_error(pg, "home")
             shot(pg, out / "home.png")

@@ -112,7 +112,7 @@ def test_home_without_data(empty_home):
     assert_clean(at)
     assert not at.error
     assert texts(at.title) == ["Genre Lab"]
-    assert len(at.get("plotly_chart")) == 1  # the divide-and-conquer figure, computed
+    assert len(at.get("image")) == 1  # the divide-and-conquer figure, computed (a static SVG: no plotly.js)
     captions = " ".join(texts(at.caption))
     assert "No dataset built yet" in captions and "No experiment run here yet" in captions
 

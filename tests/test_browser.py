@@ -149,9 +149,10 @@ def test_deep_link_first(page, server):
 def test_home(page, server):
     page.goto(server)
     page.get_by_role("heading", name="Genre Lab").wait_for()
-    page.locator(".js-plotly-plot").first.wait_for()
+    page.locator('img[alt="the divide-and-conquer idea, computed"]').first.wait_for()
     _settle(page)
     _no_error(page)
+    assert page.locator(".js-plotly-plot").count() == 0  # static SVG: no plotly.js on the first page
     _shot(page, "01-home.png")
 
 

@@ -68,3 +68,29 @@ def test_home_page_imports_neither_tensorflow_nor_librosa(tmp_path):
     p = _run(code)
     assert p.returncode == 0, p.stderr[-3000:]
     assert _heavy(p.stderr) == []
+
+
+def test_home_figure_is_a_well_formed_svg():
+    import xml.etree.ElementTree as ET
+
+    from core.dashboard_support import divide_and_conquer_example
+    from ui.svg_figures import divide_and_conquer_svg
+
+    ex = divide_and_conquer_example()
+    svg = divide_and_conquer_svg(ex)
+    root = ET.fromstring(svg)  # parses: well-formed
+    assert root.tag.endswith("svg") and root.get("viewBox") == "0 0 1100 470"
+    text = " ".join(t.text or "" for t in root.iter() if t.tag.endswith(("text", "tspan")))
+    for c in ex["classes"]:
+        assert c in text
+    assert "track → " in text and ex["true_class"] in text  # the sum gets the track right
+    assert len(svg) < 60_000
+
+
+def test_streamlit_does_not_watch_the_data_home():
+    """./data (the default data home) sits inside the app folder: the watcher must not follow writes there."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert cfg["fileWatcherType"] == "poll"  # watches the app's own files only, no recursive inotify on ./
+    assert "data" in cfg["folderWatchBlacklist"] and cfg["runOnSave"] is False
