@@ -47,8 +47,8 @@ def main() -> None:
     c1, c2, c3 = st.columns(3, border=True)
     with c1:
         st.page_link("app_pages/1_data.py", label="**Data**", icon=":material/library_music:")
-        st.write("Point at a folder of music (one sub-folder per genre), upload a zip or download GTZAN, "
-                 "and build a snippet dataset. Explore tracks, snippets and spectrograms.")
+        st.write("Point at a folder of music (one sub-folder per genre), upload a zip or download Emotify or "
+                 "GTZAN, and build a snippet dataset. Explore tracks, snippets and spectrograms.")
         st.caption(f"{n_ds} dataset{'s' if n_ds != 1 else ''} built" if n_ds else "No dataset built yet.")
     with c2:
         st.page_link("app_pages/2_experiment.py", label="**Experiment**", icon=":material/science:")
