@@ -440,6 +440,15 @@ class Predictor:
 
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r} (use one of {AGGREGATIONS})")
+        if type(self).predict_array is not Predictor.predict_array \
+                or type(self).window_features is not Predictor.window_features:
+            # a predictor with its own front end (e.g. core.embeddings' musicnn): its whole-signal path
+            from core.audio import load_audio
+
+            y = load_audio(path, self.sample_rate)
+            if not np.any(y):
+                raise AudioError("digital silence: nothing to classify")
+            return self.predict_array(y, None, window_s, hop_s, aggregation)
         t0 = time.perf_counter()
         sr = self.sample_rate
         p = self.params
