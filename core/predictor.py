@@ -591,7 +591,8 @@ def _cli_predict(a) -> int:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # only matters if the model needs the Keras fallback
     _quiet_backend_logs()
     try:  # NumPy inference when the model allows it (no TensorFlow import), else Keras
-        pred = make_predictor(a.model)
+        with _without_tensorflow_banner():
+            pred = make_predictor(a.model)
     except PredictorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -650,6 +651,39 @@ def _predict_header(pred: "Predictor", a) -> str:
     return (f"# model {name} ({pred.model_path}), {len(pred.classes)} classes: {', '.join(pred.classes)}\n"
             f"# {how}; {backend} inference\n"
             "file\tclass\tscore\twindows")
+
+
+#: What TensorFlow's C++ side prints on import and on its first graph whatever TF_CPP_MIN_LOG_LEVEL says
+#: ("All log messages before absl::InitializeLog() ...", "I0000 ... port.cc:153] oneDNN custom operations ...").
+_TF_BANNER = ("All log messages before absl::InitializeLog()", "oneDNN custom operations", "cpu_feature_guard",
+              "Unable to register cu", "TF-TRT Warning", "computation placer already registered")
+
+
+class _without_tensorflow_banner:
+    """Capture file descriptor 2 while the predictor is built (TensorFlow's import and warm-up happen there, when
+    the Keras fallback is needed) and pass on every line that is not TensorFlow's start-up banner."""
+
+    def __enter__(self):
+        import tempfile
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._tmp = tempfile.TemporaryFile(mode="w+b")
+        os.dup2(self._tmp.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        kept = [ln for ln in self._tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if not any(b in ln for b in _TF_BANNER)]
+        self._tmp.close()
+        if kept:
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+        return False
 
 
 def _quiet_backend_logs() -> None:

@@ -94,3 +94,16 @@ def test_streamlit_does_not_watch_the_data_home():
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert cfg["fileWatcherType"] == "poll"  # watches the app's own files only, no recursive inotify on ./
     assert "data" in cfg["folderWatchBlacklist"] and cfg["runOnSave"] is False
+
+
+@pytest.mark.slow
+def test_predict_cli_keras_fallback_prints_no_tensorflow_banner(clip):
+    if not (MODEL / "model_card.json").is_file():
+        pytest.skip("the shipped model models/emotify-crnn is absent")
+    env = dict(__import__("os").environ, GENRELAB_INFERENCE="keras")
+    p = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(MODEL), str(clip)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "Keras inference" in p.stderr and p.stdout.strip().endswith("9 windows")
+    for noise in ("absl::InitializeLog", "oneDNN", "I0000", "tensorflow"):
+        assert noise not in p.stderr, p.stderr
