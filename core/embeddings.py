@@ -47,6 +47,9 @@ from core.predictor import PredictionResult, Predictor
 from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
 
 KIND = "musicnn"
+#: the head the "musicnn" model kind trains: chosen on Emotify's VALIDATION track-level accuracy among four
+#: settings (5 seeds each; docs/musicnn.md), never on the test split
+DEFAULT_HEAD = {"hidden": 128, "dropout": 0.5, "lr": 3e-4, "l2": 1e-3, "monitor": "val_track_accuracy"}
 EMBED_DIRNAME = "embeddings-msd-musicnn"
 EMBED_FORMAT = 1
 SPLITS = ("train", "val", "test")
@@ -332,6 +335,19 @@ class HeadResult:
     def best_val_accuracy(self) -> float:
         return float(self.history[self.best_epoch - 1].get("val_accuracy", float("nan")))
 
+    # the fields of core.train.TrainResult that the experiment loop reads
+    @property
+    def best_value(self) -> float | None:
+        return self.history[self.best_epoch - 1].get(self.monitor) if self.history else None
+
+    @property
+    def best_val_loss(self) -> float:
+        return float(self.history[self.best_epoch - 1].get("val_loss", float("nan"))) if self.history else float("nan")
+
+    @property
+    def stop_reason(self) -> str:
+        return f"best {self.monitor} at epoch {self.best_epoch} of {self.epochs_run}"
+
 
 def _xent(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)))) if len(y) else float("nan")
@@ -340,13 +356,15 @@ def _xent(p: np.ndarray, y: np.ndarray) -> float:
 def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int = 0,
                          run_dir: str | os.PathLike | None = None, *, epochs: int = 60, batch_size: int = 64,
                          lr: float = 1e-3, dropout: float = 0.3, l2: float = 1e-4, patience: int = 20,
-                         model_dir: str | os.PathLike | None = None, save_model: bool = True,
-                         on_epoch: Callable[[dict], None] | None = None) -> HeadResult:
+                         monitor: str = "val_accuracy", model_dir: str | os.PathLike | None = None,
+                         save_model: bool = True, on_epoch: Callable[[dict], None] | None = None) -> HeadResult:
     """Train a classifier head on a dataset's cached musicnn embeddings (:func:`embed_dataset` first).
 
     Seeded (``keras.utils.set_random_seed(seed)``: initialisation, shuffling, dropout). Keeps the epoch with the
-    best validation snippet accuracy (ties: lower validation loss); stops after ``patience`` epochs without a
-    better one. With ``run_dir`` and ``save_model``, writes ``best.keras`` (musicnn + head in one model),
+    best validation snippet accuracy (ties: lower validation loss), or with ``monitor="val_track_accuracy"``
+    the best validation track-level accuracy (the 1 s windows of each validation track, scores summed: the
+    evaluation's rule; ties: snippet accuracy, then loss); stops after ``patience`` epochs without a better
+    one. With ``run_dir`` and ``save_model``, writes ``best.keras`` (musicnn + head in one model),
     ``head.keras``, ``history.json`` and ``model_card.json`` (kind ``"musicnn"``).
     """
     import keras
@@ -366,7 +384,13 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
     head = build_head(len(classes), hidden, dropout, l2, mean, var)
     head.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     has_val = len(y["val"]) > 0
-    best = (-1.0, np.inf)
+    if monitor not in ("val_accuracy", "val_track_accuracy"):
+        raise ValueError("monitor must be 'val_accuracy' or 'val_track_accuracy'")
+    track_y = None
+    if monitor == "val_track_accuracy" and has_val and len(emb.W["val"]):
+        track_ids, track_pos = np.unique(emb.W_track["val"], return_inverse=True)
+        track_y = np.array([classes.index(c) for c in ds.manifest.loc[track_ids, "class"]])
+    best: tuple = (-np.inf,)
     best_w, best_epoch, wait, history = head.get_weights(), 1, 0, []
     for epoch in range(1, epochs + 1):
         h = head.fit(emb.E["train"], y["train"], batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
@@ -376,13 +400,20 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
             p = np.asarray(p)
             rec["val_loss"] = _xent(p, y["val"])
             rec["val_accuracy"] = float((p.argmax(1) == y["val"]).mean())
-            key = (rec["val_accuracy"], rec["val_loss"])
-            improved = key[0] > best[0] or (key[0] == best[0] and key[1] < best[1])
+            if track_y is not None:
+                pw = np.asarray(head.predict(emb.W["val"], batch_size=4096, verbose=0))
+                sums = np.zeros((len(track_ids), pw.shape[1]))
+                np.add.at(sums, track_pos, pw)
+                rec["val_track_accuracy"] = float((sums.argmax(1) == track_y).mean())
+                key = (rec["val_track_accuracy"], rec["val_accuracy"], -rec["val_loss"])
+            else:
+                key = (rec["val_accuracy"], -rec["val_loss"])
+            improved = key > best
         else:
             improved = True
         history.append(rec)
         if improved:
-            best = (rec.get("val_accuracy", 0.0), rec.get("val_loss", 0.0))
+            best = key if has_val else best
             best_w, best_epoch, wait = head.get_weights(), epoch, 0
         else:
             wait += 1
@@ -396,12 +427,12 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
     wscores = {s: np.asarray(head.predict(emb.W[s], batch_size=1024, verbose=0), np.float64) if len(emb.W[s])
                else np.zeros((0, len(classes))) for s in WINDOW_SPLITS}
     res = HeadResult(Path(run_dir) if run_dir else None, int(seed), int(hidden), classes, best_epoch, len(history),
-                     history, scores, wscores, 0.0,
+                     history, scores, wscores, 0.0, monitor=monitor,
                      extra={"embeddings": str(emb.path), "hop_s": emb.card.get("hop_s", 1.0)})
     if run_dir and save_model:
         save_head_model(run_dir, head, ds, emb, res, model_dir=model_dir,
                         config={"hidden": hidden, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                                "dropout": dropout, "l2": l2, "patience": patience})
+                                "dropout": dropout, "l2": l2, "patience": patience, "monitor": monitor})
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -671,7 +702,8 @@ def _cmd_heads(a) -> int:
     for hidden in [int(h) for h in str(a.hidden).split(",")]:
         for seed in _parse_seeds(a.seeds):
             run_dir = Path(a.out) / f"musicnn-h{hidden}-s{seed}" if a.out else None
-            r = train_embedding_head(a.dataset, seed, hidden, run_dir, epochs=a.epochs, model_dir=a.model_dir)
+            r = train_embedding_head(a.dataset, seed, hidden, run_dir, epochs=a.epochs, lr=a.lr, dropout=a.dropout,
+                                     l2=a.l2, patience=a.patience, monitor=a.monitor, model_dir=a.model_dir)
             res = embedding_results(ds, r)
             row = {"hidden": hidden, "seed": seed, "best_epoch": r.best_epoch, "seconds": round(r.seconds, 1)}
             row.update({f"{lvl}/{sp}": round(v["metrics"]["accuracy"], 4) for (lvl, sp), v in res.items()
@@ -685,7 +717,81 @@ def _cmd_heads(a) -> int:
     print(df.groupby("hidden")[cols].agg(["mean", "std"]).round(4).to_string())
     if a.csv:
         df.to_csv(a.csv, index=False)
+    if a.ship:
+        if not a.out:
+            print("error: --ship needs --out (the runs to choose from)", file=sys.stderr)
+            return 2
+        # best validation track-level (sum) accuracy, then validation segment accuracy, then the lower seed
+        best = sorted(rows, key=lambda r: (-r["track_sum/val"], -r["segment/val"], r["hidden"], r["seed"]))[0]
+        run = Path(a.out) / f"musicnn-h{best['hidden']}-s{best['seed']}"
+        command = "python -m core embedding-heads " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
+        dest = ship_head_model(run, Path(a.ship), ds, accuracy={k: v for k, v in best.items() if "/" in k},
+                               selected_by=f"best validation track-level (sum) accuracy among {len(rows)} runs "
+                                           f"(hidden {a.hidden}, seeds {a.seeds})",
+                               command=command, n_runs=len(rows))
+        print(f"shipped {run.name} -> {dest}")
     return 0
+
+
+def ship_head_model(run_dir: str | os.PathLike, dest: str | os.PathLike, dataset, accuracy: dict,
+                    selected_by: str, command: str = "", n_runs: int = 1) -> Path:
+    """Copy a head run (``best.keras`` = musicnn + head) into a model folder: ``model.keras``,
+    ``model_card.json`` (training data, split, measured accuracy, selection, command, commit) and
+    ``MODEL_CARD.md``."""
+    import subprocess
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    card = read_json(run_dir / "model_card.json")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / ".model.tmp.keras"
+    shutil.copyfile(run_dir / "best.keras", tmp)
+    tmp.replace(dest / "model.keras")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    counts = dataset.card.get("counts", {})
+    source = Path(str(dataset.card.get("source", "") or dataset.path)).name
+    name = dest.name
+    card.update({
+        "model_file": "model.keras", "name": name, "dataset": None,
+        "description": f"{len(dataset.classes)}-genre classifier ({', '.join(dataset.classes)}): musicnn (MSD_musicnn, "
+                       f"Pons & Serra 2019) 200-d embeddings of 3 s windows + a head trained on "
+                       f"{counts.get('train', {}).get('tracks', '?')} tracks; windows vote by summed scores.",
+        "training_data": {"source": source, "classes": dataset.classes,
+                          "tracks": {s: counts.get(s, {}).get("tracks") for s in SPLITS},
+                          "snippets": {s: counts.get(s, {}).get("snippets") for s in SPLITS},
+                          "split": dataset.card.get("split")},
+        "accuracy": accuracy, "selected_by": selected_by,
+        "reproduction": {"command": command, "commit": commit, "n_runs": n_runs,
+                         "dataset_command": f"python -m core build-dataset SRC DATASET --max-snippets "
+                                            f"{dataset.params.max_snippets}"},
+    })
+    write = __import__("core.predictor", fromlist=["write_model_card"]).write_model_card
+    write(dest, card)
+    acc = "; ".join(f"{k} {v:.1%}" for k, v in sorted(accuracy.items()))
+    head = card.get("head", {})
+    (dest / "MODEL_CARD.md").write_text(f"""# {name}
+
+{card['description']}
+
+- **Classes** ({len(dataset.classes)}): {', '.join(dataset.classes)}
+- **Model**: musicnn MSD_musicnn (792k parameters, frozen; converted from the musicnn 0.1.0 wheel, ISC licence,
+  see `models/msd-musicnn/MODEL_CARD.md`) -> 200-d penultimate embedding -> head (hidden {head.get('hidden')},
+  dropout {head.get('dropout')}, L2 {head.get('l2')}, Adam {head.get('lr')}, best epoch {head.get('best_epoch')} by
+  {head.get('monitor')}); {card.get('n_params', 0):,} parameters in `model.keras`
+- **Input**: mono 16 kHz, musicnn log-mel (n_fft 512, hop 256, 96 Slaney mel bands, log10(10000 x + 1)), 3 s
+  windows (187 frames) every 1 s, scores summed over the windows
+- **Training data**: {source}, {counts.get('train', {}).get('tracks')} training tracks, {counts.get('val', {}).get('tracks')} validation,
+  {counts.get('test', {}).get('tracks')} test (track-wise split of the dataset build)
+- **Measured** (this run): {acc}
+- **Selected** as the {selected_by}; produced by `{command}` at commit {commit}
+- **Citation**: {mn.CITATION}
+
+Development figures on a small set: expect lower accuracy on music unlike the training data.
+""")
+    return dest
 
 
 def register_cli(sub) -> None:
@@ -705,8 +811,15 @@ def register_cli(sub) -> None:
     h.add_argument("--seeds", default="0-4", help="e.g. 5, 0-4 or 0,3,7 (%(default)s)")
     h.add_argument("--hidden", default="0,128", help="comma list of hidden sizes, 0 = linear (%(default)s)")
     h.add_argument("--epochs", type=int, default=60)
+    h.add_argument("--lr", type=float, default=1e-3)
+    h.add_argument("--dropout", type=float, default=0.3)
+    h.add_argument("--l2", type=float, default=1e-4)
+    h.add_argument("--patience", type=int, default=20)
+    h.add_argument("--monitor", choices=("val_accuracy", "val_track_accuracy"), default="val_accuracy")
     h.add_argument("--hop", type=float, default=1.0)
     h.add_argument("--model-dir", default=None)
     h.add_argument("--out", default=None, help="save each run (musicnn + head model, card) under this folder")
     h.add_argument("--csv", default=None, help="write the per-run table here")
+    h.add_argument("--ship", default=None, metavar="MODEL_DIR",
+                   help="copy the run with the best validation track-level accuracy into MODEL_DIR (needs --out)")
     h.set_defaults(func=_cmd_heads)

@@ -372,6 +372,10 @@ class LitePredictor(Predictor):
 def make_predictor(model_path: str | os.PathLike, prefer_lite: bool = True, **kwargs) -> Predictor:
     """A :class:`LitePredictor` when the model is supported (and ``prefer_lite``), else the Keras
     :class:`core.predictor.Predictor`. ``$GENRELAB_INFERENCE=keras`` forces Keras."""
+    from core.embeddings import MusicnnPredictor, is_musicnn_model
+
+    if is_musicnn_model(model_path):  # musicnn + head (core.embeddings): Keras, musicnn's own front end
+        return MusicnnPredictor(model_path, card=kwargs.get("card"), batch_size=kwargs.get("batch_size", 32))
     if prefer_lite and os.environ.get("GENRELAB_INFERENCE", "").lower() != "keras":
         try:
             return LitePredictor(model_path, **kwargs)

@@ -87,7 +87,7 @@ TRAINING_DATA = {
     "MTT_musicnn": "MagnaTagATune (top-50 tags), ~19k training clips",
 }
 WEIGHTS_FILE = "musicnn.weights.npz"
-CARD_FILE = "model_card.json"
+CARD_FILE = "musicnn_card.json"  # not model_card.json: a tagger, not one of the classifiers the demo lists
 
 #: the input representation, as stored in every card
 INPUT_PARAMS = {
@@ -491,7 +491,7 @@ def model_card_md(card: dict) -> str:
   {inp['n_mels']} mel bands (Slaney scale and normalisation, 0 to {inp['fmax']:.0f} Hz), centred frames with reflect
   padding, periodic Hann window, power 2, cast to float16, `log10(10000 x + 1)`; patches of {inp['patch_frames']}
   frames ({inp['patch_seconds']:.0f} s). `core.musicnn.log_mel` computes it in NumPy.
-* **Outputs**: 50 sigmoid tags (`labels` in `model_card.json`) and the 200-d `penultimate` layer (the embedding).
+* **Outputs**: 50 sigmoid tags (`labels` in `musicnn_card.json`) and the 200-d `penultimate` layer (the embedding).
 * **Citation**: {card['citation']}
 
 ## Licence (checked)
@@ -675,7 +675,7 @@ def _cmd_tag(args) -> int:
 def register_cli(sub) -> None:
     p = sub.add_parser("convert-musicnn", help="convert musicnn's TF1 checkpoint (musicnn 0.1.0 wheel) to Keras 3",
                        description="Read MSD_musicnn or MTT_musicnn from the musicnn 0.1.0 wheel with TensorFlow's "
-                                   "checkpoint reader and write OUT_DIR: musicnn.weights.npz, model_card.json, "
+                                   "checkpoint reader and write OUT_DIR: musicnn.weights.npz, musicnn_card.json, "
                                    "MODEL_CARD.md (source, ISC licence, citation, input parameters).")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--wheel", help="path of musicnn-0.1.0-py3-none-any.whl (pip download musicnn==0.1.0 --no-deps)")

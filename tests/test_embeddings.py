@@ -117,7 +117,10 @@ def test_head_trains_saves_and_predicts_like_the_audio_path(embedded, tmp_path, 
     assert card["kind"] == "musicnn" and card["musicnn_input"]["sample_rate"] == 16000
     assert card["params"]["sample_rate"] == 16000 and card["params"]["n_mels"] == 96
     assert is_musicnn_model(run)
-    pred = MusicnnPredictor(run)
+    from core.lite_inference import make_predictor
+
+    pred = make_predictor(run)  # the demo's and `predict`'s entry point
+    assert isinstance(pred, MusicnnPredictor)
     row = ds.tracks("test").iloc[0]
     out = pred.predict_file(row["abs_path"])
     assert out.n_windows == 6 and out.window_scores.shape == (6, 3)
@@ -158,3 +161,14 @@ def test_short_clip_is_repeat_padded(embedded, tmp_path):
     pred = MusicnnPredictor(run)
     r = pred.predict_array(np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1, 16000)
     assert r.n_windows == 1 and any("repeat-padded" in n for n in r.notes)
+
+
+def test_head_selected_on_validation_track_accuracy(embedded):
+    from core.embeddings import train_embedding_head
+
+    path, _, _ = embedded
+    r = train_embedding_head(path, seed=1, hidden=0, epochs=4, monitor="val_track_accuracy")
+    assert all("val_track_accuracy" in h for h in r.history)
+    assert r.best_value == max(h["val_track_accuracy"] for h in r.history) and r.monitor == "val_track_accuracy"
+    with pytest.raises(ValueError):
+        train_embedding_head(path, seed=1, epochs=1, monitor="loss")

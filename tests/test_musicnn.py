@@ -94,7 +94,7 @@ def test_pool_permutation_undoes_tf_interleaving():
 
 
 def test_shipped_model_card():
-    card = json.loads((MODEL_DIR / "model_card.json").read_text())
+    card = json.loads((MODEL_DIR / "musicnn_card.json").read_text())
     assert card["model"] == "MSD_musicnn" and card["licence"]["name"] == "ISC"
     assert "Permission to use, copy, modify, and/or distribute" in card["licence"]["text"]
     assert card["input"]["sample_rate"] == 16000 and card["input"]["n_mels"] == 96
