@@ -461,25 +461,10 @@ def train_demo_model(out_dir: str | os.PathLike, *, n_classes: int = 4, per_clas
 
 
 def recalibrate_batchnorm(model, X: np.ndarray) -> None:
-    """Set every BatchNormalization layer's moving statistics to the exact statistics of ``X`` (one forward
-    pass in training mode with momentum 0 and dropout off). A model trained for only a few dozen steps has
-    moving averages still close to their initial values, which makes its inference-mode output useless."""
-    import keras
+    """Batch-norm statistics of ``model`` set to those of ``X`` (see :func:`core.train.recalibrate_batchnorm`)."""
+    from core.train import recalibrate_batchnorm as recalibrate
 
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
-    momenta, rates = [b.momentum for b in bns], [d.rate for d in drops]
-    try:
-        for b in bns:
-            b.momentum = 0.0
-        for d in drops:
-            d.rate = 0.0
-        model(np.asarray(X, dtype=np.float32), training=True)
-    finally:
-        for b, m in zip(bns, momenta):
-            b.momentum = m
-        for d, r in zip(drops, rates):
-            d.rate = r
+    recalibrate(model, [X])
 
 
 def _accuracy(model, ds, norm_method: str) -> float | None:

@@ -343,7 +343,8 @@ def register_cli(sub) -> None:
 #: TrainConfig fields that the command line can set (dest names of :func:`add_training_args`)
 TRAINING_ARGS = ("max_epochs", "lr", "batch_size", "patience", "lr_patience", "lr_factor", "norm_method", "dropout",
                  "max_train_batches", "precision", "monitor", "schedule", "warmup_epochs", "label_smoothing",
-                 "time_masks", "freq_masks", "mixup", "snippets_per_track", "snippet_selection", "full_crop", "arch")
+                 "time_masks", "freq_masks", "mixup", "snippets_per_track", "snippet_selection", "full_crop", "arch",
+                 "bn_recalibrate")
 
 
 def add_training_args(p) -> None:
@@ -374,6 +375,8 @@ def add_training_args(p) -> None:
                    help="first: the same snippets every epoch; random: re-drawn every epoch")
     g.add_argument("--full-crop", choices=["first", "random"],
                    help="30 s model: the first 30 s, or a random 30 s crop re-drawn every epoch")
+    g.add_argument("--bn-recalibrate", type=int,
+                   help="re-estimate batch-norm statistics on this many training samples after each epoch (0 = off)")
     g.add_argument("--arch", choices=["standard", "lean"],
                    help="CRNN design: standard (BN + ELU, then max-pool), or lean (max-pool first, no BN on the "
                         "first block: ~1.3x less CPU per sample)")

@@ -24,8 +24,11 @@ default) the lowest loss. Early stopping and reduce-LR-on-plateau watch the same
 smoothing, SpecAugment-style time/frequency masks, mixup, a per-epoch snippet selection (``random``: a fresh
 draw of ``snippets_per_track`` snippets of each training track every epoch) and, for the 30 s model, a fresh
 random 30 s crop of each training track every epoch (``full_crop="random"``; needs a full-clip dataset that
-stores more than 30 s, ``FeatureParams.full_store_s``). Every random choice is a pure function of
-``(seed, epoch, batch)``, so resumed runs stay exact.
+stores more than 30 s, ``FeatureParams.full_store_s``), and ``bn_recalibrate``: after each epoch the
+batch-norm statistics are re-estimated on a fixed-size sample of training data with dropout off (the moving
+averages lag the weights and carry dropout's variance shift: on small data a model whose training accuracy
+climbs can score at chance in inference mode; measured in ``results/ablation``). Every random choice is a pure
+function of ``(seed, epoch, batch)``, so resumed runs stay exact.
 
 An epoch commits as: write ``last.next-E.keras`` (and ``best.next-E.keras``), write ``state.json``, rename the
 ``*.next-E.keras`` files into place. A crash at any point leaves either the old or the new epoch, never a mix:
@@ -93,6 +96,7 @@ class TrainConfig:
     snippet_selection: str = "first"  # "first" (the same ones every epoch) or "random" (re-drawn every epoch)
     full_crop: str = "first"  # 30 s model: "first" 30 s, or "random" crop re-drawn every epoch
     arch: str = "standard"  # CRNN architecture (core.models.ARCHS): "standard" or "lean"
+    bn_recalibrate: int = 0  # after each epoch, re-estimate batch-norm statistics on this many training samples
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1:
@@ -115,6 +119,8 @@ class TrainConfig:
             raise TrainError("mask counts, mask widths and mixup must be >= 0")
         if self.warmup_epochs < 0:
             raise TrainError("warmup_epochs must be >= 0")
+        if self.bn_recalibrate < 0:
+            raise TrainError("bn_recalibrate must be >= 0 (0 = off)")
         if self.snippets_per_track < 0:
             raise TrainError("snippets_per_track must be >= 0 (0 = all)")
         if self.snippet_selection not in ("first", "random"):
@@ -144,7 +150,8 @@ class TrainConfig:
 
 MONITORS = ("val_loss", "val_accuracy", "val_track_accuracy")
 _V2_FIELDS = ("monitor", "schedule", "warmup_epochs", "label_smoothing", "time_masks", "time_mask_frames",
-              "freq_masks", "freq_mask_bins", "mixup", "snippets_per_track", "snippet_selection", "full_crop", "arch")
+              "freq_masks", "freq_mask_bins", "mixup", "snippets_per_track", "snippet_selection", "full_crop", "arch",
+              "bn_recalibrate")
 _V2_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in _V2_FIELDS}
 
 
@@ -214,6 +221,14 @@ class SnippetSequence(keras.utils.PyDataset):
         T = self.crop_frames
         return np.stack([self.X[j, o:o + T] for j, o in zip(idx, self.offsets[idx])])
 
+    def calibration_batches(self, n: int, epoch: int):
+        """``n`` training rows (without augmentation) drawn from ``default_rng([seed, epoch, 5])``, in batches."""
+        from core.dataset import apply_norm
+
+        rows = np.sort(np.random.default_rng([self.seed, epoch, 5]).permutation(self.order)[:n])
+        for a in range(0, len(rows), self.batch_size):
+            yield apply_norm(self.rows(rows[a:a + self.batch_size]), self.norm, self.method)[..., None]
+
     def __getitem__(self, i: int):
         idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
         from core.dataset import apply_norm
@@ -226,6 +241,31 @@ class SnippetSequence(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:  # the epoch loop sets the order explicitly
         pass
+
+
+def recalibrate_batchnorm(model, batches) -> int:
+    """Set every BatchNormalization layer's moving statistics to the average of its batch statistics over
+    ``batches`` (forward passes in training mode, dropout off, no weight update); returns the number of layers.
+    A model trained for few steps, or with dropout before a batch norm, otherwise infers with statistics that
+    do not match its weights."""
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    if not bns:
+        return 0
+    momenta, rates = [b.momentum for b in bns], [d.rate for d in drops]
+    try:
+        for d in drops:
+            d.rate = 0.0
+        for k, x in enumerate(batches, start=1):
+            for b in bns:
+                b.momentum = (k - 1) / k  # a running mean of the batch statistics
+            model(np.asarray(x, dtype=np.float32), training=True)
+    finally:
+        for b, m in zip(bns, momenta):
+            b.momentum = m
+        for d, r in zip(drops, rates):
+            d.rate = r
+    return len(bns)
 
 
 def _groups(tracks) -> list[np.ndarray]:
@@ -547,6 +587,8 @@ def train_run(
             stopped = True
             break
         logs = {k: float(v[-1]) for k, v in h.history.items()}
+        if config.bn_recalibrate:
+            recalibrate_batchnorm(model, train_seq.calibration_batches(config.bn_recalibrate, epoch))
         val = validation_metrics(model.predict(val_seq, verbose=0), val_y, val_tracks)
         rec = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"), **val,
                "lr": state["lr"] if lr_at is None else cosine_lr(config, epoch * n_batches, n_batches),

@@ -116,7 +116,8 @@ def test_recommended_recipe_resumes_exactly(tiny, tmp_path):
     from core.train import train_run
 
     cfg = _cfg(max_epochs=3, schedule="cosine", monitor="val_track_accuracy", snippets_per_track=3,
-               snippet_selection="random", label_smoothing=0.1, time_masks=1, freq_masks=1, mixup=0.2)
+               snippet_selection="random", label_smoothing=0.1, time_masks=1, freq_masks=1, mixup=0.2,
+               bn_recalibrate=16)
     straight = train_run(tiny, "snippet", 2, cfg, tmp_path / "straight")
     calls = {"n": 0}
 
@@ -135,6 +136,26 @@ def test_recommended_recipe_resumes_exactly(tiny, tmp_path):
     assert hist[0]["lr"] < hist[1]["lr"]  # warm-up, then decay
     with pytest.raises(Exception, match="max_epochs"):  # the cosine curve depends on max_epochs
         train_run(tiny, "snippet", 2, _cfg(**{**cfg.full_dict(), "max_epochs": 5}), tmp_path / "resumed")
+
+
+def test_batchnorm_recalibration_sets_the_population_statistics_with_dropout_off():
+    import keras
+
+    from core.models import build_snippet_crnn
+    from core.train import recalibrate_batchnorm
+
+    m = build_snippet_crnn(3, n_mels=16, dropout=0.5)
+    bn = m.get_layer("block1_bn")
+    w = bn.get_weights()
+    w[2][:] = 100.0  # garbage moving mean
+    bn.set_weights(w)
+    x = np.random.default_rng(0).random((24, 40, 16, 1)).astype(np.float32)
+    conv = keras.Model(m.input, m.get_layer("block1_conv").output)
+    h = keras.ops.convert_to_numpy(conv(x))
+    assert recalibrate_batchnorm(m, [x[:12], x[12:]]) == 4
+    mean = bn.get_weights()[2]
+    assert np.allclose(mean, h.mean(axis=(0, 1, 2)), atol=1e-4)  # average of the two batches' means
+    assert m.get_layer("block1_drop").rate == 0.5 and bn.momentum == 0.9  # restored
 
 
 def test_random_full_crops_stay_inside_each_track_and_validation_uses_the_first(tmp_path):
