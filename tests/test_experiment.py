@@ -105,7 +105,10 @@ def test_bad_input_gives_clear_errors_and_overwrites_nothing(tiny_ds, tmp_path):
         rx(tiny_ds, tmp_path / "s2", seeds=[0], models=["snippet"], config=cfg)
     assert (rd / "last.keras").read_bytes() == b"garbage"
     assert store.get_run(run["id"])["status"] == "failed"
-    assert not (tmp_path / "s2" / ".lock").exists()  # the lock is released on errors
+    from core.jobs import StoreLock
+
+    assert StoreLock(tmp_path / "s2").holder() is None  # the lock is released on errors
+    assert not (tmp_path / "s2" / ".lock.json").exists()
     # the dataset's feature parameters changed under a resumed run
     state = json.loads((rd / "state.json").read_text())
     state["dataset"]["params"]["n_mels"] = 64
