@@ -161,6 +161,8 @@ def embed_dataset(dataset_path: str | os.PathLike, model_dir: str | os.PathLike 
         ds = load_dataset(dataset_path)
     except DatasetError as exc:
         raise EmbeddingError(str(exc)) from exc
+    if ds.params.mode == "full":
+        raise EmbeddingError(f"{ds.path} is a full-clip dataset: embed the snippet dataset it was derived from")
     emb = embedder or MusicnnEmbedder(model_dir, batch_size)
     ident = emb.identity()
     key = stable_hash({"build_id": ds.card.get("build_id"), "model": ident, "hop_s": float(hop_s),
@@ -254,7 +256,7 @@ def embed_dataset(dataset_path: str | os.PathLike, model_dir: str | os.PathLike 
         "classes": ds.classes, "counts": counts, "hop_s": float(hop_s), "input": dict(mn.INPUT_PARAMS),
         "snippet_rule": "3 s patch (187 frames) of the track's 16 kHz musicnn log-mel at each snippet's start "
                         "(nearest frame); starts within 3 s of the end moved back so the patch fits",
-        "moved_to_fit": moved_total, "seconds": round(time.perf_counter() - t0, 2),
+        "dataset_snippet_s": ds.params.snippet_s, "moved_to_fit": moved_total, "seconds": round(time.perf_counter() - t0, 2),
         "versions": {"numpy": np.__version__, "keras": keras.__version__, "backend": keras.backend.backend()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -411,6 +413,7 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
             improved = key > best
         else:
             improved = True
+        rec["best"], rec["monitor"] = bool(improved), monitor  # as core.train marks epochs (the store reads them)
         history.append(rec)
         if improved:
             best = key if has_val else best

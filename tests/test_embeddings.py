@@ -170,5 +170,8 @@ def test_head_selected_on_validation_track_accuracy(embedded):
     r = train_embedding_head(path, seed=1, hidden=0, epochs=4, monitor="val_track_accuracy")
     assert all("val_track_accuracy" in h for h in r.history)
     assert r.best_value == max(h["val_track_accuracy"] for h in r.history) and r.monitor == "val_track_accuracy"
+    # epochs are marked like core.train's (the experiment store takes the last "best" epoch)
+    assert [h["epoch"] for h in r.history if h["best"]][-1] == r.best_epoch
+    assert all(h["monitor"] == "val_track_accuracy" for h in r.history)
     with pytest.raises(ValueError):
         train_embedding_head(path, seed=1, epochs=1, monitor="loss")
