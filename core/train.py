@@ -97,6 +97,7 @@ class TrainConfig:
     full_crop: str = "first"  # 30 s model: "first" 30 s, or "random" crop re-drawn every epoch
     arch: str = "standard"  # CRNN architecture (core.models.ARCHS): "standard" or "lean"
     bn_recalibrate: int = 0  # after each epoch, re-estimate batch-norm statistics on this many training samples
+    full_batch_size: int = 0  # batch size of the 30 s model (0 = batch_size): it has ~14x fewer samples per epoch
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1:
@@ -119,6 +120,8 @@ class TrainConfig:
             raise TrainError("mask counts, mask widths and mixup must be >= 0")
         if self.warmup_epochs < 0:
             raise TrainError("warmup_epochs must be >= 0")
+        if self.full_batch_size < 0:
+            raise TrainError("full_batch_size must be >= 0 (0 = batch_size)")
         if self.bn_recalibrate < 0:
             raise TrainError("bn_recalibrate must be >= 0 (0 = off)")
         if self.snippets_per_track < 0:
@@ -151,7 +154,7 @@ class TrainConfig:
 MONITORS = ("val_loss", "val_accuracy", "val_track_accuracy")
 _V2_FIELDS = ("monitor", "schedule", "warmup_epochs", "label_smoothing", "time_masks", "time_mask_frames",
               "freq_masks", "freq_mask_bins", "mixup", "snippets_per_track", "snippet_selection", "full_crop", "arch",
-              "bn_recalibrate")
+              "bn_recalibrate", "full_batch_size")
 _V2_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in _V2_FIELDS}
 
 
@@ -329,14 +332,15 @@ def make_sequences(dataset, config: TrainConfig, seed: int) -> tuple[SnippetSequ
                              f"{'more tracks or a ' if split == 'train' else 'a positive '}validation share")
     p = dataset.params
     crop = p.input_frames if p.mode == "full" else None
+    bs = config.full_batch_size if (p.mode == "full" and config.full_batch_size) else config.batch_size
     train = SnippetSequence(
-        dataset.X("train"), dataset.y("train"), n, dataset.norm, config.norm_method, config.batch_size,
+        dataset.X("train"), dataset.y("train"), n, dataset.norm, config.norm_method, bs,
         config.shuffle, seed, config.max_train_batches, config.workers, tracks=dataset.track("train"),
         per_track=config.snippets_per_track if p.mode == "snippet" else 0, selection=config.snippet_selection,
         crop_frames=crop, crop_max=full_crop_limits(dataset, "train", crop) if crop else None,
         random_crop=config.full_crop == "random", augment=config if _augments(config) else None)
     val = SnippetSequence(dataset.X("val"), dataset.y("val"), n, dataset.norm, config.norm_method,
-                          config.batch_size, False, seed, crop_frames=crop)
+                          bs, False, seed, crop_frames=crop)
     return train, val
 
 
