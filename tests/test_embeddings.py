@@ -175,3 +175,21 @@ def test_head_selected_on_validation_track_accuracy(embedded):
     assert all(h["monitor"] == "val_track_accuracy" for h in r.history)
     with pytest.raises(ValueError):
         train_embedding_head(path, seed=1, epochs=1, monitor="loss")
+
+
+def test_ship_head_model(embedded, tmp_path):
+    from core.dataset import load_dataset
+    from core.embeddings import MusicnnPredictor, ship_head_model, train_embedding_head
+    from core.predictor import read_model_card
+
+    path, _, _ = embedded
+    ds = load_dataset(path)
+    run = tmp_path / "run"
+    train_embedding_head(path, seed=0, run_dir=run, epochs=2)
+    dest = ship_head_model(run, tmp_path / "models" / "synth-musicnn", ds, {"track_sum/test": 1.0},
+                           selected_by="test", command="cmd")
+    card = read_model_card(dest / "model_card.json")  # the schema the demo page checks
+    assert card["model_file"] == "model.keras" and card["accuracy"] == {"track_sum/test": 1.0}
+    assert card["training_data"]["tracks"]["train"] == len(ds.tracks("train"))
+    assert "musicnn" in (dest / "MODEL_CARD.md").read_text()
+    assert MusicnnPredictor(dest).classes == ds.classes
