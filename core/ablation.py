@@ -71,7 +71,8 @@ def _score(model, dataset, split: str, norm_method: str) -> dict[str, float]:
 
 
 def run_ablation(dataset_path, out, seeds=(0, 1, 2), epochs: int = 8, variants=None, command: str | None = None,
-                 progress: Callable[[str], None] = print) -> list[dict]:
+                 progress: Callable[[str], None] = print, report_only: bool = False) -> list[dict]:
+    """Train the variants' runs that are not finished (none with ``report_only``) and write the tables."""
     from core.dataset import load_dataset
     from core.experiment import FULL_STORE_S, ensure_full_dataset
     from core.reproduce import git_commit
@@ -90,6 +91,8 @@ def run_ablation(dataset_path, out, seeds=(0, 1, 2), epochs: int = 8, variants=N
             done = run_dir / "result.json"
             if done.exists():
                 rows.append(read_json(done))
+                continue
+            if report_only:
                 continue
             data = ds
             if kind == "full":
@@ -162,6 +165,8 @@ def register_cli(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (%(default)s)")
     p.add_argument("--epochs", type=int, default=8, help="epochs per run (%(default)s)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of variants (default: all)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the tables from the runs that have finished")
     p.set_defaults(func=_cli)
 
 
@@ -174,6 +179,6 @@ def _cli(a) -> int:
     if bad:
         print(f"error: unknown variants {', '.join(bad)} (use {', '.join(VARIANTS)})", file=sys.stderr)
         return 2
-    command = "python -m core " + " ".join(sys.argv[1:])
-    run_ablation(a.dataset, a.out, list(range(a.seeds)), a.epochs, names, command)
+    command = "python -m core " + " ".join(x for x in sys.argv[1:] if x != "--report-only")
+    run_ablation(a.dataset, a.out, list(range(a.seeds)), a.epochs, names, command, report_only=a.report_only)
     return 0
