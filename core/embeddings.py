@@ -395,8 +395,10 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
     best: tuple = (-np.inf,)
     best_w, best_epoch, wait, history = head.get_weights(), 1, 0, []
     for epoch in range(1, epochs + 1):
+        te = time.perf_counter()
         h = head.fit(emb.E["train"], y["train"], batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
-        rec = {"epoch": epoch, "loss": float(h.history["loss"][-1]), "accuracy": float(h.history["accuracy"][-1])}
+        rec = {"epoch": epoch, "loss": float(h.history["loss"][-1]), "accuracy": float(h.history["accuracy"][-1]),
+               "lr": float(lr)}
         if has_val:
             p = head.predict_on_batch(emb.E["val"])
             p = np.asarray(p)
@@ -414,6 +416,7 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
         else:
             improved = True
         rec["best"], rec["monitor"] = bool(improved), monitor  # as core.train marks epochs (the store reads them)
+        rec["seconds"] = round(time.perf_counter() - te, 3)
         history.append(rec)
         if improved:
             best = key if has_val else best
