@@ -2,6 +2,7 @@
 background; compare the results with each other and with the published figures."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -108,6 +109,19 @@ def run_section() -> None:
                                        f"{k} {preset_config(k).max_epochs}" for k in PRESETS)
                                    + "). Early stopping may end a run sooner.")
         c[2].caption(f"Results go to `{store_path()}`. Finished runs are skipped, stopped ones resume.")
+        executor, ray_address = "local", ""
+        if importlib.util.find_spec("ray") is not None:  # Ray installed: the runs may go to a cluster
+            c = st.columns([1, 2])
+            executor = c[0].selectbox("Executor", ["local", "ray"], key="exp_executor",
+                                      format_func={"local": "local (this machine)", "ray": "Ray cluster"}.get,
+                                      help="**local**: one run after the other in this process. **Ray**: each "
+                                           "(model, seed) run as a Ray task; every node must see the dataset, its "
+                                           "source audio and the results folder at the same paths.")
+            ray_address = c[1].text_input("Ray address", key="exp_ray_address", placeholder="auto, HEAD:6379 ...",
+                                          help="Empty: $RAY_ADDRESS, else a local Ray started for the run. "
+                                               "`auto`: the `ray start` cluster this machine belongs to.")
+        else:
+            st.caption("Install `requirements-cluster.txt` to run on a Ray cluster.")
         go = st.form_submit_button("Start in the background", type="primary", icon=":material/play_arrow:")
     st.caption(f"Settings **{PRESET_LABELS.get(preset, preset)}**: {PRESET_HELP.get(preset, '')}."
                + (" The article's own settings: expect under-trained models on small datasets (its learning rate "
@@ -124,6 +138,8 @@ def run_section() -> None:
             "--models", ",".join(models), "--preset", preset]
     if epochs:
         args += ["--epochs", str(int(epochs))]
+    if executor == "ray":
+        args += ["--executor", "ray"] + (["--ray-address", ray_address.strip()] if ray_address.strip() else [])
     try:
         start_experiment(args)
     except Exception as exc:  # noqa: BLE001 - LockError and friends carry a message for the user

@@ -167,6 +167,9 @@ def run_experiment(
     hop_s: float = 1.0,
     splits: Iterable[str] = ("val", "test"),
     lock: bool = True,
+    executor: str = "local",
+    ray_address: str | None = None,
+    ray_cpus_per_task: int = 2,
 ) -> dict[str, Any]:
     """Train and evaluate every (seed, model) pair; returns ``{"runs": [...], "stopped": bool, "results": df}``.
 
@@ -174,6 +177,10 @@ def run_experiment(
     batch, evaluate), ``seed``, ``model``, ``run``, ``epoch``, ``metrics`` and ``message``. ``should_stop()``
     is polled between batches; a stop leaves every run resumable. Raises :class:`ExperimentError`,
     ``DatasetError``, ``TrainError``, ``StoreError`` or ``LockError`` with a message for the user.
+
+    ``executor="ray"`` runs each (seed, model) as a Ray task (``core.cluster``: ``ray_address``, else
+    ``$RAY_ADDRESS``, else a local Ray for the run; ``ray_cpus_per_task`` CPUs each); the store is still
+    written here only.
     """
     from core.dataset import DatasetError, load_dataset
     from core.evaluate import evaluate_run
@@ -191,6 +198,12 @@ def run_experiment(
         raise ExperimentError(f"models must be among snippet, full and linear (got {', '.join(bad) or 'none'})")
     splits = tuple(splits)
     emit = progress or (lambda ev: None)
+    if executor not in ("local", "ray"):
+        raise ExperimentError(f"executor must be local or ray (got {executor!r})")
+    if executor == "ray":
+        from core.cluster import import_ray
+
+        import_ray()  # fails now, with the install command, when Ray is missing
 
     try:
         dataset = load_dataset(dataset_path)
@@ -223,7 +236,13 @@ def run_experiment(
                 if store.get_run(rid) is None:
                     store.upsert_run(rid, str(ds.path), ds.card.get("build_id"), kind, seed, config.to_dict(),
                                      "queued")
-        for seed in seeds:
+        if executor == "ray":
+            from core.cluster import run_on_ray
+
+            runs, stopped = run_on_ray(store, datasets, seeds, models, config, emit=emit, should_stop=should_stop,
+                                       hop_s=hop_s, splits=splits, address=ray_address,
+                                       cpus_per_task=ray_cpus_per_task)
+        for seed in seeds if executor == "local" else ():
             for kind in models:
                 if should_stop and should_stop():
                     stopped = True
@@ -331,6 +350,7 @@ def register_cli(sub) -> None:
     p.add_argument("--hop", type=float, default=1.0, help="hop between track-level windows in s (%(default)s)")
     p.add_argument("--events", help="append progress events (JSON lines) to this file")
     p.add_argument("--stop-file", help="stop (resumably) when this file appears")
+    add_executor_args(p)
     p.set_defaults(func=_cli_run)
 
     r = sub.add_parser("results", help="show (and export) the results of an experiment store",
@@ -347,6 +367,20 @@ TRAINING_ARGS = ("max_epochs", "lr", "batch_size", "patience", "lr_patience", "l
                  "max_train_batches", "precision", "monitor", "schedule", "warmup_epochs", "label_smoothing",
                  "time_masks", "freq_masks", "mixup", "snippets_per_track", "snippet_selection", "full_crop", "arch",
                  "bn_recalibrate", "full_batch_size")
+
+
+def add_executor_args(p) -> None:
+    """Where the runs train (run-experiment and reproduce): this process, or Ray tasks (``core.cluster``)."""
+    g = p.add_argument_group("executor (where the runs train)")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one run after the other in this process (default); ray: each (model, seed) run as "
+                        "a Ray task, on a cluster or a local Ray (pip install -r requirements-cluster.txt)")
+    g.add_argument("--ray-address",
+                   help="the Ray cluster: auto (the `ray start` cluster this machine belongs to), HEAD:6379 "
+                        "(default: $RAY_ADDRESS, else a local Ray started for the run). Every node must see the "
+                        "dataset, its source audio and the store at the same paths")
+    g.add_argument("--ray-cpus-per-task", type=int, default=2,
+                   help="CPUs per run with --executor ray (= TensorFlow threads) (default: %(default)s)")
 
 
 def add_training_args(p) -> None:
@@ -404,10 +438,17 @@ def _cli_run(a) -> int:
     stop = StopFlag(a.stop_file).install_signals()
     bar = None
     last_batch_event = [0.0]
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    runs_bar = None  # --executor ray: parallel runs, a bar of finished runs (no batch bar)
 
     def progress(ev: dict) -> None:
-        nonlocal bar
+        nonlocal bar, runs_bar
         phase = ev.get("phase")
+        if a.executor == "ray" and ev.get("run"):
+            if runs_bar is None:
+                runs_bar = tqdm(total=len(seeds) * len(models), desc="runs", unit="run", dynamic_ncols=True)
+            if ev.get("state") in ("done", "failed", "stopped"):
+                runs_bar.update(1)
         if log and (phase != "batch" or time.time() - last_batch_event[0] > 2.0):
             if phase == "batch":
                 last_batch_event[0] = time.time()
@@ -431,8 +472,9 @@ def _cli_run(a) -> int:
     if log:
         log.emit(state="running", phase="start", message=f"run-experiment {a.dataset} seeds {seeds}")
     try:
-        out = run_experiment(a.dataset, a.store, seeds, [m.strip() for m in a.models.split(",") if m.strip()],
-                             config, progress=progress, should_stop=stop, hop_s=a.hop)
+        out = run_experiment(a.dataset, a.store, seeds, models, config, progress=progress, should_stop=stop,
+                             hop_s=a.hop, executor=a.executor, ray_address=a.ray_address,
+                             ray_cpus_per_task=a.ray_cpus_per_task)
     except (ExperimentError, DatasetError, TrainError, StoreError, LockError) as exc:
         if log:
             log.emit(state="failed", phase="end", message=str(exc))
@@ -445,6 +487,8 @@ def _cli_run(a) -> int:
     finally:
         if bar is not None:
             bar.close()
+        if runs_bar is not None:
+            runs_bar.close()
     if out["stopped"]:
         if log:
             log.emit(state="stopped", phase="end", message="stopped; run the same command again to resume")

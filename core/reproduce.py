@@ -85,9 +85,11 @@ def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: st
               "linear"), full_clip_s: float = 30.0, limit_per_class: int | None = None,
               workers: int | None = None, progress: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, command: str | None = None,
-              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+              overrides: dict[str, Any] | None = None, executor: str = "local", ray_address: str | None = None,
+              ray_cpus_per_task: int = 2) -> dict[str, Any]:
     """Run the whole reproduction (resumable); returns the ``results.json`` document. ``overrides`` change
-    the preset's training settings (``TrainConfig`` fields)."""
+    the preset's training settings (``TrainConfig`` fields); ``executor``, ``ray_address`` and
+    ``ray_cpus_per_task`` go to :func:`core.experiment.run_experiment` (``"ray"``: the runs as Ray tasks)."""
     from core.dataset import build_dataset, load_dataset
     from core.experiment import preset_config, run_experiment
     from core.features import FeatureParams
@@ -112,7 +114,8 @@ def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: st
     config = preset_config(spec["train"], **{**(overrides or {}), "max_epochs": epochs})
     t0 = time.time()
     res = run_experiment(ds_path, out / "store", seeds=list(range(n_seeds)), models=models, config=config,
-                         progress=emit, should_stop=should_stop)
+                         progress=emit, should_stop=should_stop, executor=executor, ray_address=ray_address,
+                         ray_cpus_per_task=ray_cpus_per_task)
     if res["stopped"]:
         return {"stopped": True}
     doc = write_results(out / "store", out / "results", dataset, preset=preset, config=config.to_dict(),
@@ -248,9 +251,10 @@ def register_cli(sub) -> None:
     p.add_argument("--limit-per-class", type=int, default=None,
                    help="use only the first N tracks per class (default: the preset's; 0 = all)")
     p.add_argument("--workers", type=int, default=None, help="dataset build worker processes")
-    from core.experiment import add_training_args
+    from core.experiment import add_executor_args, add_training_args
 
     add_training_args(p)
+    add_executor_args(p)
     p.set_defaults(func=_cli_reproduce)
     q = sub.add_parser(
         "ship-model", help="copy the best run of a reproduction into a model folder with its model card",
@@ -321,7 +325,8 @@ def _cli_reproduce(a) -> int:
                         full_clip_s=a.full_clip, limit_per_class=a.limit_per_class, workers=a.workers,
                         progress=progress, command=cmd,
                         overrides={k: getattr(a, k) for k in TRAINING_ARGS if k != "max_epochs"
-                                   and getattr(a, k, None) is not None})
+                                   and getattr(a, k, None) is not None},
+                        executor=a.executor, ray_address=a.ray_address, ray_cpus_per_task=a.ray_cpus_per_task)
     except (ReproduceError, DatasetError, ExperimentError, StoreError, TrainError, LockError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
