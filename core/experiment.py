@@ -193,13 +193,17 @@ def run_experiment(
     config = config or TrainConfig()
     seeds = parse_seeds(seeds) if not isinstance(seeds, (list, tuple)) else [int(s) for s in seeds]
     models = list(models)
-    bad = [m for m in models if m not in ("snippet", "full", "linear")]
+    bad = [m for m in models if m not in ("snippet", "full", "linear", "musicnn")]
     if bad or not models:
-        raise ExperimentError(f"models must be among snippet, full and linear (got {', '.join(bad) or 'none'})")
+        raise ExperimentError("models must be among snippet, full, linear and musicnn "
+                              f"(got {', '.join(bad) or 'none'})")
     splits = tuple(splits)
     emit = progress or (lambda ev: None)
     if executor not in ("local", "ray"):
         raise ExperimentError(f"executor must be local or ray (got {executor!r})")
+    if executor == "ray" and "musicnn" in models:
+        raise ExperimentError("the musicnn model trains in seconds on cached embeddings: run it with the "
+                              "local executor (--executor local)")
     if executor == "ray":
         from core.cluster import import_ray
 
@@ -226,6 +230,19 @@ def run_experiment(
             datasets["snippet"] = dataset
         if "linear" in models:
             datasets["linear"] = dataset
+        if "musicnn" in models:  # pretrained musicnn embeddings (core.embeddings), computed once per dataset
+            from core.embeddings import EmbeddingError, EmbedStopped, embed_dataset
+
+            datasets["musicnn"] = dataset
+            try:
+                embed_dataset(dataset.path, should_stop=should_stop, progress=lambda d, t, p: emit(
+                    {"state": "running", "phase": "dataset", "model": "musicnn",
+                     "message": f"musicnn embeddings: {d}/{t} tracks"}))
+            except EmbedStopped as exc:
+                emit({"state": "stopped", "phase": "dataset", "model": "musicnn", "message": str(exc)})
+                return {"runs": [], "stopped": True, "results": results_frame(store).iloc[0:0]}
+            except EmbeddingError as exc:
+                raise ExperimentError(str(exc)) from exc
         if "full" in models:
             datasets["full"] = dataset if dataset.params.mode == "full" else ensure_full_dataset(
                 dataset, emit, should_stop, FULL_STORE_S if config.full_crop == "random" else 0.0)
@@ -262,7 +279,7 @@ def run_experiment(
                 emit({**base, "state": "running", "phase": "train",
                       "message": f"{'resuming' if resumed else 'starting'} {kind} model, seed {seed}"})
                 try:
-                    if not (run_dir / "model_card.json").exists():
+                    if kind != "musicnn" and not (run_dir / "model_card.json").exists():
                         write_model_card(run_dir, _model_card(run_id, kind, seed, ds, config))
 
                     def on_epoch(r, base=base, run_id=run_id):
@@ -277,7 +294,12 @@ def run_experiment(
                         emit({**base, "state": "running", "phase": "batch", "epoch": epoch + 1, "batch": batch,
                               "n_batches": n})
 
-                    if kind == "linear":
+                    if kind == "musicnn":  # a head on the cached embeddings; writes its own card
+                        from core.embeddings import DEFAULT_HEAD, train_embedding_head
+
+                        result = train_embedding_head(ds.path, seed, run_dir=run_dir, on_epoch=on_epoch,
+                                                      **DEFAULT_HEAD)
+                    elif kind == "linear":
                         result = train_linear(ds, seed, run_dir, norm_method=config.norm_method,
                                               on_epoch=lambda r, on_epoch=on_epoch: on_epoch(
                                                   dict(r, max_epochs=1)))
@@ -296,14 +318,17 @@ def run_experiment(
                             + (f", {result.monitor} {result.best_value:.3f}" if result.best_value is not None
                                and kind != "linear" else ""))
                     emit({**base, "state": "running", "phase": "evaluate", "message": f"evaluating ({best})"})
-                    pred = Predictor(run_dir)
-
                     def on_track(done, total, path, base=base):
                         if done == total or done % 20 == 0:
                             emit({**base, "state": "running", "phase": "evaluate",
                                   "message": f"track-level evaluation {done}/{total} tracks"})
 
-                    results = evaluate_run(pred, ds, kind, splits, hop_s, progress=on_track)
+                    if kind == "musicnn":  # from the cached snippet and 1 s-window embeddings: no audio decoding
+                        from core.embeddings import embedding_results
+
+                        results = embedding_results(ds, result, splits)
+                    else:
+                        results = evaluate_run(Predictor(run_dir), ds, kind, splits, hop_s, progress=on_track)
                     store.write_evaluation(run_id, results, "done")
                     summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
                     emit({**base, "state": "done", "phase": "evaluate", "metrics": summary,
@@ -343,7 +368,8 @@ def register_cli(sub) -> None:
     p.add_argument("--store", required=True, help="experiment store folder (created if missing)")
     p.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2) or a list (0,5,7) (default: 1)")
     p.add_argument("--models", default="snippet,full",
-                   help="comma list of snippet, full and linear (the reference baseline) (%(default)s)")
+                   help="comma list of snippet, full, linear (the reference baseline) and musicnn (pretrained musicnn "
+                        "embeddings + a small head, core.embeddings) (%(default)s)")
     p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help="; ".join(PRESET_HELP.values()) + " (default: %(default)s)")
     add_training_args(p)

@@ -193,3 +193,26 @@ def test_ship_head_model(embedded, tmp_path):
     assert card["training_data"]["tracks"]["train"] == len(ds.tracks("train"))
     assert "musicnn" in (dest / "MODEL_CARD.md").read_text()
     assert MusicnnPredictor(dest).classes == ds.classes
+
+
+def test_run_experiment_with_the_musicnn_kind(embedded, tmp_path):
+    """The "musicnn" kind in the experiment engine: embeddings (cached), head, store, no-audio evaluation."""
+    from core.experiment import ExperimentError, run_experiment
+    from core.lite_inference import make_predictor
+    from core.store import Store
+
+    path, _, _ = embedded
+    events = []
+    out = run_experiment(path, tmp_path / "store", seeds=[0], models=["musicnn"], progress=events.append)
+    assert [r["status"] for r in out["runs"]] == ["done"]
+    df = out["results"]
+    assert set(df["kind"]) == {"musicnn"} and {"segment", "track_sum"} <= set(df["level"])
+    st = Store(tmp_path / "store")
+    rec = st.get_run(out["runs"][0]["run"])
+    assert rec["status"] == "done" and rec["monitor"] == "val_track_accuracy" and rec["best_epoch"] >= 1
+    pred = make_predictor(st.run_dir(out["runs"][0]["run"]))
+    assert pred.kind == "musicnn"
+    again = run_experiment(path, tmp_path / "store", seeds=[0], models=["musicnn"])
+    assert again["runs"][0].get("skipped")
+    with pytest.raises(ExperimentError, match="local"):
+        run_experiment(path, tmp_path / "store2", seeds=[0], models=["musicnn"], executor="ray")
