@@ -20,12 +20,14 @@ from ui.common import guarded, show_error
 from ui.state import (local_results, reference_files, reference_info, reference_results, results_csv, results_json,
                       run_epochs, run_metrics_extra, store_path, store_stamp)
 
-KIND_NAMES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
+KIND_NAMES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline",
+              "musicnn": "musicnn embedding + head"}
 LEVEL_NAMES = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
                "track_logprob": "track (log-prob)", "full": "30 s clip"}
 PRESET_LABELS = {"recommended": "recommended (default)", "paper": "paper (the article's settings)",
                  "tuned": "tuned (first reference results)", "fast": "fast (smoke run)"}
-MODEL_CHOICES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
+MODEL_CHOICES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline",
+                 "musicnn": "musicnn embedding + head"}
 
 
 def job_dir() -> Path:
@@ -96,7 +98,7 @@ def run_section() -> None:
                                   "(measured in `results/ablation`); **paper** reproduces the article exactly and "
                                   "under-trains on small data (Adam 1e-4).")
         c = st.columns([2, 1, 1])
-        models = c[0].multiselect("Models", list(MODEL_CHOICES), default=last.get("models", list(MODEL_CHOICES)),
+        models = c[0].multiselect("Models", list(MODEL_CHOICES), default=last.get("models", ["snippet", "full", "linear"]),
                                   key="exp_models",
                                   format_func=MODEL_CHOICES.get,
                                   help="**snippet CRNN**: scores 3 s snippets, a track's snippets vote. "

@@ -74,7 +74,8 @@ def no_model() -> None:
 
 
 KIND_TEXT = {"snippet": "snippet CRNN (votes over windows)", "full": "30 s CRNN (one look at the clip)",
-             "linear": "linear baseline: mel-band mean/std + softmax regression (votes over windows)"}
+             "linear": "linear baseline: mel-band mean/std + softmax regression (votes over windows)",
+             "musicnn": "pretrained musicnn embeddings + a small head (votes over windows)"}
 LEVEL_TEXT = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
               "track_logprob": "track (log-prob)", "full": "30 s clip"}
 

@@ -82,7 +82,7 @@ def versions() -> dict[str, str]:
 
 def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: str = "recommended",
               seeds: int | None = None, epochs: int | None = None, models: tuple[str, ...] = ("snippet", "full",
-              "linear"), full_clip_s: float = 30.0, limit_per_class: int | None = None,
+              "linear", "musicnn"), full_clip_s: float = 30.0, limit_per_class: int | None = None,
               workers: int | None = None, progress: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, command: str | None = None,
               overrides: dict[str, Any] | None = None, executor: str = "local", ray_address: str | None = None,
@@ -158,6 +158,8 @@ def write_results(store_path: Path, folder: Path, dataset, *, preset: str, confi
             ("track_vs_segment", ("snippet", "track_sum"), ("snippet", "segment")),
             ("track_vs_full", ("snippet", "track_sum"), ("full", "full")),
             ("track_vs_linear_track", ("snippet", "track_sum"), ("linear", "track_sum")),
+            ("musicnn_vs_track", ("musicnn", "track_sum"), ("snippet", "track_sum")),
+            ("musicnn_vs_linear_track", ("musicnn", "track_sum"), ("linear", "track_sum")),
         ]:
             a, b = series(ka, la, split), series(kb, lb, split)
             common = sorted(set(a.index) & set(b.index))
@@ -169,7 +171,9 @@ def write_results(store_path: Path, folder: Path, dataset, *, preset: str, confi
 
     approaches = [("snippet", "segment", "CRNN segment-level"), ("snippet", "track_sum", "CRNN track-level (sum)"),
                   ("full", "full", "30 s CRNN"), ("linear", "segment", "linear segment-level"),
-                  ("linear", "track_sum", "linear track-level")]
+                  ("linear", "track_sum", "linear track-level"),
+                  ("musicnn", "segment", "musicnn + head segment-level"),
+                  ("musicnn", "track_sum", "musicnn + head track-level")]
     approaches = [a for a in approaches if not series(a[0], a[1], "test").empty or not series(a[0], a[1], "val").empty]
     means = [[mean_sd(series(k, lvl, sp))[0] if not series(k, lvl, sp).empty else None for k, lvl, _ in approaches]
              for sp in ("val", "test")]
@@ -220,7 +224,9 @@ def headline_markdown(doc: dict[str, Any]) -> str:
                       ("snippet/track_logprob", "CRNN, track-level (mean log-prob)"),
                       ("full/full", "30 s CRNN (one prediction per clip)"),
                       ("linear/segment", "linear baseline, segment-level"),
-                      ("linear/track_sum", "linear baseline, track-level (sum)")]:
+                      ("linear/track_sum", "linear baseline, track-level (sum)"),
+                      ("musicnn/segment", "musicnn embeddings + head, segment-level"),
+                      ("musicnn/track_sum", "musicnn embeddings + head, track-level (sum)")]:
         v, t = doc["headline"].get(f"{key}/val"), doc["headline"].get(f"{key}/test")
         if v or t:
             rows.append(f"| {name} | {v or 'n/a'} | {t or 'n/a'} |")
@@ -244,8 +250,9 @@ def register_cli(sub) -> None:
                         "tuned: the first reference results' settings (Adam 1e-3), 5 seeds; fast: smoke run "
                         "(10 tracks/class, 2 short epochs, 2 seeds)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
-    p.add_argument("--models", default="snippet,full,linear",
-                   help="comma list of snippet, full, linear (default: all three)")
+    p.add_argument("--models", default="snippet,full,linear,musicnn",
+                   help="comma list of snippet, full, linear, musicnn (pretrained musicnn embeddings + a small head) "
+                        "(default: all four)")
     p.add_argument("--full-clip", type=float, default=30.0,
                    help="seconds the full-clip model sees: the first N s of each track (default 30)")
     p.add_argument("--limit-per-class", type=int, default=None,
