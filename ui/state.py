@@ -62,7 +62,20 @@ def reference_files() -> list[Path]:
     """Results exports shipped with the project (``results/reference/*.json``)."""
     if not REFERENCE_DIR.is_dir():
         return []
-    return sorted(p for p in REFERENCE_DIR.glob("*.json") if not p.name.startswith("."))
+    files = sorted(p for p in REFERENCE_DIR.glob("*.json") if not p.name.startswith("."))
+    return sorted(files, key=_written_at, reverse=True)  # the newest reproduction first (stable: by name)
+
+
+def _written_at(path: Path) -> str:
+    """When the reproduction behind a reference export wrote its tables ('' when unknown)."""
+    from core.utils import read_json
+
+    doc_path = REFERENCE_DIR.parent / path.stem / "results.json"
+    try:
+        doc = read_json(doc_path) if doc_path.is_file() else {}
+    except (OSError, ValueError):
+        doc = {}
+    return str(doc.get("written_at") or "") if isinstance(doc, dict) else ""
 
 
 def reference_info(path: Path) -> dict[str, Any]:
