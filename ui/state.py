@@ -208,8 +208,10 @@ def available_models() -> list[dict[str, Any]]:
 
 def default_model_key(models: list[dict[str, Any]], prefer: str = "emotify") -> str | None:
     """The model the demo starts with: a shipped one when there is one (one whose name contains ``prefer``
-    first), else the first listed."""
+    first), else the first listed; among those, one that runs in NumPy (a CRNN or the baseline) before a musicnn
+    classifier, which needs TensorFlow (seconds to import, ~800 MB: too much for a first view on a small host)."""
     usable = [m for m in models if m.get("card") and not m.get("error")]
+    usable.sort(key=lambda m: (m.get("card") or {}).get("kind") == "musicnn")  # stable: NumPy-run models first
     if not usable:
         return None
     shipped = [m for m in usable if m.get("origin") == "shipped"]
