@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:  # core.train imports keras: keep `python -m core --help` fast
-    from core.train import TrainConfig
+    from core.train_config import TrainConfig
 
 ProgressFn = Callable[[dict], None]
 
@@ -59,7 +59,7 @@ class ExperimentError(Exception):
 
 
 def preset_config(name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
-    from core.train import TrainConfig
+    from core.train_config import TrainConfig
 
     if name not in PRESETS:
         raise ExperimentError(f"unknown preset {name!r} (use one of {', '.join(PRESETS)})")
@@ -70,7 +70,7 @@ def preset_config(name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
 
 def preset_name(config: dict | TrainConfig) -> str | None:
     """The preset whose settings a run's config dict has (``max_epochs`` may differ), or None."""
-    from core.train import TrainConfig
+    from core.train_config import TrainConfig
 
     try:
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -453,7 +453,7 @@ def _cli_run(a) -> int:
     from core.dataset import DatasetError
     from core.jobs import EventLog, LockError, StopFlag
     from core.store import StoreError
-    from core.train import TrainError
+    from core.train_config import TrainError
 
     try:
         config = preset_config(a.preset, **{k: getattr(a, k) for k in TRAINING_ARGS})

@@ -205,3 +205,22 @@ def test_presets_and_old_run_ids():
     with pytest.raises(Exception, match="monitor"):
         TrainConfig(monitor="val_f1")
     assert math.isfinite(rec.lr)
+
+
+def test_presets_and_run_configs_load_without_keras():
+    """The experiment page reads presets and run configs on every view: that must not import Keras/TensorFlow
+    (the dashboard server's memory; the demo runs in NumPy)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys; from core.experiment import PRESETS, preset_config, preset_name; "
+            "from core.dashboard_support import experiment_groups; "
+            "[preset_name(preset_config(k).to_dict()) for k in PRESETS]; "
+            "experiment_groups([{'id': 'a', 'kind': 'full', 'dataset': 'x-full60s', 'seed': 0, "
+            "'config': preset_config('recommended').to_dict()}]); "
+            "print('keras' in sys.modules, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]
