@@ -613,7 +613,7 @@ class MusicnnPredictor(Predictor):
     def predict_array(self, y: np.ndarray, sr: int | None = None, window_s: float | None = None,
                       hop_s: float = 1.0, aggregation: str = "sum") -> PredictionResult:
         """As :meth:`core.predictor.Predictor.predict_array`; overlapping windows (hop < 3 s) go through
-        :class:`core.musicnn.OverlappingWindows` (same scores, ~2x faster)."""
+        :class:`core.musicnn.OverlappingWindows` (same scores, ~2.5x faster)."""
         from core.predictor import AGGREGATIONS, aggregate
 
         if aggregation not in AGGREGATIONS:

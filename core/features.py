@@ -179,16 +179,17 @@ def hann_window(n_fft: int) -> np.ndarray:
 
 
 def stft_power(y: np.ndarray, n_fft: int, hop_length: int, *, workers: int = 1,
-               consume=None) -> np.ndarray | None:
-    """``|librosa.stft(y, n_fft, hop_length, center=True, pad_mode="constant")|**2`` as float32
-    ``(frames, 1 + n_fft // 2)`` (time first): zero padding of ``n_fft // 2`` on both sides, periodic Hann
-    window, float64 FFT rounded to complex64 as librosa does. Computed in blocks of frames; with ``consume``
-    each block's power is passed to ``consume(block)`` instead of being collected (bounded memory)."""
+               consume=None, pad_mode: str = "constant") -> np.ndarray | None:
+    """``|librosa.stft(y, n_fft, hop_length, center=True, pad_mode=pad_mode)|**2`` as float32
+    ``(frames, 1 + n_fft // 2)`` (time first): padding of ``n_fft // 2`` on both sides (zeros, or ``"reflect"``
+    as librosa < 0.10 did by default: musicnn's front end), periodic Hann window, float64 FFT rounded to
+    complex64 as librosa does. Computed in blocks of frames; with ``consume`` each block's power is passed to
+    ``consume(block)`` instead of being collected (bounded memory)."""
     import scipy.fft
 
     y = np.ascontiguousarray(y, dtype=np.float32)
     pad = n_fft // 2
-    yp = np.pad(y, (pad, pad), mode="constant")
+    yp = np.pad(y, (pad, pad), mode=pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(yp, n_fft)[::hop_length]
     window = hann_window(n_fft)
     out = []

@@ -115,3 +115,24 @@ def test_overlapping_windows_equal_patch_by_patch(model):
     direct = predict_patches(m, mel[starts[:, None] + np.arange(187)[None, :]])
     assert np.abs(fast["taggram"] - direct["taggram"]).max() < 1e-5
     assert np.abs(fast["penultimate"] - direct["penultimate"]).max() < 1e-4
+
+
+def test_inference_model_fused_branches_equal_the_network(model):
+    """conv -> max/min over mel -> ReLU -> affine (mel_pooled_conv) gives what conv -> ReLU -> BN -> max gives,
+    including channels whose batch norm has a negative scale (min instead of max)."""
+    from core.musicnn import inference_model
+
+    m, _ = model
+    bn = m.get_layer("timbral74_bn")
+    w = bn.get_weights()
+    flipped = [w[0].copy()] + w[1:]
+    flipped[0][::2] *= -1  # half the channels with a negative scale: the min branch is exercised
+    bn.set_weights(flipped)
+    try:
+        x = np.random.default_rng(1).normal(0, 2, (3, 187, 96)).astype(np.float32)
+        direct = m.predict_on_batch(x)
+        fused = inference_model(m).predict_on_batch(x)
+    finally:
+        bn.set_weights(w)
+    assert np.abs(np.asarray(fused["penultimate"]) - np.asarray(direct["penultimate"])).max() < 1e-4
+    assert np.abs(np.asarray(fused["taggram"]) - np.asarray(direct["taggram"])).max() < 1e-5
