@@ -14,9 +14,13 @@ threads for the default path; ``--wide`` adds a plain fit of a wide-filter varia
 
 Every line also gives the achieved GFLOP/s (samples/s x 3 x the forward FLOPs of one snippet: forward + backward)
 and its fraction of the fp32 matmul peak measured at the start of the same run. ``--arch`` adds the architecture
-variants (no batch norm on the widest map, ReLU, an unrolled GRU loop).
+variants (no batch norm on the widest map, ReLU, an unrolled GRU loop). ``--profile`` adds a profile by removal:
+the same plain fit with one kind of layer taken out at a time (every batch norm, the ELUs, the dropouts, the GRUs:
+replaced by a mean over time) and with all of them out (convolutions + pooling + the softmax layer only); the
+difference to the full model is what that kind of layer costs per step, and the convolution-only line is the
+ceiling that the fraction of peak can reach with this architecture on this machine.
 
-Usage: ``python bench/train_throughput.py [--samples 320] [--repeats 3] [--extra] [--wide] [--arch]``
+Usage: ``python bench/train_throughput.py [--samples 320] [--repeats 3] [--extra] [--wide] [--arch] [--profile]``
 """
 from __future__ import annotations
 
@@ -43,6 +47,9 @@ def main() -> None:
     ap.add_argument("--wide", action="store_true", help="also the wide-filter (64/128/128/128) plain fit")
     ap.add_argument("--arch", action="store_true",
                     help="also plain fits of the architecture variants (no BN on block 1, ReLU, unrolled GRU)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also a profile by removal: plain fits without the batch norms, the ELUs, the dropouts, "
+                         "the GRUs, and without all of them (convolutions only)")
     a = ap.parse_args()
 
     import logging
@@ -105,6 +112,15 @@ def main() -> None:
             compile_model(mv, 1e-4)
             arch_models[f"plain model.fit, {label}"] = mv
             variants[f"plain model.fit, {label}"] = plain(mv)
+    if a.profile:
+        for label, kw in (("without batch norm", {"norm": False}), ("without ELU", {"activation": "linear"}),
+                          ("without dropout", {"dropout": 0.0}), ("without GRU (mean over time)", {"gru": False}),
+                          ("convolutions + pooling only", {"norm": False, "activation": "linear", "dropout": 0.0,
+                                                           "gru": False})):
+            mv = profile_variant(n_classes, p.n_mels, **kw)
+            compile_model(mv, 1e-4)
+            arch_models[f"profile: {label}"] = mv
+            variants[f"profile: {label}"] = plain(mv)
     if a.wide:
         w = build_snippet_crnn(n_classes, filters=(64, 128, 128, 128))
         compile_model(w, 1e-4)
@@ -142,7 +158,50 @@ def main() -> None:
     print(f"ratio default / plain: {ratio:.2f}x samples/s ({cpu_ratio:.2f}x by CPU time per sample)")
     for name in names[2:]:
         print(f"ratio {name} / plain: {np.median(wall[name]) / np.median(wall[names[0]]):.2f}x samples/s")
+    if a.profile:
+        step = 1000 * bs / np.median(wall[names[0]])
+        print(f"profile by removal (plain fit, ms per batch of {bs}; full step {step:.0f} ms):")
+        for name in names:
+            if name.startswith("profile: without"):
+                saved = step - 1000 * bs / np.median(wall[name])
+                print(f"  {name[len('profile: without '):]:40s} {saved:6.0f} ms  {saved / step:6.1%} of the step")
+        conv = "profile: convolutions + pooling only"
+        c_step = 1000 * bs / np.median(wall[conv])
+        g = np.median(wall[conv]) * flops[conv] / 1e9
+        print(f"  convolutions + pooling + softmax alone: {c_step:.0f} ms per batch ({c_step / step:.0%} of the step), "
+              f"{g:.0f} GFLOP/s = {g / peak:.0%} of peak on {flops[conv] / flops[names[0]]:.0%} of the FLOPs")
     tmp.cleanup()
+
+
+def profile_variant(n_classes: int, n_mels: int, norm: bool = True, activation: str = "elu", dropout: float = 0.1,
+                    gru: bool = True):
+    """The snippet CRNN (``core.models.build_snippet_crnn``'s layers and sizes) with kinds of layers left out:
+    ``norm=False`` no batch norm, ``activation="linear"`` no ELU, ``dropout=0`` no dropout layers, ``gru=False``
+    a mean over time instead of the two GRUs."""
+    import keras
+    from keras import layers
+
+    from core.models import FILTERS, _freq_after_pools
+
+    x = inputs = keras.Input(shape=(None, n_mels, 1), name="mel")
+    pools = [(2, 2), (2, 2), (2, 2), (1, _freq_after_pools(n_mels))]
+    for i, (f, pool) in enumerate(zip(FILTERS, pools), start=1):
+        x = layers.Conv2D(f, 3, padding="same")(x)
+        if norm:
+            x = layers.BatchNormalization(momentum=0.9)(x)
+        if activation == "elu":
+            x = layers.ELU()(x)
+        x = layers.MaxPooling2D(pool_size=pool, strides=pool)(x)
+        if dropout:
+            x = layers.Dropout(dropout)(x)
+    x = layers.Reshape((-1, FILTERS[-1]))(x)
+    if gru:
+        x = layers.GRU(96)(layers.GRU(192, return_sequences=True)(x))
+    else:
+        x = layers.GlobalAveragePooling1D()(x)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, layers.Dense(n_classes, activation="softmax")(x))
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 8) -> float:
