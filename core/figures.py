@@ -7,7 +7,7 @@ from __future__ import annotations
 from html import escape
 from typing import Sequence
 
-PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#9D755D", "#E45756"]
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#9D755D", "#E45756", "#72B7B2", "#EECA3B"]
 
 
 def bar_chart_svg(
