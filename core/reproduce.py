@@ -180,9 +180,12 @@ def write_results(store_path: Path, folder: Path, dataset, *, preset: str, confi
     sds = [[mean_sd(series(k, lvl, sp))[1] if not series(k, lvl, sp).empty else None for k, lvl, _ in approaches]
            for sp in ("val", "test")]
     n_seeds = int(df["seed"].nunique()) if not df.empty else 0
+    per_kind = {k: int(g["seed"].nunique()) for k, g in df.groupby("kind")} if not df.empty else {}
+    over = (f"{n_seeds} seeds" if len(set(per_kind.values())) <= 1
+            else "seeds: " + ", ".join(f"{k} {n}" for k, n in per_kind.items()) + " (unfinished)")
     counts = dataset.card["counts"]
     title = f"Segment- vs track-level vs 30 s model: {Path(dataset.card['source']).name}"
-    notes = [f"mean ± SD over {n_seeds} seeds; {len(dataset.classes)} classes; "
+    notes = [f"mean ± SD over {over}; {len(dataset.classes)} classes; "
              f"{counts['train']['tracks']}/{counts['val']['tracks']}/{counts['test']['tracks']} train/val/test tracks; "
              f"preset {preset}",
              "published (Hilsdorf 2022, full GTZAN): segment 67.3 % best val, track ~ +12 points, 30 s 55.8 ± 4.3 %"]
@@ -202,7 +205,7 @@ def write_results(store_path: Path, folder: Path, dataset, *, preset: str, confi
         "dataset": {"source": dataset.card["source"], "classes": dataset.classes, "counts": counts,
                     "params": dataset.card["params"], "split": dataset.card["split"],
                     "limit_per_class": dataset.card.get("limit_per_class", 0)},
-        "preset": preset, "config": config, "n_seeds": n_seeds, "epochs_per_run": epochs,
+        "preset": preset, "config": config, "n_seeds": n_seeds, "seeds_per_kind": per_kind, "epochs_per_run": epochs,
         "summary": summ.drop(columns=["accuracy", "macro_f1"]).to_dict(orient="records"),
         "headline": {f"{k}/{lvl}/{sp}": _fmt(*mean_sd(series(k, lvl, sp)))
                      for k, lvl, _ in approaches for sp in ("val", "test")},
