@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from core import __version__
+from core.errors import GenreLabError, Stopped
 from core.audio import AUDIO_EXTENSIONS, AudioError, is_silent, load_audio, load_audio_prefix
 from core.features import FeatureParams, full_clip, track_snippets
 from core.jobs import OSLock
@@ -45,11 +46,11 @@ KNOWN_CORRUPT = {"jazz.00054": "known corrupt file in some GTZAN copies (e.g. Ka
 ProgressFn = Callable[[int, int, str], None]
 
 
-class DatasetError(Exception):
+class DatasetError(GenreLabError):
     """A problem with the source folder, the options or a dataset folder; the message is for the user."""
 
 
-class BuildStopped(Exception):
+class BuildStopped(Stopped):
     """The build was stopped on request; running it again resumes."""
 
 

@@ -43,6 +43,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core import musicnn as mn
+from core.errors import GenreLabError, Stopped
 from core.predictor import PredictionResult, Predictor
 from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
 
@@ -58,11 +59,11 @@ WINDOW_SPLITS = ("val", "test")
 ProgressFn = Callable[[int, int, str], None]
 
 
-class EmbeddingError(Exception):
+class EmbeddingError(GenreLabError):
     """Embeddings cannot be computed or are missing; the message is for the user."""
 
 
-class EmbedStopped(Exception):
+class EmbedStopped(Stopped):
     """``should_stop()`` returned True; what was computed so far is kept (run again to resume)."""
 
 

@@ -16,12 +16,13 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from core.errors import GenreLabError
 from core.predictor import AGGREGATIONS, Predictor, aggregate
 
 LEVELS = ("segment", "track_sum", "track_vote", "track_logprob", "full")
 
 
-class EvaluationError(Exception):
+class EvaluationError(GenreLabError):
     """Evaluation cannot run (e.g. a track's audio is gone); the message is for the user."""
 
 

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from core.errors import GenreLabError
+
 if TYPE_CHECKING:  # core.train imports keras: keep `python -m core --help` fast
     from core.train_config import TrainConfig
 
@@ -54,7 +56,7 @@ PRESET_HELP = {
 FULL_STORE_S = 60.0
 
 
-class ExperimentError(Exception):
+class ExperimentError(GenreLabError):
     """Bad input to an experiment (unknown dataset, wrong mode, unusable source ...); message for the user."""
 
 

@@ -26,7 +26,7 @@ from core.predictor import (CARD_NAME, Predictor, PredictorError, check_model_fi
                             read_model_card, resolve_model_path, validate_model_card)
 
 
-class UnsupportedModel(Exception):
+class UnsupportedModel(PredictorError):
     """The model uses a layer (or a layer option) this NumPy runner does not implement."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import GenreLabError
 from core.features import FeatureParams, full_clip, mel_spectrogram, track_snippets
 from core.utils import atomic_write_json, read_json
 
@@ -34,7 +35,7 @@ CARD_FORMAT = 1
 EPS = 1e-7
 
 
-class PredictorError(Exception):
+class PredictorError(GenreLabError):
     """A model or model card that cannot be used; the message is for the user."""
 
 

@@ -3,7 +3,6 @@ predictor. Everything heavy is cached here, keyed on file modification times so 
 without a restart; pages call these and draw."""
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -238,7 +237,3 @@ def get_predictor(path: str, stamp: float):
     from core.lite_inference import make_predictor
 
     return make_predictor(path)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
