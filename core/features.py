@@ -359,6 +359,21 @@ def full_clip(y: np.ndarray, params: FeatureParams, store: bool = False) -> np.n
     return m[None].astype(np.float32)
 
 
+def apply_norm(X: np.ndarray, norm: dict[str, Any], method: str = "minmax") -> np.ndarray:
+    """Scale features with stored training statistics: ``minmax`` -> ``(X - min) / (max - min)``;
+    ``standard`` -> per-mel ``(X - mean) / std``; ``none`` -> unchanged. ``norm`` is a dataset's ``norm.json`` (or
+    a model card's ``norm``). Used identically in training and at inference."""
+    X = np.asarray(X, dtype=np.float32)
+    if method == "minmax":
+        span = float(norm["max"]) - float(norm["min"])
+        return (X - np.float32(norm["min"])) / np.float32(span if span > 0 else 1.0)
+    if method == "standard":
+        return (X - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+    if method == "none":
+        return X
+    raise ValueError(f"unknown normalisation {method!r} (minmax, standard or none)")
+
+
 def snippet_reference(y: np.ndarray, start_frame: int, params: FeatureParams) -> np.ndarray:
     """Features of one snippet computed on its own samples (slow path; used to test the slicing)."""
     s = start_frame * params.hop_length

@@ -366,7 +366,7 @@ class Predictor:
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         """Softmax scores of raw windows ``(k, frames, n_mels)``: normalised, then predicted in batches of up to
         ``batch_size`` (large batches are ~1.6x faster per window than 32 on CPU)."""
-        from core.dataset import apply_norm
+        from core.features import apply_norm
 
         X = apply_norm(X, self.norm, self.norm_method)[..., None]
         out = []

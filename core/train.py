@@ -124,7 +124,7 @@ class SnippetSequence(keras.utils.PyDataset):
 
     def calibration_batches(self, n: int, epoch: int):
         """``n`` training rows (without augmentation) drawn from ``default_rng([seed, epoch, 5])``, in batches."""
-        from core.dataset import apply_norm
+        from core.features import apply_norm
 
         rows = np.sort(np.random.default_rng([self.seed, epoch, 5]).permutation(self.order)[:n])
         for a in range(0, len(rows), self.batch_size):
@@ -132,7 +132,7 @@ class SnippetSequence(keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
-        from core.dataset import apply_norm
+        from core.features import apply_norm
 
         x = apply_norm(self.rows(idx), self.norm, self.method)
         y = self._eye[self.yv[idx]]
