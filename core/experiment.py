@@ -149,8 +149,7 @@ def _model_card(run_id: str, kind: str, seed: int, dataset, config: TrainConfig)
 
     p = dataset.params
     frames = p.input_frames
-    info = describe(build_model(kind, len(dataset.classes), p.n_mels, frames,
-                                **({"arch": config.arch} if kind != "linear" else {})), (frames, p.n_mels))
+    info = describe(build_model(kind, len(dataset.classes), p.n_mels, frames, arch=config.arch), (frames, p.n_mels))
     return make_model_card(kind, dataset.classes, p, dataset.norm, config.norm_method, model_file="best.keras",
                            run_id=run_id, seed=seed, dataset=str(dataset.path),
                            dataset_build_id=dataset.card.get("build_id"), input_shape=[frames, p.n_mels, 1],

@@ -49,6 +49,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from core.models import build_model
 from core.utils import atomic_write_json, read_json
 
 STATE_VERSION = 1
@@ -251,12 +252,9 @@ def set_precision(policy: str) -> None:
 
 def build_compiled(kind: str, n_classes: int, params, config: TrainConfig):
     """A fresh compiled model for a dataset's feature params (``kind`` must match the dataset mode)."""
-    from core.models import build_model
-
     set_precision(config.precision)
     try:
-        model = build_model(kind, n_classes, params.n_mels, params.input_frames, config.dropout,
-                            **({"arch": config.arch} if kind != "linear" else {}))
+        model = build_model(kind, n_classes, params.n_mels, params.input_frames, config.dropout, config.arch)
     finally:
         set_precision("float32")
     compile_model(model, config.lr, config.jit_compile, config.label_smoothing)
@@ -303,9 +301,8 @@ def save_model_atomic(model, path: Path) -> None:
 
 
 def load_model(path: str | os.PathLike, compile: bool = True):
-    """Load a ``.keras`` file of ours (raises :class:`TrainError` with the reason if it does not load)."""
-    import core.baseline  # noqa: F401  (registers the baseline's MelStats layer for deserialisation)
-
+    """Load a ``.keras`` file of ours (raises :class:`TrainError` with the reason if it does not load); the
+    baseline's ``MelStats`` layer is registered by :mod:`core.models` (imported here)."""
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as exc:
