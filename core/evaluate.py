@@ -127,6 +127,12 @@ def full_level(predictor: Predictor, dataset, split: str) -> dict[str, Any]:
     return out
 
 
+def run_predictor(run_dir) -> Predictor:
+    """A trained run's model for :func:`evaluate_run`: Keras in batches of 256 (the training process has Keras
+    loaded anyway, and on thousands of windows its throughput is several times NumPy's)."""
+    return Predictor(run_dir, "keras", batch_size=256)
+
+
 def evaluate_run(predictor: Predictor, dataset, kind: str, splits=("val", "test"), hop_s: float = 1.0,
                  track_level_eval: bool = True, progress=None) -> dict[tuple[str, str], dict]:
     """All levels for one trained model: ``{(level, split): {"metrics": ..., "predictions": [...]}}``.

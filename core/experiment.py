@@ -184,9 +184,9 @@ def run_experiment(
     written here only.
     """
     from core.dataset import DatasetError, load_dataset
-    from core.evaluate import evaluate_run
+    from core.evaluate import evaluate_run, run_predictor
     from core.jobs import StoreLock
-    from core.predictor import Predictor, PredictorError, write_model_card
+    from core.predictor import PredictorError, write_model_card
     from core.store import Store, make_run_id, results_frame
     from core.baseline import train_linear
     from core.train import TrainConfig, TrainError, train_run
@@ -330,7 +330,7 @@ def run_experiment(
 
                         results = embedding_results(ds, result, splits)
                     else:
-                        results = evaluate_run(Predictor(run_dir), ds, kind, splits, hop_s, progress=on_track)
+                        results = evaluate_run(run_predictor(run_dir), ds, kind, splits, hop_s, progress=on_track)
                     store.write_evaluation(run_id, results, "done")
                     summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
                     emit({**base, "state": "done", "phase": "evaluate", "metrics": summary,

@@ -290,13 +290,15 @@ def select_snippets(starts: list[int], params: FeatureParams, key: str = "") -> 
     return [starts[i] for i in idx]
 
 
+def peak_offset_db(seg: np.ndarray) -> float:
+    """The dB offset that peak-normalises ``seg`` (0 for silence)."""
+    peak = float(np.max(np.abs(seg))) if seg.size else 0.0
+    return 0.0 if peak <= 1e-8 else -20.0 * math.log10(peak)
+
+
 def _peak_offsets_db(y: np.ndarray, starts: list[int], params: FeatureParams) -> np.ndarray:
-    offs = []
-    for f in starts:
-        seg = y[f * params.hop_length : f * params.hop_length + params.snippet_samples]
-        peak = float(np.max(np.abs(seg))) if seg.size else 0.0
-        offs.append(0.0 if peak <= 1e-8 else -20.0 * math.log10(peak))
-    return np.asarray(offs, dtype=np.float32)
+    h = params.hop_length
+    return np.asarray([peak_offset_db(y[f * h: f * h + params.snippet_samples]) for f in starts], dtype=np.float32)
 
 
 def pad_to(y: np.ndarray, n_samples: int) -> np.ndarray:

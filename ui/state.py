@@ -234,6 +234,6 @@ def model_stamp(path: str) -> float:
 def get_predictor(path: str, stamp: float):
     """One predictor per model file (at most two kept in memory): NumPy inference when the model allows it
     (no TensorFlow in the server: ~200 MB instead of ~1 GB), else Keras."""
-    from core.lite_inference import make_predictor
+    from core.predictor import Predictor
 
-    return make_predictor(path)
+    return Predictor(path)

@@ -1,10 +1,13 @@
-"""NumPy inference (core.lite_inference) gives the same scores as Keras for every model kind we ship."""
+"""NumPy inference (core.numpy_model, Predictor(backend="numpy")) gives the same scores as Keras for every model
+kind we ship; the one Predictor picks the backend."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.lite_inference import LitePredictor, UnsupportedModel, load_numpy_model, make_predictor
+from conftest import ROOT
+from core.numpy_model import UnsupportedModel, load_numpy_model
+from core.predictor import Predictor
 
 
 def _randomise_batchnorm(model, rng) -> None:
@@ -31,7 +34,7 @@ def test_crnn_matches_keras(tmp_path, kind):
 
 
 def test_linear_baseline_matches_keras(tmp_path):
-    from core.baseline import build_linear
+    from core.models import build_linear
 
     rng = np.random.default_rng(1)
     full, head = build_linear(5, 100, rng.normal(size=200).astype(np.float32),
@@ -44,16 +47,16 @@ def test_linear_baseline_matches_keras(tmp_path):
                                np.asarray(full.predict_on_batch(x)), atol=1e-6)
 
 
-def test_lite_predictor_matches_predictor(demo_model_dir):
-    from core.predictor import Predictor
+def test_numpy_backend_matches_keras_backend(demo_model_dir):
     from core.synth import synth_clip
 
     y = synth_clip(1, 20.0, seed=11)
-    lite, ref = LitePredictor(demo_model_dir), Predictor(demo_model_dir)
+    lite, ref = Predictor(demo_model_dir, "numpy"), Predictor(demo_model_dir, "keras")
     a, b = lite.predict_array(y, hop_s=0.5), ref.predict_array(y, hop_s=0.5)
     np.testing.assert_allclose(a.window_scores, b.window_scores, atol=1e-5)
     assert a.predicted == b.predicted and a.n_windows == b.n_windows == 35
-    assert make_predictor(demo_model_dir).backend == "numpy"
+    assert (lite.backend, ref.backend) == ("numpy", "keras")
+    assert Predictor(demo_model_dir).backend == "numpy"
 
 
 def test_unsupported_layers_fall_back_to_keras(tmp_path, monkeypatch):
@@ -72,7 +75,58 @@ def test_unsupported_layers_fall_back_to_keras(tmp_path, monkeypatch):
     write_model_card(tmp_path, make_model_card("snippet", ["a", "b", "c"], p, norm, "minmax"))
     with pytest.raises(UnsupportedModel):
         load_numpy_model(tmp_path / "model.keras")
-    pred = make_predictor(tmp_path)
+    pred = Predictor(tmp_path)
     assert pred.backend == "keras"
     monkeypatch.setenv("GENRELAB_INFERENCE", "keras")
-    assert make_predictor(tmp_path).backend == "keras"
+    assert Predictor(tmp_path).backend == "keras"
+
+
+def test_numpy_backend_refuses_a_keras_only_model_with_a_clear_error(tmp_path):
+    """Asked for NumPy explicitly, a model NumPy cannot run is a GenreLabError that says what to do."""
+    import keras
+
+    from core.errors import GenreLabError
+    from core.features import FeatureParams
+    from core.predictor import PredictorError, make_model_card, write_model_card
+
+    p = FeatureParams()
+    x_in = keras.Input(shape=(None, p.n_mels, 1))
+    x = keras.layers.GlobalMaxPooling2D()(keras.layers.Conv2D(4, 3, padding="same")(x_in))
+    keras.Model(x_in, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "model.keras")
+    norm = {"min": -100.0, "max": 40.0}
+    write_model_card(tmp_path, make_model_card("snippet", ["a", "b", "c"], p, norm, "minmax"))
+    with pytest.raises(PredictorError, match=r"model\.keras cannot run in NumPy \(not implemented there: layer "
+                                             r"GlobalMaxPooling2D\); use the Keras backend") as err:
+        Predictor(tmp_path, "numpy")
+    assert isinstance(err.value, GenreLabError)
+    with pytest.raises(ValueError, match="unknown backend 'tf'"):
+        Predictor(tmp_path, "tf")
+
+
+_NO_TF = """
+import json, sys
+sys.path.insert(0, {root!r})
+from core.predictor import Predictor, PredictorError
+try:
+    Predictor({musicnn!r}, "numpy")
+    refused = None
+except PredictorError as exc:
+    refused = str(exc)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+print(json.dumps({{"refused": refused, "heavy": heavy}}))
+"""
+
+
+def test_the_musicnn_classifier_needs_keras_and_says_so_without_loading_it():
+    musicnn = ROOT / "models" / "emotify-musicnn"
+    if not (musicnn / "model_card.json").is_file():
+        pytest.skip("the shipped model models/emotify-musicnn is absent")
+    import json
+    import subprocess
+    import sys
+
+    code = _NO_TF.format(root=str(ROOT), musicnn=str(musicnn))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["heavy"] == [] and "cannot run in NumPy" in res["refused"] and "Keras backend" in res["refused"]
