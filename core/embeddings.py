@@ -547,19 +547,9 @@ def _cmd_embed(a) -> int:
     return 0
 
 
-def _parse_seeds(text: str) -> list[int]:
-    """``"5"`` -> 0..4, ``"0-4"`` -> 0..4, ``"0,3,7"`` -> [0, 3, 7]."""
-    text = str(text).strip()
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    if "-" in text:
-        a, b = text.split("-", 1)
-        return list(range(int(a), int(b) + 1))
-    return list(range(int(text)))
-
-
 def _cmd_heads(a) -> int:
     from core.dataset import load_dataset
+    from core.experiment import parse_seeds
 
     try:
         embed_dataset(a.dataset, a.model_dir, a.hop)
@@ -569,7 +559,7 @@ def _cmd_heads(a) -> int:
     ds = load_dataset(a.dataset)
     rows = []
     for hidden in [int(h) for h in str(a.hidden).split(",")]:
-        for seed in _parse_seeds(a.seeds):
+        for seed in parse_seeds(a.seeds):
             run_dir = Path(a.out) / f"musicnn-h{hidden}-s{seed}" if a.out else None
             r = train_embedding_head(a.dataset, seed, hidden, run_dir, epochs=a.epochs, lr=a.lr, dropout=a.dropout,
                                      l2=a.l2, patience=a.patience, monitor=a.monitor, model_dir=a.model_dir)

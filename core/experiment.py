@@ -87,7 +87,8 @@ def preset_name(config: dict | TrainConfig) -> str | None:
 
 
 def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
-    """``"3"`` -> ``[0, 1, 2]``; ``"0,5,7"`` -> ``[0, 5, 7]``; ``"7,"`` -> ``[7]``."""
+    """``"3"`` -> ``[0, 1, 2]``; ``"0,5,7"`` -> ``[0, 5, 7]``; ``"7,"`` -> ``[7]``; ``"0-4"`` -> ``[0, ..., 4]``
+    (every ``--seeds`` option: run-experiment, embedding-heads). :class:`ExperimentError` for anything else."""
     if isinstance(text, int):
         return list(range(text))
     if not isinstance(text, str):
@@ -96,10 +97,13 @@ def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
     try:
         if "," in text:
             seeds = [int(s) for s in text.split(",") if s.strip()]
+        elif "-" in text.lstrip("-"):
+            a, b = text.split("-", 1)
+            seeds = list(range(int(a), int(b) + 1))
         else:
             seeds = list(range(int(text)))
     except ValueError as exc:
-        raise ExperimentError(f"--seeds takes a count (3) or a list (0,5,7), not {text!r}") from exc
+        raise ExperimentError(f"--seeds takes a count (3), a list (0,5,7) or a range (0-4), not {text!r}") from exc
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ExperimentError("seeds must be a positive count or a list of distinct non-negative integers")
     return seeds
@@ -368,7 +372,8 @@ def register_cli(sub) -> None:
                     "Ctrl-C, a kill or a crash, run the same command again.")
     p.add_argument("dataset", help="snippet dataset folder (from build-dataset)")
     p.add_argument("--store", required=True, help="experiment store folder (created if missing)")
-    p.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2) or a list (0,5,7) (default: 1)")
+    p.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2), a list (0,5,7) or a range (0-4) "
+                                                  "(default: 1)")
     p.add_argument("--models", default="snippet,full",
                    help="comma list of snippet, full, linear (the reference baseline) and musicnn (pretrained musicnn "
                         "embeddings + a small head, core.embeddings) (%(default)s)")
