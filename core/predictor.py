@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import GenreLabError
 from core import musicnn as mn
+from core.errors import GenreLabError
 from core.features import (FeatureParams, apply_norm, full_clip, mel_spectrogram, peak_offset_db,
                            track_snippets)
 from core.utils import atomic_write_json, read_json
@@ -61,6 +61,7 @@ def aggregate(window_scores: np.ndarray, method: str = "sum") -> np.ndarray:
     ``sum``: summed scores; ``vote``: number of windows whose top class is each class, plus a tie-breaking
     ``1e-6 x`` score sum; ``logprob``: mean log-probability. The argmax of each is the decision.
     """
+    _check_aggregation(method)
     s = np.asarray(window_scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] == 0:
         raise ValueError("window_scores must be a non-empty (n_windows, n_classes) array")
@@ -69,9 +70,7 @@ def aggregate(window_scores: np.ndarray, method: str = "sum") -> np.ndarray:
     if method == "vote":
         votes = np.bincount(s.argmax(axis=1), minlength=s.shape[1]).astype(np.float64)
         return votes + 1e-6 * s.sum(axis=0) / s.shape[0]
-    if method == "logprob":
-        return np.log(np.clip(s, EPS, 1.0)).mean(axis=0)
-    raise ValueError(f"unknown aggregation {method!r} (use one of {AGGREGATIONS})")
+    return np.log(np.clip(s, EPS, 1.0)).mean(axis=0)  # logprob
 
 
 def _check_aggregation(method: str) -> None:

@@ -130,3 +130,19 @@ def test_the_musicnn_classifier_needs_keras_and_says_so_without_loading_it():
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["heavy"] == [] and "cannot run in NumPy" in res["refused"] and "Keras backend" in res["refused"]
+
+
+def test_predict_cli_says_when_a_model_needs_keras_without_a_traceback(tmp_path):
+    musicnn = ROOT / "models" / "emotify-musicnn"
+    if not (musicnn / "model_card.json").is_file():
+        pytest.skip("the shipped model models/emotify-musicnn is absent")
+    import soundfile as sf
+
+    from core.synth import synth_clip
+    from engine_helpers import run_core
+
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, synth_clip(0, 4.0), 22050)
+    r = run_core("predict", "--model", str(musicnn), "--backend", "numpy", str(clip))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == "", r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "cannot run in NumPy" in r.stderr
