@@ -1,6 +1,6 @@
 """Resident memory of the dashboard's demo path: load a Predictor, classify a 3-minute clip, print peak RSS.
 
-Runs exactly what the demo page runs (``core.lite_inference.make_predictor``: NumPy inference when the model
+Runs exactly what the demo page runs (``core.predictor.Predictor(path)``: NumPy inference when the model
 allows it, else Keras; ``core.dashboard_support.decode_clip`` on uploaded WAV bytes, then ``classify_clip``),
 with Streamlit imported as the server has it, and
 prints the process's resident memory after each step and its peak (``ru_maxrss``). Streamlit Community
@@ -90,10 +90,10 @@ def main() -> int:
     if not model_dir:
         shipped = [m["path"] for m in list_model_folders() if m.get("card") and m["origin"] == "shipped"]
         model_dir = shipped[0] if shipped else str(untrained_model(Path(tmp.name)))
-    from core.lite_inference import make_predictor
+    from core.predictor import Predictor
 
     t0 = time.perf_counter()
-    pred = make_predictor(model_dir, prefer_lite=not a.keras)  # what the demo page does
+    pred = Predictor(model_dir, "keras" if a.keras else "auto")  # what the demo page does (auto)
     steps.append((f"{type(pred).__name__} loaded ({pred.backend} inference, {Path(model_dir).name}, "
                   f"{time.perf_counter() - t0:.1f} s)", rss_mb()))
 
@@ -141,7 +141,7 @@ def long_file(a) -> int:
         path = write_long_flac(Path(tmp.name) / "long.flac", a.long)
         steps.append((f"generated {a.long:g} s 44.1 kHz stereo FLAC ({path.stat().st_size / 1e6:.0f} MB) in "
                       f"{time.perf_counter() - t0:.0f} s", rss_mb()))
-    from core.lite_inference import make_predictor
+    from core.predictor import Predictor
 
     model_dir = a.model
     if not model_dir:
@@ -150,7 +150,7 @@ def long_file(a) -> int:
         shipped = [m["path"] for m in list_model_folders() if m.get("card") and m["origin"] == "shipped"
                    and m["card"].get("kind") == "snippet"]
         model_dir = shipped[0] if shipped else str(untrained_model(Path(tmp.name)))
-    pred = make_predictor(model_dir, prefer_lite=not a.keras)
+    pred = Predictor(model_dir, "keras" if a.keras else "auto")
     steps.append((f"{type(pred).__name__} loaded ({pred.backend} inference, {Path(model_dir).name})", rss_mb()))
     samples: list[float] = []
     stop = threading.Event()

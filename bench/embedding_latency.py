@@ -7,7 +7,8 @@ decoded once beforehand): the log-mel front end, and the network on 3 s patches 
 * every 1 s (Genre Lab's track-level windows: 178 patches on 3 minutes), patch by patch and with the timbral
   front end shared between overlapping windows (``core.musicnn.OverlappingWindows``, same result);
 
-and the whole classifier (``core.embeddings.MusicnnPredictor``: log-mel, 178 windows, musicnn + head, sum).
+and the whole classifier (``core.predictor.Predictor`` on a musicnn model folder: log-mel, 178 windows, musicnn +
+head, sum).
 
 Reports the median of ``--repeats`` runs (and the fastest: the CPU may be shared), wall and CPU time. Usage:
 ``python bench/embedding_latency.py [--seconds 180] [--repeats 5] [--batch 32] [--clip FILE]``.
@@ -92,15 +93,15 @@ def main() -> None:
     # the classifier a user runs: musicnn + a head (random weights: latency does not depend on them)
     import tempfile
 
-    from core.embeddings import MusicnnPredictor, build_head, combined_model, musicnn_card
-    from core.predictor import write_model_card
+    from core.embeddings import build_head, combined_model, musicnn_card
+    from core.predictor import Predictor, write_model_card
 
     with tempfile.TemporaryDirectory() as tmp:
         combined_model(model, build_head(4)).save(Path(tmp) / "best.keras")
         write_model_card(tmp, musicnn_card(["a", "b", "c", "d"], card))
-        pred = MusicnnPredictor(tmp, batch_size=a.batch)
+        pred = Predictor(tmp, batch_size=a.batch)
         w_p, c_p, r = _time(lambda: pred.predict_array(y, mn.SR, hop_s=1.0), a.repeats)
-        print(f"MusicnnPredictor.predict_array (musicnn + head, {r.n_windows} windows every 1 s, sum): "
+        print(f"Predictor.predict_array (musicnn + head, {r.n_windows} windows every 1 s, sum): "
               f"{w_p * 1000:.0f} ms wall (min {_time.min_wall * 1000:.0f}), {c_p * 1000:.0f} ms CPU")
 
 

@@ -3,7 +3,9 @@
 Builds an (untrained: latency does not depend on the weights) snippet CRNN at the default features
 (22050 Hz, 3 s windows, 100 mels), saves it with a model card, loads it with ``Predictor`` and times
 ``predict_array`` on a 3-minute signal with 1 s hop (178 windows), sum aggregation. Also times a full-clip
-model on the same track. Usage: ``python bench/predict_latency.py [--repeats 5] [--seconds 180]``.
+model on the same track. ``--backend`` picks the runtime (default keras, as the README's numbers were measured;
+``numpy`` is what ``predict`` and the demo use). Usage:
+``python bench/predict_latency.py [--repeats 5] [--seconds 180] [--backend keras|numpy|auto]``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--hop", type=float, default=1.0)
+    ap.add_argument("--backend", choices=("keras", "numpy", "auto"), default="keras")
     a = ap.parse_args()
 
     import keras
@@ -37,7 +40,8 @@ def main() -> None:
     classes = [f"c{i}" for i in range(10)]
     norm = {"min": -100.0, "max": 40.0, "mean": [0.0] * 100, "std": [1.0] * 100}
     y = synth_clip(2, a.seconds)
-    print(f"keras {keras.__version__} backend {keras.backend.backend()}, {os.cpu_count()} CPUs; "
+    print(f"keras {keras.__version__} backend {keras.backend.backend()}, {os.cpu_count()} CPUs, Predictor backend "
+          f"{a.backend}; "
           f"track {a.seconds:g} s, hop {a.hop:g} s")
     with tempfile.TemporaryDirectory() as tmp:
         for kind, builder, params in (("snippet", build_snippet_crnn, FeatureParams()),
@@ -48,7 +52,7 @@ def main() -> None:
             builder(10).save(d / "best.keras")
             write_model_card(d, make_model_card(kind, classes, params, norm, "minmax"))
             t0 = time.perf_counter()
-            pred = Predictor(d)
+            pred = Predictor(d, a.backend)
             t_load = time.perf_counter() - t0
             times, cpu = [], []
             for _ in range(a.repeats):

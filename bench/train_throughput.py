@@ -57,7 +57,7 @@ def main() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     import keras
 
-    from core.dataset import apply_norm
+    from core.features import apply_norm
     from core.features import FeatureParams
     from core.models import build_snippet_crnn, count_flops
     from core.train import SnippetSequence, TrainConfig, _StopCheck, build_compiled, compile_model

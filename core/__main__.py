@@ -7,7 +7,8 @@ import os
 import sys
 
 # Each module below defines ``register_cli(subparsers)``, adding its commands with ``set_defaults(func=...)``;
-# ``func(args)`` returns the process exit code.
+# ``func(args)`` returns the process exit code. A ``core.errors.GenreLabError`` that a command lets through is
+# printed as ``error: MESSAGE`` (exit code 2; a ``Stopped``: ``stopped: MESSAGE``, 130), without a traceback.
 CLI_MODULES = [
     "core.ablation",
     "core.dataset",
@@ -41,11 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from core.errors import GenreLabError, Stopped
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("\nstopped; run the same command again to resume.", file=sys.stderr)
         return 130
+    except Stopped as exc:  # stopped on request (a stop file): what was done is kept
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130
+    except GenreLabError as exc:  # the engine's own errors: the message is for the user, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
 
 
 def _score(model, dataset, split: str, norm_method: str) -> dict[str, float]:
-    from core.dataset import apply_norm
+    from core.features import apply_norm
 
     T = dataset.params.input_frames
     X, y, tr = dataset.X(split), np.asarray(dataset.y(split)), np.asarray(dataset.track(split))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import GenreLabError
+
 #: File extensions the engine treats as audio when scanning a folder.
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".au", ".snd", ".aif", ".aiff", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
@@ -23,7 +25,7 @@ AUDIO_EXTENSIONS = frozenset(
 _SOUNDFILE_FIRST = frozenset({".wav", ".au", ".snd", ".aif", ".aiff", ".flac", ".ogg", ".oga", ".mp3"})
 
 
-class AudioError(Exception):
+class AudioError(GenreLabError):
     """A file that cannot be used as audio; ``str(err)`` is a short reason for the user."""
 
 

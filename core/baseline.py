@@ -7,7 +7,9 @@ track-level aggregation and evaluation code serve it:
     mel snippet -> MelStats (mean and std of each mel band over time, 2 * n_mels values)
                 -> standardisation (training statistics) -> Dense softmax (L2-regularised)
 
-That is multinomial logistic regression. Training fits the Dense layer on the pre-computed statistics of the
+That is multinomial logistic regression. The model (:class:`core.models.MelStats`,
+:func:`core.models.build_linear`) is in :mod:`core.models` with the CRNNs (the registry of model kinds); this
+module fits it. Training fits the Dense layer on the pre-computed statistics of the
 training snippets with L-BFGS (a convex problem, so the fit is deterministic), which takes about a second.
 """
 from __future__ import annotations
@@ -16,48 +18,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import keras
 import numpy as np
-from keras import layers, ops
 
+from core.models import MelStats, build_linear  # noqa: F401 (the baseline's layer and model: the registry's)
+from core.train import TrainResult
 from core.utils import atomic_write_json
 
 
-@keras.saving.register_keras_serializable(package="genrelab")
-class MelStats(layers.Layer):
-    """``(batch, time, n_mels, 1)`` -> ``(batch, 2 * n_mels)``: per-band mean and standard deviation over time."""
-
-    def call(self, x):
-        x = ops.squeeze(x, axis=-1)
-        mean = ops.mean(x, axis=1)
-        std = ops.sqrt(ops.maximum(ops.mean(ops.square(x), axis=1) - ops.square(mean), 1e-12))
-        return ops.concatenate([mean, std], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], 2 * input_shape[2])
-
-
 def mel_stats(X: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """numpy twin of :class:`MelStats` for ``(n, time, n_mels)`` arrays (chunked, so memmaps stay lazy)."""
+    """numpy twin of :class:`core.models.MelStats` for ``(n, time, n_mels)`` arrays (chunked, so memmaps stay
+    lazy)."""
     out = []
     for a in range(0, len(X), chunk):
         b = np.asarray(X[a:a + chunk], dtype=np.float64)
         out.append(np.concatenate([b.mean(axis=1), b.std(axis=1)], axis=1))
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 2 * X.shape[2]), np.float32)
-
-
-def build_linear(n_classes: int, n_mels: int, mean: np.ndarray | None = None, var: np.ndarray | None = None,
-                 l2: float = 1e-3) -> tuple[keras.Model, keras.Model]:
-    """Returns ``(full_model, head)``: the head maps statistics to class scores, the full model wraps it."""
-    norm = layers.Normalization(mean=mean, variance=var, name="stats_norm") if mean is not None else \
-        layers.Normalization(name="stats_norm")
-    dense = layers.Dense(n_classes, activation="softmax", kernel_regularizer=keras.regularizers.L2(l2),
-                         dtype="float32", name="genre")
-    s_in = keras.Input(shape=(2 * n_mels,), name="stats")
-    head = keras.Model(s_in, dense(norm(s_in)), name="linear_head")
-    x_in = keras.Input(shape=(None, n_mels, 1), name="mel")
-    full = keras.Model(x_in, dense(norm(MelStats(name="mel_stats")(x_in))), name="linear_baseline")
-    return full, head
 
 
 def fit_softmax_regression(S: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2,
@@ -120,7 +95,5 @@ def train_linear(dataset, seed: int, run_dir: str | Path, *, norm_method: str = 
     atomic_write_json(run_dir / "history.json", [rec])
     if on_epoch:
         on_epoch(rec)
-    from core.train import TrainResult
-
     return TrainResult(run_dir, "done", 1, 1, rec.get("val_loss", rec["loss"]), [rec], "L-BFGS converged"
                        if info["iterations"] < 500 else "L-BFGS iteration cap")

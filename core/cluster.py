@@ -2,7 +2,7 @@
 
 ``run_experiment(..., executor="ray")`` hands its runs to :func:`run_on_ray`. Each task trains (or resumes)
 one run in its run folder and evaluates it there: ``core.train.train_run`` / ``core.baseline.train_linear``,
-then ``core.evaluate.evaluate_run`` on ``core.predictor.Predictor(run_dir)``, exactly the calls of the local
+then ``core.evaluate.evaluate_run`` on ``core.evaluate.run_predictor(run_dir)``, exactly the calls of the local
 loop. The task returns the training history and the evaluation to the driver, which alone writes the SQLite
 store (one writer, as with the local executor).
 
@@ -157,9 +157,9 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     report("train", "")
     from core.baseline import train_linear
     from core.dataset import load_dataset
-    from core.evaluate import evaluate_run
+    from core.evaluate import evaluate_run, run_predictor
     from core.experiment import _model_card
-    from core.predictor import Predictor, write_model_card
+    from core.predictor import write_model_card
     from core.train import TrainConfig, train_run
 
     kind, seed = spec["kind"], int(spec["seed"])
@@ -193,7 +193,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         if done == total or done % 20 == 0:
             report("evaluate", f"track-level evaluation {done}/{total} tracks")
 
-    out["results"] = evaluate_run(Predictor(run_dir), ds, kind, tuple(spec["splits"]), float(spec["hop_s"]),
+    out["results"] = evaluate_run(run_predictor(run_dir), ds, kind, tuple(spec["splits"]), float(spec["hop_s"]),
                                   progress=on_track)
     out["seconds"] = round(time.time() - t0, 3)
     return out

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from core.errors import GenreLabError
 from core.utils import read_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ MAX_FFMPEG_BYTES = 25 * 1000 * 1000
 MAX_CLIP_SECONDS = 300.0
 
 
-class UploadError(Exception):
+class UploadError(GenreLabError):
     """An uploaded file that cannot be used; the message is for the user."""
 
 

@@ -32,8 +32,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from core import __version__
+from core.errors import GenreLabError, Stopped
 from core.audio import AUDIO_EXTENSIONS, AudioError, is_silent, load_audio, load_audio_prefix
-from core.features import FeatureParams, full_clip, track_snippets
+from core.features import FeatureParams, apply_norm, full_clip, track_snippets  # apply_norm: Dataset.normalize
 from core.jobs import OSLock
 from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
 
@@ -45,11 +46,11 @@ KNOWN_CORRUPT = {"jazz.00054": "known corrupt file in some GTZAN copies (e.g. Ka
 ProgressFn = Callable[[int, int, str], None]
 
 
-class DatasetError(Exception):
+class DatasetError(GenreLabError):
     """A problem with the source folder, the options or a dataset folder; the message is for the user."""
 
 
-class BuildStopped(Exception):
+class BuildStopped(Stopped):
     """The build was stopped on request; running it again resumes."""
 
 
@@ -786,20 +787,6 @@ def _norm_stats(out: Path, params: FeatureParams, chunk: int = 512) -> dict[str,
     std = np.where(std < 1e-6, 1.0, std)
     return {"min": lo, "max": hi, "mean": mean.tolist(), "std": std.tolist(), "source_split": "train",
             "n_frames": count}
-
-
-def apply_norm(X: np.ndarray, norm: dict[str, Any], method: str = "minmax") -> np.ndarray:
-    """Scale features with stored training statistics: ``minmax`` -> ``(X - min) / (max - min)``;
-    ``standard`` -> per-mel ``(X - mean) / std``. Used identically in training and at inference."""
-    X = np.asarray(X, dtype=np.float32)
-    if method == "minmax":
-        span = float(norm["max"]) - float(norm["min"])
-        return (X - np.float32(norm["min"])) / np.float32(span if span > 0 else 1.0)
-    if method == "standard":
-        return (X - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
-    if method == "none":
-        return X
-    raise ValueError(f"unknown normalisation {method!r} (minmax, standard or none)")
 
 
 # ---------------------------------------------------------------------------------------------------------

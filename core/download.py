@@ -36,6 +36,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Callable
 
+from core.errors import GenreLabError, Stopped
 from core.audio import AUDIO_EXTENSIONS
 from core.utils import atomic_write_json, read_json, sha256_file
 
@@ -60,7 +61,7 @@ ProgressFn = Callable[[int, "int | None"], None]
 StopFn = Callable[[], bool]
 
 
-class DownloadError(Exception):
+class DownloadError(GenreLabError):
     """A download that failed; ``str(err)`` is the reason for the user. ``status`` is the HTTP status if any."""
 
     def __init__(self, message: str, *, status: int | None = None):
@@ -68,11 +69,11 @@ class DownloadError(Exception):
         self.status = status
 
 
-class DownloadStopped(Exception):
+class DownloadStopped(Stopped):
     """The download was stopped on request; the partial file is kept so that the next call resumes."""
 
 
-class ArchiveError(Exception):
+class ArchiveError(GenreLabError):
     """An archive that is unreadable or unsafe to extract (path escape, link, device, bomb ...)."""
 
 

@@ -1,13 +1,15 @@
 """Pretrained music embeddings (musicnn's 200-d penultimate layer) for a built dataset, a small classifier head
-trained on them in seconds, and a predictor that runs musicnn + head on raw audio.
+trained on them in seconds, saved as one musicnn + head model that :class:`core.predictor.Predictor` runs on raw
+audio.
 
 **Embeddings** (:func:`embed_dataset`, ``python -m core embed-dataset DATASET``). A dataset's ``{split}_X.npy``
 holds the CRNN's 22.05 kHz features, so the audio is decoded again: each track listed in ``manifest.json``
 (``abs_path``) at 16 kHz, musicnn's log-mel of the whole track (:func:`core.musicnn.log_mel`), a 3 s patch
 (187 frames) at each snippet's start time (``{split}_start.npy``, nearest 16 ms frame), the network's
 ``penultimate`` output. Also, for the val and test tracks, the patches every ``hop_s`` (1 s) over the whole
-track: the windows that track-level evaluation aggregates (the :class:`MusicnnPredictor` code path, computed
-once per dataset instead of once per trained head). Written into ``DATASET/embeddings-msd-musicnn/``:
+track: the windows that track-level evaluation aggregates (the :class:`core.predictor.Predictor` code path for
+the musicnn front end, computed once per dataset instead of once per trained head). Written into
+``DATASET/embeddings-msd-musicnn/``:
 
 ```
 card.json             model (name, wheel and weights sha256), dataset build_id, counts, hop, input parameters,
@@ -27,8 +29,8 @@ is kept. ``hidden=0`` is multinomial logistic regression. Returns the snippet sc
 window scores of val/test, from which :func:`embedding_results` computes segment- and track-level metrics in
 the format of :func:`core.evaluate.evaluate_run`. Saves ``best.keras``: musicnn and the head as ONE Keras
 model (input: ``(187, 96)`` log-mel patches, output: class scores) with a ``model_card.json`` of kind
-``"musicnn"`` that carries musicnn's input parameters; :class:`MusicnnPredictor` (a
-:class:`core.predictor.Predictor`) classifies any audio with it, windows and aggregation as for the CRNNs.
+``"musicnn"`` that carries musicnn's input parameters, from which :class:`core.predictor.Predictor` takes
+musicnn's front end (Keras backend) and classifies any audio with it, windows and aggregation as for the CRNNs.
 """
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ from typing import Any, Callable
 import numpy as np
 
 from core import musicnn as mn
-from core.predictor import PredictionResult, Predictor
+from core.errors import GenreLabError, Stopped
+from core.predictor import cut_patches, window_start_frames
 from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
 
 KIND = "musicnn"
@@ -58,47 +61,17 @@ WINDOW_SPLITS = ("val", "test")
 ProgressFn = Callable[[int, int, str], None]
 
 
-class EmbeddingError(Exception):
+class EmbeddingError(GenreLabError):
     """Embeddings cannot be computed or are missing; the message is for the user."""
 
 
-class EmbedStopped(Exception):
+class EmbedStopped(Stopped):
     """``should_stop()`` returned True; what was computed so far is kept (run again to resume)."""
 
 
 # =========================================================================================================
-# windows and the embedder
+# the embedder (its windows: core.predictor.window_start_frames, cut_patches)
 # =========================================================================================================
-def window_start_frames(n_frames: int, hop_s: float = 1.0) -> np.ndarray:
-    """Start frames of musicnn windows every ``hop_s`` seconds (nearest frame) that fit in ``n_frames``;
-    ``[0]`` when not even one fits (the patch is then repeat-padded)."""
-    if hop_s <= 0:
-        raise ValueError("hop must be positive")
-    out = []
-    k = 0
-    while True:
-        f = mn.frames_at(k * hop_s)
-        if f + mn.PATCH_FRAMES > n_frames:
-            break
-        if not out or f > out[-1]:
-            out.append(f)
-        k += 1
-    return np.asarray(out or [0], dtype=np.int64)
-
-
-def cut_patches(mel: np.ndarray, start_frames) -> tuple[np.ndarray, int]:
-    """``(k, 187, 96)`` patches of a log-mel at the given start frames; a start too close to the end is moved
-    back so the patch fits (returns how many were moved); a too-short representation is repeat-padded."""
-    n = mel.shape[0]
-    if n < mn.PATCH_FRAMES:
-        x, _ = mn.patches(mel)
-        return np.repeat(x, len(start_frames), axis=0), len(start_frames)
-    s = np.asarray(start_frames, dtype=np.int64)
-    clipped = np.clip(s, 0, n - mn.PATCH_FRAMES)
-    idx = clipped[:, None] + np.arange(mn.PATCH_FRAMES)[None, :]
-    return np.ascontiguousarray(mel[idx], dtype=np.float32), int((clipped != s).sum())
-
-
 class MusicnnEmbedder:
     """The converted musicnn (default: the shipped ``models/msd-musicnn``) as a 200-d embedding of 3 s patches."""
 
@@ -489,7 +462,7 @@ def musicnn_card(classes: list[str], musicnn_card_: dict, **extra: Any) -> dict:
 def embedding_results(dataset, res: HeadResult, splits=("val", "test")) -> dict[tuple[str, str], dict]:
     """``{(level, split): {"metrics", "predictions"}}``: ``segment`` from the snippet scores, ``track_sum`` /
     ``track_vote`` / ``track_logprob`` from the windows every ``hop_s`` over each whole track (the same windows
-    :class:`MusicnnPredictor` scores on the audio)."""
+    :class:`core.predictor.Predictor` scores on the audio)."""
     from core.evaluate import classification_metrics
     from core.predictor import AGGREGATIONS, aggregate
 
@@ -533,116 +506,6 @@ def embedding_results(dataset, res: HeadResult, splits=("val", "test")) -> dict[
     return out
 
 
-# =========================================================================================================
-# the predictor: musicnn + head on raw audio
-# =========================================================================================================
-class MusicnnPredictor(Predictor):
-    """:class:`core.predictor.Predictor` for ``kind == "musicnn"`` model folders: 16 kHz audio -> musicnn
-    log-mel -> 3 s windows every ``hop_s`` -> musicnn + head -> class scores -> aggregation. Same interface and
-    results (``predict_array``, ``predict_file``, ``window_features``, ``predict_features``)."""
-
-    def __init__(self, model_path, card=None, batch_size: int = 32, warmup: bool = True, fast: bool = True):
-        from core.features import FeatureParams
-        from core.predictor import CARD_NAME, PredictorError, read_model_card, resolve_model_path
-
-        self.model_path = resolve_model_path(model_path)
-        self.card = card if isinstance(card, dict) else read_model_card(card or self.model_path.parent / CARD_NAME)
-        if self.card["kind"] != KIND:
-            raise PredictorError(f"{self.model_path} is a {self.card['kind']!r} model, not {KIND!r}")
-        self.kind = KIND
-        self.classes = list(self.card["classes"])
-        self.params = FeatureParams.from_dict(self.card["params"])
-        self.norm, self.norm_method = {}, "none"
-        self.batch_size = batch_size
-        self.backend = "keras"
-        from core.train import TrainError, load_model
-
-        try:
-            self.model = load_model(self.model_path, compile=False)
-        except TrainError as exc:
-            raise PredictorError(str(exc)) from exc
-        if int(self.model.output_shape[-1]) != len(self.classes):
-            raise PredictorError(f"the model has {self.model.output_shape[-1]} outputs but its card lists "
-                                 f"{len(self.classes)} classes")
-        if tuple(self.model.input_shape[1:]) != (mn.PATCH_FRAMES, mn.N_MELS):
-            raise PredictorError(f"{self.model_path} takes {self.model.input_shape[1:]} inputs, not musicnn's "
-                                 f"({mn.PATCH_FRAMES}, {mn.N_MELS}) log-mel patches")
-        self._fixed_frames = mn.PATCH_FRAMES
-        self.fast = fast
-        self._ow = None
-        if warmup:
-            self.predict_features(np.zeros((1, mn.PATCH_FRAMES, mn.N_MELS), np.float32))
-            if fast:  # traces the shared-front-end graphs once (a 10 s signal: overlapping windows)
-                self.predict_array(np.zeros(10 * mn.SR, np.float32) + 1e-3)
-
-    @property
-    def sample_rate(self) -> int:
-        return mn.SR
-
-    def predict_features(self, X: np.ndarray) -> np.ndarray:
-        """Class scores of ``(k, 187, 96)`` musicnn log-mel patches."""
-        X = np.asarray(X, dtype=np.float32)
-        out = [np.asarray(self.model.predict_on_batch(X[a:a + self.batch_size]), dtype=np.float64)
-               for a in range(0, len(X), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
-
-    def _windows(self, y: np.ndarray, window_s: float | None, hop_s: float):
-        from core.predictor import PredictorError
-
-        if window_s is not None and abs(window_s - mn.PATCH_SECONDS) > 1e-9:
-            raise PredictorError(f"musicnn takes 3 s windows (187 frames), not {window_s} s")
-        notes: list[str] = []
-        dur = y.size / mn.SR
-        mel = mn.log_mel(y)
-        if mel.shape[0] < mn.PATCH_FRAMES:
-            notes.append(f"clip shorter than one window ({dur:.2f} s < 3 s): repeat-padded")
-        starts_f = window_start_frames(mel.shape[0], hop_s)
-        starts = starts_f * mn.HOP / mn.SR
-        ends = np.minimum(starts + mn.PATCH_SECONDS, max(dur, mn.PATCH_SECONDS))
-        covered = float(ends[-1]) if len(ends) else 0.0
-        if dur - covered > hop_s:
-            notes.append(f"last {dur - covered:.2f} s not covered by a full window")
-        return mel, starts_f, starts, ends, notes
-
-    def window_features(self, y: np.ndarray, window_s: float | None = None, hop_s: float = 1.0):
-        """``(X (k, 187, 96), starts, ends, notes)``: the musicnn log-mel patches a track is scored on."""
-        mel, starts_f, starts, ends, notes = self._windows(y, window_s, hop_s)
-        X, _ = cut_patches(mel, starts_f)
-        return X, starts, ends, notes
-
-    def predict_array(self, y: np.ndarray, sr: int | None = None, window_s: float | None = None,
-                      hop_s: float = 1.0, aggregation: str = "sum") -> PredictionResult:
-        """As :meth:`core.predictor.Predictor.predict_array`; overlapping windows (hop < 3 s) go through
-        :class:`core.musicnn.OverlappingWindows` (same scores, ~2.5x faster)."""
-        from core.predictor import AGGREGATIONS, aggregate
-
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r} (use one of {AGGREGATIONS})")
-        t0 = time.perf_counter()
-        y = np.asarray(y, dtype=np.float32)
-        if y.ndim > 1:
-            y = y.mean(axis=-1 if y.shape[-1] <= 8 else 0)
-        if y.size == 0:
-            raise ValueError("empty signal")
-        notes: list[str] = []
-        if sr is not None and sr != mn.SR:
-            from core.audio import resample
-
-            y = resample(y, sr, mn.SR)
-            notes.append(f"resampled {sr} Hz -> {mn.SR} Hz")
-        mel, starts_f, starts, ends, more = self._windows(y, window_s, hop_s)
-        if self.fast and hop_s < mn.PATCH_SECONDS and len(starts_f) > 1 and mel.shape[0] >= mn.PATCH_FRAMES:
-            if self._ow is None:
-                self._ow = mn.OverlappingWindows(self.model)
-            scores = np.asarray(self._ow.run(mel, starts_f, self.batch_size), dtype=np.float64)
-        else:
-            X, _ = cut_patches(mel, starts_f)
-            scores = self.predict_features(X)
-        agg = aggregate(scores, aggregation)
-        return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)),
-                                y.size / mn.SR, notes + more, time.perf_counter() - t0)
-
-
 def is_musicnn_model(path: str | os.PathLike) -> bool:
     """True when ``path`` (a ``.keras`` file or its folder) has a card of kind ``"musicnn"``."""
     p = Path(path)
@@ -684,19 +547,9 @@ def _cmd_embed(a) -> int:
     return 0
 
 
-def _parse_seeds(text: str) -> list[int]:
-    """``"5"`` -> 0..4, ``"0-4"`` -> 0..4, ``"0,3,7"`` -> [0, 3, 7]."""
-    text = str(text).strip()
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    if "-" in text:
-        a, b = text.split("-", 1)
-        return list(range(int(a), int(b) + 1))
-    return list(range(int(text)))
-
-
 def _cmd_heads(a) -> int:
     from core.dataset import load_dataset
+    from core.experiment import parse_seeds
 
     try:
         embed_dataset(a.dataset, a.model_dir, a.hop)
@@ -706,7 +559,7 @@ def _cmd_heads(a) -> int:
     ds = load_dataset(a.dataset)
     rows = []
     for hidden in [int(h) for h in str(a.hidden).split(",")]:
-        for seed in _parse_seeds(a.seeds):
+        for seed in parse_seeds(a.seeds):
             run_dir = Path(a.out) / f"musicnn-h{hidden}-s{seed}" if a.out else None
             r = train_embedding_head(a.dataset, seed, hidden, run_dir, epochs=a.epochs, lr=a.lr, dropout=a.dropout,
                                      l2=a.l2, patience=a.patience, monitor=a.monitor, model_dir=a.model_dir)

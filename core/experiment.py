@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from core.errors import GenreLabError
+
 if TYPE_CHECKING:  # core.train imports keras: keep `python -m core --help` fast
     from core.train_config import TrainConfig
 
@@ -54,7 +56,7 @@ PRESET_HELP = {
 FULL_STORE_S = 60.0
 
 
-class ExperimentError(Exception):
+class ExperimentError(GenreLabError):
     """Bad input to an experiment (unknown dataset, wrong mode, unusable source ...); message for the user."""
 
 
@@ -85,7 +87,8 @@ def preset_name(config: dict | TrainConfig) -> str | None:
 
 
 def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
-    """``"3"`` -> ``[0, 1, 2]``; ``"0,5,7"`` -> ``[0, 5, 7]``; ``"7,"`` -> ``[7]``."""
+    """``"3"`` -> ``[0, 1, 2]``; ``"0,5,7"`` -> ``[0, 5, 7]``; ``"7,"`` -> ``[7]``; ``"0-4"`` -> ``[0, ..., 4]``
+    (every ``--seeds`` option: run-experiment, embedding-heads). :class:`ExperimentError` for anything else."""
     if isinstance(text, int):
         return list(range(text))
     if not isinstance(text, str):
@@ -94,10 +97,13 @@ def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
     try:
         if "," in text:
             seeds = [int(s) for s in text.split(",") if s.strip()]
+        elif "-" in text.lstrip("-"):
+            a, b = text.split("-", 1)
+            seeds = list(range(int(a), int(b) + 1))
         else:
             seeds = list(range(int(text)))
     except ValueError as exc:
-        raise ExperimentError(f"--seeds takes a count (3) or a list (0,5,7), not {text!r}") from exc
+        raise ExperimentError(f"--seeds takes a count (3), a list (0,5,7) or a range (0-4), not {text!r}") from exc
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ExperimentError("seeds must be a positive count or a list of distinct non-negative integers")
     return seeds
@@ -147,8 +153,7 @@ def _model_card(run_id: str, kind: str, seed: int, dataset, config: TrainConfig)
 
     p = dataset.params
     frames = p.input_frames
-    info = describe(build_model(kind, len(dataset.classes), p.n_mels, frames,
-                                **({"arch": config.arch} if kind != "linear" else {})), (frames, p.n_mels))
+    info = describe(build_model(kind, len(dataset.classes), p.n_mels, frames, arch=config.arch), (frames, p.n_mels))
     return make_model_card(kind, dataset.classes, p, dataset.norm, config.norm_method, model_file="best.keras",
                            run_id=run_id, seed=seed, dataset=str(dataset.path),
                            dataset_build_id=dataset.card.get("build_id"), input_shape=[frames, p.n_mels, 1],
@@ -183,9 +188,9 @@ def run_experiment(
     written here only.
     """
     from core.dataset import DatasetError, load_dataset
-    from core.evaluate import evaluate_run
+    from core.evaluate import evaluate_run, run_predictor
     from core.jobs import StoreLock
-    from core.predictor import Predictor, PredictorError, write_model_card
+    from core.predictor import PredictorError, write_model_card
     from core.store import Store, make_run_id, results_frame
     from core.baseline import train_linear
     from core.train import TrainConfig, TrainError, train_run
@@ -329,7 +334,7 @@ def run_experiment(
 
                         results = embedding_results(ds, result, splits)
                     else:
-                        results = evaluate_run(Predictor(run_dir), ds, kind, splits, hop_s, progress=on_track)
+                        results = evaluate_run(run_predictor(run_dir), ds, kind, splits, hop_s, progress=on_track)
                     store.write_evaluation(run_id, results, "done")
                     summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
                     emit({**base, "state": "done", "phase": "evaluate", "metrics": summary,
@@ -367,7 +372,8 @@ def register_cli(sub) -> None:
                     "Ctrl-C, a kill or a crash, run the same command again.")
     p.add_argument("dataset", help="snippet dataset folder (from build-dataset)")
     p.add_argument("--store", required=True, help="experiment store folder (created if missing)")
-    p.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2) or a list (0,5,7) (default: 1)")
+    p.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2), a list (0,5,7) or a range (0-4) "
+                                                  "(default: 1)")
     p.add_argument("--models", default="snippet,full",
                    help="comma list of snippet, full, linear (the reference baseline) and musicnn (pretrained musicnn "
                         "embeddings + a small head, core.embeddings) (%(default)s)")

@@ -291,13 +291,15 @@ def select_snippets(starts: list[int], params: FeatureParams, key: str = "") -> 
     return [starts[i] for i in idx]
 
 
+def peak_offset_db(seg: np.ndarray) -> float:
+    """The dB offset that peak-normalises ``seg`` (0 for silence)."""
+    peak = float(np.max(np.abs(seg))) if seg.size else 0.0
+    return 0.0 if peak <= 1e-8 else -20.0 * math.log10(peak)
+
+
 def _peak_offsets_db(y: np.ndarray, starts: list[int], params: FeatureParams) -> np.ndarray:
-    offs = []
-    for f in starts:
-        seg = y[f * params.hop_length : f * params.hop_length + params.snippet_samples]
-        peak = float(np.max(np.abs(seg))) if seg.size else 0.0
-        offs.append(0.0 if peak <= 1e-8 else -20.0 * math.log10(peak))
-    return np.asarray(offs, dtype=np.float32)
+    h = params.hop_length
+    return np.asarray([peak_offset_db(y[f * h: f * h + params.snippet_samples]) for f in starts], dtype=np.float32)
 
 
 def pad_to(y: np.ndarray, n_samples: int) -> np.ndarray:
@@ -358,6 +360,21 @@ def full_clip(y: np.ndarray, params: FeatureParams, store: bool = False) -> np.n
             off = -20.0 * math.log10(peak)
             m = m + off if params.log else m * 10.0 ** (off / 10.0)
     return m[None].astype(np.float32)
+
+
+def apply_norm(X: np.ndarray, norm: dict[str, Any], method: str = "minmax") -> np.ndarray:
+    """Scale features with stored training statistics: ``minmax`` -> ``(X - min) / (max - min)``;
+    ``standard`` -> per-mel ``(X - mean) / std``; ``none`` -> unchanged. ``norm`` is a dataset's ``norm.json`` (or
+    a model card's ``norm``). Used identically in training and at inference."""
+    X = np.asarray(X, dtype=np.float32)
+    if method == "minmax":
+        span = float(norm["max"]) - float(norm["min"])
+        return (X - np.float32(norm["min"])) / np.float32(span if span > 0 else 1.0)
+    if method == "standard":
+        return (X - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+    if method == "none":
+        return X
+    raise ValueError(f"unknown normalisation {method!r} (minmax, standard or none)")
 
 
 def snippet_reference(y: np.ndarray, start_frame: int, params: FeatureParams) -> np.ndarray:

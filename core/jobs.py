@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import GenreLabError
 from core.utils import atomic_write_json, read_json
 
 LOCK_NAME = ".lock"
@@ -32,7 +33,7 @@ JOB_NAME = "job.json"
 LOG_NAME = "log.txt"
 
 
-class LockError(Exception):
+class LockError(GenreLabError):
     """The store is being written by another job; the message names it."""
 
 
@@ -90,7 +91,7 @@ class OSLock:
     time and command go to a side file ``NAME.json`` for the messages only.
     """
 
-    error: type[Exception] = Exception
+    error: type[GenreLabError] = GenreLabError
     what = "folder"
 
     def __init__(self, folder: str | os.PathLike, name: str, command: str | None = None):
@@ -136,8 +137,12 @@ class OSLock:
             os.close(fd)
 
     def message(self, info: dict | None) -> str:
+        """Who holds the lock, from its side file: the job (when a :func:`start_job` job), pid, host, start time
+        and command."""
         info = info or {}
-        return (f"the {self.what} {self.path.parent} is in use by pid {info.get('pid')} on {info.get('host')} "
+        job = job_name_of(str(info.get("command") or ""))
+        who = (f"job {job!r}, " if job else "") + f"pid {info.get('pid')}"
+        return (f"the {self.what} {self.path.parent} is in use by {who} on {info.get('host')} "
                 f"since {info.get('started_at')} (command: {info.get('command')}). Stop that job or wait for it.")
 
     def acquire(self, timeout: float = 1.0) -> "OSLock":
@@ -191,6 +196,17 @@ class OSLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def job_name_of(command: str) -> str | None:
+    """The job a ``python -m core ... --events JOBS/NAME/events.jsonl`` command runs as (its folder's name), or
+    None for a command started by hand."""
+    parts = command.split()
+    if "--events" in parts and parts.index("--events") + 1 < len(parts):
+        events = Path(parts[parts.index("--events") + 1])
+        if events.name == EVENTS_NAME:
+            return events.parent.name
+    return None
 
 
 class StoreLock(OSLock):

@@ -19,9 +19,8 @@ import math
 from typing import Sequence
 
 import keras
-from keras import layers
+from keras import layers, ops
 
-MODEL_KINDS = ("snippet", "full", "linear")
 FILTERS = (16, 32, 64, 128)
 BN_MOMENTUM = 0.9
 
@@ -118,21 +117,67 @@ def build_full_crnn(
     return _crnn(n_classes, n_mels, frames, (2, 4, 4, 4), (96, 48), dropout, "full_crnn", FILTERS, arch)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the reference baseline's model (fitted by core.baseline)
+# ---------------------------------------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="genrelab")
+class MelStats(layers.Layer):
+    """``(batch, time, n_mels, 1)`` -> ``(batch, 2 * n_mels)``: per-band mean and standard deviation over time."""
+
+    def call(self, x):
+        x = ops.squeeze(x, axis=-1)
+        mean = ops.mean(x, axis=1)
+        std = ops.sqrt(ops.maximum(ops.mean(ops.square(x), axis=1) - ops.square(mean), 1e-12))
+        return ops.concatenate([mean, std], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[2])
+
+
+def build_linear(n_classes: int, n_mels: int, mean: np.ndarray | None = None, var: np.ndarray | None = None,
+                 l2: float = 1e-3) -> tuple[keras.Model, keras.Model]:
+    """Returns ``(full_model, head)``: the head maps statistics to class scores, the full model wraps it."""
+    norm = layers.Normalization(mean=mean, variance=var, name="stats_norm") if mean is not None else \
+        layers.Normalization(name="stats_norm")
+    dense = layers.Dense(n_classes, activation="softmax", kernel_regularizer=keras.regularizers.L2(l2),
+                         dtype="float32", name="genre")
+    s_in = keras.Input(shape=(2 * n_mels,), name="stats")
+    head = keras.Model(s_in, dense(norm(s_in)), name="linear_head")
+    x_in = keras.Input(shape=(None, n_mels, 1), name="mel")
+    full = keras.Model(x_in, dense(norm(MelStats(name="mel_stats")(x_in))), name="linear_baseline")
+    return full, head
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the registry: model kind -> builder
+# ---------------------------------------------------------------------------------------------------------
+def _build_linear_model(n_classes: int, n_mels: int, frames: int | None, dropout: float, arch: dict) -> keras.Model:
+    return build_linear(n_classes, n_mels)[0]  # frames are open; no dropout, no architecture variants
+
+
+#: every model kind trained from scratch: ``kind -> builder(n_classes, n_mels, frames, dropout, arch)``
+#: (``snippet`` leaves the time axis open, ``full`` fixes it; ``linear`` is the reference baseline, fitted by
+#: :func:`core.baseline.train_linear`). The "musicnn" kind (a head on pretrained embeddings) is built by
+#: :mod:`core.embeddings`.
+BUILDERS = {
+    "snippet": lambda n_classes, n_mels, frames, dropout, arch: build_snippet_crnn(n_classes, n_mels, None, dropout,
+                                                                                  arch=arch),
+    "full": lambda n_classes, n_mels, frames, dropout, arch: build_full_crnn(n_classes, n_mels, frames, dropout,
+                                                                            arch=arch),
+    "linear": _build_linear_model,
+}
+MODEL_KINDS = tuple(BUILDERS)
+
+
 def build_model(kind: str, n_classes: int, n_mels: int, frames: int | None = None, dropout: float = 0.1,
-                arch: str = "standard"):
-    """Build ``"snippet"`` or ``"full"``; ``frames`` is fixed for full clips (compute cost) and open otherwise;
-    ``arch`` names an entry of :data:`ARCHS`."""
+                arch: str = "standard") -> keras.Model:
+    """Build a model of any kind in :data:`BUILDERS`; ``frames`` is fixed for full clips (compute cost) and
+    open otherwise; ``arch`` names an entry of :data:`ARCHS` (the CRNNs; the baseline has none)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r} (use one of {', '.join(ARCHS)})")
-    if kind == "snippet":
-        return build_snippet_crnn(n_classes, n_mels, None, dropout, arch=ARCHS[arch])
-    if kind == "full":
-        return build_full_crnn(n_classes, n_mels, frames, dropout, arch=ARCHS[arch])
-    if kind == "linear":  # the reference baseline (core.baseline): mel-band mean/std -> softmax regression
-        from core.baseline import build_linear
-
-        return build_linear(n_classes, n_mels)[0]
-    raise ValueError(f"unknown model kind {kind!r} (use one of {MODEL_KINDS})")
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown model kind {kind!r} (use one of {MODEL_KINDS})")
+    return BUILDERS[kind](n_classes, n_mels, frames, dropout, ARCHS[arch])
 
 
 def count_flops(model: keras.Model, input_shape: Sequence[int]) -> dict:

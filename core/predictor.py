@@ -10,6 +10,12 @@ scores into one decision:
 
 Full-clip models predict once on the first ``full_clip_s`` seconds (zero-padded).
 
+One :class:`Predictor` serves every model kind and every caller (``python -m core predict``, the evaluation, the
+dashboard's demo): the model card says which feature front end the model takes (the CRNNs' and the baseline's
+mel windows from :mod:`core.features`, or musicnn's 16 kHz log-mel patches for kind ``"musicnn"``), and
+``backend`` which runtime runs it: NumPy (:mod:`core.numpy_model`, no TensorFlow import) when the model's layers
+allow it, else Keras.
+
 Every model folder has a ``model_card.json`` next to the ``.keras`` file: classes, feature parameters,
 normalisation statistics and method, model kind; :func:`write_model_card` writes it.
 """
@@ -25,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from core.features import FeatureParams, full_clip, mel_spectrogram, track_snippets
+from core import musicnn as mn
+from core.errors import GenreLabError
+from core.features import (FeatureParams, apply_norm, full_clip, mel_spectrogram, peak_offset_db,
+                           track_snippets)
 from core.utils import atomic_write_json, read_json
 
 AGGREGATIONS = ("sum", "vote", "logprob")
@@ -34,7 +43,7 @@ CARD_FORMAT = 1
 EPS = 1e-7
 
 
-class PredictorError(Exception):
+class PredictorError(GenreLabError):
     """A model or model card that cannot be used; the message is for the user."""
 
 
@@ -52,6 +61,7 @@ def aggregate(window_scores: np.ndarray, method: str = "sum") -> np.ndarray:
     ``sum``: summed scores; ``vote``: number of windows whose top class is each class, plus a tie-breaking
     ``1e-6 x`` score sum; ``logprob``: mean log-probability. The argmax of each is the decision.
     """
+    _check_aggregation(method)
     s = np.asarray(window_scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] == 0:
         raise ValueError("window_scores must be a non-empty (n_windows, n_classes) array")
@@ -60,9 +70,12 @@ def aggregate(window_scores: np.ndarray, method: str = "sum") -> np.ndarray:
     if method == "vote":
         votes = np.bincount(s.argmax(axis=1), minlength=s.shape[1]).astype(np.float64)
         return votes + 1e-6 * s.sum(axis=0) / s.shape[0]
-    if method == "logprob":
-        return np.log(np.clip(s, EPS, 1.0)).mean(axis=0)
-    raise ValueError(f"unknown aggregation {method!r} (use one of {AGGREGATIONS})")
+    return np.log(np.clip(s, EPS, 1.0)).mean(axis=0)  # logprob
+
+
+def _check_aggregation(method: str) -> None:
+    if method not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {method!r} (use one of {AGGREGATIONS})")
 
 
 def confidence(agg: np.ndarray, method: str, n_windows: int) -> np.ndarray:
@@ -326,12 +339,77 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return p
 
 
-class Predictor:
-    """A trained model with its preprocessing. ``Predictor(path)`` accepts a ``.keras`` file or its folder;
-    the card is read from ``card`` or ``model_card.json`` beside the model."""
+BACKENDS = ("auto", "numpy", "keras")
+#: batch sizes when none is given: NumPy's small matrix products run best in small batches (one BLAS thread);
+#: 32 bounds Keras' activations on a long clip (256 costs ~1 GB). Evaluation passes 256 (~1.6x faster per window)
+DEFAULT_BATCH = {"numpy": 16, "keras": 32}
 
-    def __init__(self, model_path: str | os.PathLike, card: str | os.PathLike | dict | None = None,
-                 batch_size: int = 256, warmup: bool = True):
+
+def front_end_of(card: dict) -> str:
+    """The feature front end a model card's model takes: ``"musicnn"`` (musicnn's own 16 kHz, 96-mel log-mel in
+    3 s patches; the card carries ``musicnn_input``, kind ``"musicnn"``) or ``"mel"`` (:mod:`core.features` with
+    the card's ``params`` and ``norm``: the CRNNs and the linear baseline)."""
+    return "musicnn" if card.get("musicnn_input") or card.get("kind") == "musicnn" else "mel"
+
+
+def window_start_frames(n_frames: int, hop_s: float = 1.0) -> np.ndarray:
+    """Start frames of musicnn windows every ``hop_s`` seconds (nearest frame) that fit in ``n_frames``;
+    ``[0]`` when not even one fits (the patch is then repeat-padded)."""
+    if hop_s <= 0:
+        raise ValueError("hop must be positive")
+    out = []
+    k = 0
+    while True:
+        f = mn.frames_at(k * hop_s)
+        if f + mn.PATCH_FRAMES > n_frames:
+            break
+        if not out or f > out[-1]:
+            out.append(f)
+        k += 1
+    return np.asarray(out or [0], dtype=np.int64)
+
+
+def cut_patches(mel: np.ndarray, start_frames) -> tuple[np.ndarray, int]:
+    """``(k, 187, 96)`` patches of a musicnn log-mel at the given start frames; a start too close to the end is
+    moved back so the patch fits (returns how many were moved); a too-short representation is repeat-padded."""
+    n = mel.shape[0]
+    if n < mn.PATCH_FRAMES:
+        x, _ = mn.patches(mel)
+        return np.repeat(x, len(start_frames), axis=0), len(start_frames)
+    s = np.asarray(start_frames, dtype=np.int64)
+    clipped = np.clip(s, 0, n - mn.PATCH_FRAMES)
+    idx = clipped[:, None] + np.arange(mn.PATCH_FRAMES)[None, :]
+    return np.ascontiguousarray(mel[idx], dtype=np.float32), int((clipped != s).sum())
+
+
+def _window_ends(starts: np.ndarray, window_s: float, dur: float, hop_s: float) -> tuple[np.ndarray, list[str]]:
+    """Window ends (a window never ends past the signal, unless the signal is shorter than one window) and the
+    note when the last ``> hop_s`` seconds are in no window."""
+    ends = np.minimum(starts + window_s, max(dur, window_s))
+    covered = float(ends[-1]) if len(ends) else 0.0
+    notes = [f"last {dur - covered:.2f} s not covered by a full window"] if dur - covered > hop_s else []
+    return ends, notes
+
+
+class Predictor:
+    """A trained model with its preprocessing, loaded once: ``Predictor(path, backend="auto")``.
+
+    ``path`` is a ``.keras`` file or its folder; the card (``card``, or ``model_card.json`` beside the model)
+    gives the classes, the kind, the normalisation and the features, and with them the front end
+    (:func:`front_end_of`): the CRNNs' and the baseline's mel windows, or musicnn's log-mel patches. Windowing,
+    scoring and aggregation are the same code for both.
+
+    ``backend``: ``"numpy"`` runs the model with :mod:`core.numpy_model` (no TensorFlow import, a fraction of the
+    memory; the CRNNs and the linear baseline), ``"keras"`` loads it with Keras, ``"auto"`` uses NumPy when the
+    model's layers allow it and Keras otherwise (musicnn; ``$GENRELAB_INFERENCE=keras`` forces Keras).
+    ``.backend`` says which one runs. ``batch_size``: windows per forward pass (default per backend,
+    :data:`DEFAULT_BATCH`); ``warmup`` traces Keras' predict function on load (NumPy needs none).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, backend: str = "auto", *,
+                 card: str | os.PathLike | dict | None = None, batch_size: int | None = None, warmup: bool = True):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
         self.model_path = resolve_model_path(model_path)
         if isinstance(card, dict):
             self.card = validate_model_card(card, "(given as a dict)")
@@ -342,21 +420,51 @@ class Predictor:
         self.params = FeatureParams.from_dict(self.card["params"])
         self.norm: dict = self.card["norm"]
         self.norm_method: str = self.card["norm_method"]
-        self.batch_size = batch_size
-        check_model_file(self.model_path)
+        self.front_end = front_end_of(self.card)
+        check_model_file(self.model_path)  # truncated / damaged: "unreadable", not "not found"
+        self.backend, self.model = self._load(backend)
+        self.batch_size = int(batch_size or DEFAULT_BATCH[self.backend])
+        check_model_matches_card(tuple(self.model.input_shape), int(self.model.output_shape[-1]), self.card,
+                                 self.params, self.model_path, getattr(self.model, "name", None))
+        if self.front_end == "musicnn" and tuple(self.model.input_shape[1:]) != (mn.PATCH_FRAMES, mn.N_MELS):
+            raise ModelCardError(f"{self.model_path} takes {self.model.input_shape[1:]} inputs, not musicnn's "
+                                 f"({mn.PATCH_FRAMES}, {mn.N_MELS}) log-mel patches")
+        self._fixed_frames = self.model.input_shape[1]
+        self._overlapping = None  # musicnn's shared front end over overlapping windows (built on first use)
+        if warmup and self.backend == "keras":
+            self._warm_up()
+
+    def _load(self, backend: str):
+        """``(backend, model)``: a :class:`core.numpy_model.NumpyModel` or a Keras model, per ``backend``."""
+        if backend == "auto" and os.environ.get("GENRELAB_INFERENCE", "").strip().lower() == "keras":
+            backend = "keras"
+        if backend != "keras":
+            from core.numpy_model import NumpyModelError, UnsupportedModel, load_numpy_model
+
+            try:
+                return "numpy", load_numpy_model(self.model_path)
+            except UnsupportedModel as exc:
+                if backend == "numpy":
+                    raise PredictorError(f"{self.model_path} cannot run in NumPy (not implemented there: {exc}); "
+                                         "use the Keras backend ('keras' or 'auto')") from exc
+            except NumpyModelError as exc:
+                raise PredictorError(str(exc)) from exc
         from core.train import TrainError, load_model
 
         try:
-            self.model = load_model(self.model_path, compile=False)
+            return "keras", load_model(self.model_path, compile=False)
         except TrainError as exc:
             raise PredictorError(str(exc)) from exc
-        check_model_matches_card(tuple(self.model.input_shape), int(self.model.output_shape[-1]), self.card,
-                                 self.params, self.model_path, getattr(self.model, "name", None))
-        self._fixed_frames = self.model.input_shape[1]
-        if warmup:  # two shapes: Keras' predict function then retraces once to a shape-generic graph
-            f = self.params.input_frames
-            self.predict_features(np.zeros((1, f, self.params.n_mels), np.float32))
-            self.predict_features(np.zeros((2, f if self._fixed_frames else f + 8, self.params.n_mels), np.float32))
+
+    def _warm_up(self) -> None:
+        """Trace Keras' predict function: two shapes (it then retraces once to a shape-generic graph); musicnn
+        also traces its shared-front-end graphs (a 10 s signal: overlapping windows)."""
+        f, m = self._fixed_frames or self.params.input_frames, self.params.n_mels
+        self.predict_features(np.zeros((1, f, m), np.float32))
+        if self.front_end == "musicnn":
+            self.predict_array(np.zeros(10 * self.sample_rate, np.float32) + 1e-3)
+        else:
+            self.predict_features(np.zeros((2, f if self._fixed_frames else f + 8, m), np.float32))
 
     @property
     def sample_rate(self) -> int:
@@ -364,18 +472,19 @@ class Predictor:
 
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         """Softmax scores of raw windows ``(k, frames, n_mels)``: normalised, then predicted in batches of up to
-        ``batch_size`` (large batches are ~1.6x faster per window than 32 on CPU)."""
-        from core.dataset import apply_norm
-
-        X = apply_norm(X, self.norm, self.norm_method)[..., None]
-        out = []
+        ``batch_size``."""
+        X = apply_norm(X, self.norm, self.norm_method)
+        if len(self.model.input_shape) == 4:  # the CRNNs and the baseline take one channel
+            X = X[..., None]
         bs = self.batch_size
-        for a in range(0, X.shape[0], bs):
-            out.append(np.asarray(self.model.predict_on_batch(X[a:a + bs]), dtype=np.float64))
-        return np.concatenate(out)
+        out = [np.asarray(self.model.predict_on_batch(X[a:a + bs]), dtype=np.float64) for a in range(0, len(X), bs)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
     def window_features(self, y: np.ndarray, window_s: float | None = None, hop_s: float = 1.0):
         """``(X, starts, ends, notes)``: the windows a track is scored on, before normalisation."""
+        if self.front_end == "musicnn":
+            mel, starts_f, starts, ends, notes = self._patch_windows(y, window_s, hop_s)
+            return cut_patches(mel, starts_f)[0], starts, ends, notes
         p = self.params
         notes: list[str] = []
         dur = y.size / p.sample_rate
@@ -385,6 +494,16 @@ class Predictor:
             elif dur > p.full_clip_s + 0.5:
                 notes.append(f"only the first {p.full_clip_s:g} s of {dur:.1f} s used (full-clip model)")
             return full_clip(y, p), np.zeros(1), np.full(1, min(dur, p.full_clip_s)), notes
+        wp = self._window_params(window_s, hop_s)
+        if y.size < wp.snippet_samples:
+            notes.append(f"clip shorter than one window ({dur:.2f} s < {wp.snippet_s:g} s): zero-padded")
+        X, starts = track_snippets(y, wp, step_s=hop_s, select=False)
+        ends, more = _window_ends(starts, wp.snippet_s, dur, hop_s)
+        return X, starts, ends, notes + more
+
+    def _window_params(self, window_s: float | None, hop_s: float) -> FeatureParams:
+        """The feature parameters of ``window_s``-second windows (the mel front end), checked against the model."""
+        p = self.params
         if hop_s <= 0:
             raise ValueError("hop must be positive")
         wp = p if window_s is None or abs(window_s - p.snippet_s) < 1e-9 else replace(
@@ -394,20 +513,46 @@ class Predictor:
                                  f"gives {wp.snippet_frames}")
         if wp.snippet_frames < 8:
             raise ValueError("window too short for the model (needs >= 8 frames)")
-        if y.size < wp.snippet_samples:
-            notes.append(f"clip shorter than one window ({dur:.2f} s < {wp.snippet_s:g} s): zero-padded")
-        X, starts = track_snippets(y, wp, step_s=hop_s, select=False)
-        ends = np.minimum(starts + wp.snippet_s, max(dur, wp.snippet_s))
-        covered = float(ends[-1]) if len(ends) else 0.0
-        if dur - covered > hop_s:
-            notes.append(f"last {dur - covered:.2f} s not covered by a full window")
-        return X, starts, ends, notes
+        return wp
+
+    def _patch_windows(self, y: np.ndarray, window_s: float | None, hop_s: float):
+        """musicnn's front end: ``(log-mel, start frames, starts, ends, notes)`` of 3 s windows every ``hop_s``."""
+        if window_s is not None and abs(window_s - mn.PATCH_SECONDS) > 1e-9:
+            raise PredictorError(f"musicnn takes 3 s windows (187 frames), not {window_s} s")
+        dur = y.size / mn.SR
+        mel = mn.log_mel(y)
+        notes = []
+        if mel.shape[0] < mn.PATCH_FRAMES:
+            notes.append(f"clip shorter than one window ({dur:.2f} s < 3 s): repeat-padded")
+        starts_f = window_start_frames(mel.shape[0], hop_s)
+        starts = starts_f * mn.HOP / mn.SR
+        ends, more = _window_ends(starts, mn.PATCH_SECONDS, dur, hop_s)
+        return mel, starts_f, starts, ends, notes + more
+
+    def _score_signal(self, y: np.ndarray, window_s: float | None, hop_s: float):
+        """``(window scores, starts, ends, notes)`` of a whole signal at the model's rate."""
+        if self.front_end == "musicnn" and self.backend == "keras" and hop_s < mn.PATCH_SECONDS:
+            mel, starts_f, starts, ends, notes = self._patch_windows(y, window_s, hop_s)
+            if len(starts_f) > 1 and mel.shape[0] >= mn.PATCH_FRAMES:  # the timbral front end once per track
+                if self._overlapping is None:
+                    self._overlapping = mn.OverlappingWindows(self.model)
+                scores = self._overlapping.run(mel, starts_f, self.batch_size)
+                return np.asarray(scores, dtype=np.float64), starts, ends, notes
+            return self.predict_features(cut_patches(mel, starts_f)[0]), starts, ends, notes
+        X, starts, ends, notes = self.window_features(y, window_s, hop_s)
+        return self.predict_features(X), starts, ends, notes
+
+    def _result(self, scores, starts, ends, aggregation: str, dur: float, notes: list[str], t0: float):
+        agg = aggregate(scores, aggregation)
+        return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)), dur,
+                                notes, time.perf_counter() - t0)
 
     def predict_array(self, y: np.ndarray, sr: int | None = None, window_s: float | None = None,
                       hop_s: float = 1.0, aggregation: str = "sum") -> PredictionResult:
-        """Classify a mono signal (``sr`` defaults to the model's rate; other rates are resampled)."""
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r} (use one of {AGGREGATIONS})")
+        """Classify a mono signal (``sr`` defaults to the model's rate; other rates are resampled). With the
+        musicnn front end, overlapping windows (hop < 3 s) share one pass of the timbral convolutions
+        (:class:`core.musicnn.OverlappingWindows`: the same scores, ~2.5x faster)."""
+        _check_aggregation(aggregation)
         t0 = time.perf_counter()
         y = np.asarray(y, dtype=np.float32)
         if y.ndim > 1:
@@ -420,11 +565,8 @@ class Predictor:
 
             y = resample(y, sr, self.sample_rate)
             notes.append(f"resampled {sr} Hz -> {self.sample_rate} Hz")
-        X, starts, ends, more = self.window_features(y, window_s, hop_s)
-        scores = self.predict_features(X)
-        agg = aggregate(scores, aggregation)
-        return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)),
-                                y.size / self.sample_rate, notes + more, time.perf_counter() - t0)
+        scores, starts, ends, more = self._score_signal(y, window_s, hop_s)
+        return self._result(scores, starts, ends, aggregation, y.size / self.sample_rate, notes + more, t0)
 
     def predict_file(self, path: str | os.PathLike, window_s: float | None = None, hop_s: float = 1.0,
                      aggregation: str = "sum", progress=None, block_s: float = 60.0) -> PredictionResult:
@@ -435,16 +577,12 @@ class Predictor:
         (:func:`core.audio.stream_audio`), the windows a block completes are scored and only their scores are
         kept (the samples a later window still needs are carried over). The windows, features and scores are
         those of :meth:`predict_array` on the whole decoded signal (the tests check equality). A full-clip
-        model decodes only its clip. ``progress(seconds_done, total_seconds | None)`` is called per block."""
-        from core.audio import AudioError, audio_info, load_audio_prefix, stream_audio
+        model decodes only its clip; the musicnn front end decodes the whole file (its log-mel is computed
+        once per track). ``progress(seconds_done, total_seconds | None)`` is called per block."""
+        from core.audio import AudioError, audio_info, load_audio, load_audio_prefix, stream_audio
 
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r} (use one of {AGGREGATIONS})")
-        if type(self).predict_array is not Predictor.predict_array \
-                or type(self).window_features is not Predictor.window_features:
-            # a predictor with its own front end (e.g. core.embeddings' musicnn): its whole-signal path
-            from core.audio import load_audio
-
+        _check_aggregation(aggregation)
+        if self.front_end != "mel":
             y = load_audio(path, self.sample_rate)
             if not np.any(y):
                 raise AudioError("digital silence: nothing to classify")
@@ -461,19 +599,8 @@ class Predictor:
             if dur > p.full_clip_s + 0.5:
                 notes = [n for n in notes if "zero-padded" not in n]
                 notes.append(f"only the first {p.full_clip_s:g} s of {dur:.1f} s used (full-clip model)")
-            scores = self.predict_features(X)
-            agg = aggregate(scores, aggregation)
-            return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)), dur,
-                                    notes, time.perf_counter() - t0)
-        if hop_s <= 0:
-            raise ValueError("hop must be positive")
-        wp = p if window_s is None or abs(window_s - p.snippet_s) < 1e-9 else replace(
-            p, snippet_s=float(window_s), overlap_s=0.0)
-        if self._fixed_frames is not None and wp.snippet_frames != self._fixed_frames:
-            raise PredictorError(f"this model takes exactly {self._fixed_frames} frames; window {window_s} s "
-                                 f"gives {wp.snippet_frames}")
-        if wp.snippet_frames < 8:
-            raise ValueError("window too short for the model (needs >= 8 frames)")
+            return self._result(self.predict_features(X), starts, ends, aggregation, dur, notes, t0)
+        wp = self._window_params(window_s, hop_s)
         info = audio_info(path)
         total_s = None if info is None else info[0] / info[1]
         H, F, E = wp.hop_length, wp.snippet_frames, wp.edge_frames
@@ -530,7 +657,7 @@ class Predictor:
                     mel = mel_spectrogram(seg, wp)
                     X = np.stack([mel[f - a // H: f - a // H + F] for f in part]).astype(np.float32)
                     if wp.peak_normalize:
-                        offs = np.asarray([_peak_offset_db(buf[f * H - b0: f * H - b0 + wp.snippet_samples])
+                        offs = np.asarray([peak_offset_db(buf[f * H - b0: f * H - b0 + wp.snippet_samples])
                                            for f in part], np.float32)
                         X = X + offs[:, None, None] if wp.log else X * (10.0 ** (offs / 10.0))[:, None, None]
                     scores_parts.append(self.predict_features(X))
@@ -548,22 +675,8 @@ class Predictor:
         scores = np.concatenate(scores_parts)
         dur = n / sr
         starts = np.asarray(starts_f, dtype=np.float64) * H / sr
-        ends = np.minimum(starts + wp.snippet_s, max(dur, wp.snippet_s))
-        notes: list[str] = []
-        covered = float(ends[-1]) if len(ends) else 0.0
-        if dur - covered > hop_s:
-            notes.append(f"last {dur - covered:.2f} s not covered by a full window")
-        agg = aggregate(scores, aggregation)
-        return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)), dur,
-                                notes, time.perf_counter() - t0)
-
-
-def _peak_offset_db(seg: np.ndarray) -> float:
-    """The dB offset that peak-normalises ``seg`` (as :func:`core.features.track_snippets` applies it)."""
-    import math
-
-    peak = float(np.max(np.abs(seg))) if seg.size else 0.0
-    return 0.0 if peak <= 1e-8 else -20.0 * math.log10(peak)
+        ends, notes = _window_ends(starts, wp.snippet_s, dur, hop_s)
+        return self._result(scores, starts, ends, aggregation, dur, notes, t0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -581,21 +694,18 @@ def register_cli(sub) -> None:
     p.add_argument("--hop", type=float, default=1.0, help="hop between windows in s (%(default)s)")
     p.add_argument("--aggregation", choices=AGGREGATIONS, default="sum", help="window aggregation (%(default)s)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: NumPy when the model allows it (the CRNNs, the baseline), else Keras (%(default)s)")
     p.set_defaults(func=_cli_predict)
 
 
 def _cli_predict(a) -> int:
     from core.audio import AudioError
-    from core.lite_inference import make_predictor
 
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # only matters if the model needs the Keras fallback
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # only matters if the model needs Keras
     _quiet_backend_logs()
-    try:  # NumPy inference when the model allows it (no TensorFlow import), else Keras
-        with _without_tensorflow_banner():
-            pred = make_predictor(a.model)
-    except PredictorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with _without_tensorflow_banner():  # a PredictorError goes to core.__main__: "error: ...", exit code 2
+        pred = Predictor(a.model, a.backend)
     if not a.json:  # on stderr: stdout stays one line per file (for `> results.tsv` and scripts)
         print(_predict_header(pred, a), file=sys.stderr, flush=True)
     failed = 0
@@ -642,7 +752,7 @@ def _predict_header(pred: "Predictor", a) -> str:
     """What ``predict`` prints before its table: the model, its classes, how windows are cut and the columns."""
     card = pred.card
     name = card.get("name") or pred.model_path.parent.name
-    backend = "NumPy" if getattr(pred, "backend", "") == "numpy" else "Keras"
+    backend = "NumPy" if pred.backend == "numpy" else "Keras"
     if pred.kind == "full":
         how = f"one {pred.params.full_clip_s:g} s clip per file"
     else:

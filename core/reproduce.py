@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from core.errors import GenreLabError
 from core.utils import atomic_write_bytes, atomic_write_json
 
 #: Presets of the reproduction: feature parameters, training preset (core.experiment.PRESETS), seeds, cap.
@@ -47,7 +48,7 @@ PUBLISHED = {"segment_best_val": 0.673, "track_gain_points": 12.0, "full_mean": 
              "source": "Hilsdorf 2022, full GTZAN (1000 x 30 s, 10 genres), random 80/10/10 split"}
 
 
-class ReproduceError(Exception):
+class ReproduceError(GenreLabError):
     """Bad input to the reproduction; the message is for the user."""
 
 

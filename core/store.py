@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
+from core.errors import GenreLabError
 from core.utils import atomic_write_bytes, atomic_write_json, read_json, stable_hash
 
 SCHEMA_VERSION = 2  # 2: runs.monitor, runs.best_value, epochs.val_track_accuracy (added to v1 stores in place)
@@ -52,7 +53,7 @@ CREATE INDEX IF NOT EXISTS predictions_run ON predictions (run_id, level, split)
 """
 
 
-class StoreError(Exception):
+class StoreError(GenreLabError):
     """A store that cannot be used (newer schema, not a store, ...); the message is for the user."""
 
 

@@ -42,13 +42,14 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import keras
 import numpy as np
 
+from core.models import build_model
 from core.utils import atomic_write_json, read_json
 
 STATE_VERSION = 1
@@ -124,7 +125,7 @@ class SnippetSequence(keras.utils.PyDataset):
 
     def calibration_batches(self, n: int, epoch: int):
         """``n`` training rows (without augmentation) drawn from ``default_rng([seed, epoch, 5])``, in batches."""
-        from core.dataset import apply_norm
+        from core.features import apply_norm
 
         rows = np.sort(np.random.default_rng([self.seed, epoch, 5]).permutation(self.order)[:n])
         for a in range(0, len(rows), self.batch_size):
@@ -132,7 +133,7 @@ class SnippetSequence(keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
-        from core.dataset import apply_norm
+        from core.features import apply_norm
 
         x = apply_norm(self.rows(idx), self.norm, self.method)
         y = self._eye[self.yv[idx]]
@@ -251,12 +252,9 @@ def set_precision(policy: str) -> None:
 
 def build_compiled(kind: str, n_classes: int, params, config: TrainConfig):
     """A fresh compiled model for a dataset's feature params (``kind`` must match the dataset mode)."""
-    from core.models import build_model
-
     set_precision(config.precision)
     try:
-        model = build_model(kind, n_classes, params.n_mels, params.input_frames, config.dropout,
-                            **({"arch": config.arch} if kind != "linear" else {}))
+        model = build_model(kind, n_classes, params.n_mels, params.input_frames, config.dropout, config.arch)
     finally:
         set_precision("float32")
     compile_model(model, config.lr, config.jit_compile, config.label_smoothing)
@@ -303,9 +301,8 @@ def save_model_atomic(model, path: Path) -> None:
 
 
 def load_model(path: str | os.PathLike, compile: bool = True):
-    """Load a ``.keras`` file of ours (raises :class:`TrainError` with the reason if it does not load)."""
-    import core.baseline  # noqa: F401  (registers the baseline's MelStats layer for deserialisation)
-
+    """Load a ``.keras`` file of ours (raises :class:`TrainError` with the reason if it does not load); the
+    baseline's ``MelStats`` layer is registered by :mod:`core.models` (imported here)."""
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as exc:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from core.errors import GenreLabError
 
-class TrainError(Exception):
+
+class TrainError(GenreLabError):
     """A problem with a run folder, its dataset or its settings; the message is for the user."""
 
 

@@ -224,7 +224,7 @@ def test_demo_upload(page, server, tmp_path):
 
 def _record_server_memory() -> None:
     """The server's resident memory after a classification, and proof that TensorFlow is not loaded
-    (the demo runs its models in NumPy, core.lite_inference)."""
+    (the demo runs its models in NumPy, core.numpy_model)."""
     pid = SERVER.get("pid")
     status, maps = Path(f"/proc/{pid}/status"), Path(f"/proc/{pid}/maps")
     if not pid or not status.exists():

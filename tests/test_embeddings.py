@@ -99,7 +99,7 @@ def test_embed_dataset_resumes_after_stop(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("hidden", [0, 16])
 def test_head_trains_saves_and_predicts_like_the_audio_path(embedded, tmp_path, hidden):
     from core.dataset import load_dataset
-    from core.embeddings import MusicnnPredictor, embedding_results, is_musicnn_model, train_embedding_head
+    from core.embeddings import embedding_results, is_musicnn_model, train_embedding_head
 
     path, _, _ = embedded
     ds = load_dataset(path)
@@ -117,10 +117,10 @@ def test_head_trains_saves_and_predicts_like_the_audio_path(embedded, tmp_path, 
     assert card["kind"] == "musicnn" and card["musicnn_input"]["sample_rate"] == 16000
     assert card["params"]["sample_rate"] == 16000 and card["params"]["n_mels"] == 96
     assert is_musicnn_model(run)
-    from core.lite_inference import make_predictor
+    from core.predictor import Predictor
 
-    pred = make_predictor(run)  # the demo's and `predict`'s entry point
-    assert isinstance(pred, MusicnnPredictor)
+    pred = Predictor(run)  # the demo's and `predict`'s entry point
+    assert pred.front_end == "musicnn" and pred.backend == "keras"  # musicnn's log-mel patches, with Keras
     row = ds.tracks("test").iloc[0]
     out = pred.predict_file(row["abs_path"])
     assert out.n_windows == 6 and out.window_scores.shape == (6, 3)
@@ -153,12 +153,13 @@ def test_missing_embeddings_say_what_to_run(tiny_dataset, tmp_path):
 
 
 def test_short_clip_is_repeat_padded(embedded, tmp_path):
-    from core.embeddings import MusicnnPredictor, train_embedding_head
+    from core.embeddings import train_embedding_head
+    from core.predictor import Predictor
 
     path, _, _ = embedded
     run = tmp_path / "run"
     train_embedding_head(path, seed=0, run_dir=run, epochs=2)
-    pred = MusicnnPredictor(run)
+    pred = Predictor(run)
     r = pred.predict_array(np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1, 16000)
     assert r.n_windows == 1 and any("repeat-padded" in n for n in r.notes)
 
@@ -179,8 +180,8 @@ def test_head_selected_on_validation_track_accuracy(embedded):
 
 def test_ship_head_model(embedded, tmp_path):
     from core.dataset import load_dataset
-    from core.embeddings import MusicnnPredictor, ship_head_model, train_embedding_head
-    from core.predictor import read_model_card
+    from core.embeddings import ship_head_model, train_embedding_head
+    from core.predictor import Predictor, read_model_card
 
     path, _, _ = embedded
     ds = load_dataset(path)
@@ -192,13 +193,13 @@ def test_ship_head_model(embedded, tmp_path):
     assert card["model_file"] == "model.keras" and card["accuracy"] == {"track_sum/test": 1.0}
     assert card["training_data"]["tracks"]["train"] == len(ds.tracks("train"))
     assert "musicnn" in (dest / "MODEL_CARD.md").read_text()
-    assert MusicnnPredictor(dest).classes == ds.classes
+    assert Predictor(dest).classes == ds.classes
 
 
 def test_run_experiment_with_the_musicnn_kind(embedded, tmp_path):
     """The "musicnn" kind in the experiment engine: embeddings (cached), head, store, no-audio evaluation."""
     from core.experiment import run_experiment
-    from core.lite_inference import make_predictor
+    from core.predictor import Predictor
     from core.store import Store
 
     path, _, _ = embedded
@@ -210,7 +211,7 @@ def test_run_experiment_with_the_musicnn_kind(embedded, tmp_path):
     st = Store(tmp_path / "store")
     rec = st.get_run(out["runs"][0]["run"])
     assert rec["status"] == "done" and rec["monitor"] == "val_track_accuracy" and rec["best_epoch"] >= 1
-    pred = make_predictor(st.run_dir(out["runs"][0]["run"]))
+    pred = Predictor(st.run_dir(out["runs"][0]["run"]))
     assert pred.kind == "musicnn"
     again = run_experiment(path, tmp_path / "store", seeds=[0], models=["musicnn"])
     assert again["runs"][0].get("skipped")

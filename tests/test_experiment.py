@@ -153,3 +153,14 @@ def test_sigkilled_job_resumes_from_its_last_epoch(tiny_ds, tmp_path):
     run = st.get_run(run_id)
     assert run["status"] == "done" and run["epochs"] == 6
     assert [e["epoch"] for e in st.epochs(run_id)] == list(range(1, 7))
+
+
+def test_one_seed_parser_for_every_seeds_option():
+    """run-experiment and embedding-heads parse --seeds with the same function (issue 12: it existed twice)."""
+    from core.experiment import ExperimentError, parse_seeds
+
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,5,7") == [0, 5, 7] and parse_seeds("7,") == [7]
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds(2) == [0, 1]
+    for bad in ("x", "1-x", "4-2", "0,0", "-1"):
+        with pytest.raises(ExperimentError):
+            parse_seeds(bad)

@@ -107,8 +107,8 @@ def test_inference_path_imports_neither_librosa_nor_tensorflow(tmp_path):
         pytest.skip("the shipped model models/emotify-crnn is absent")
     code = (
         "import json, sys\n"
-        "from core.lite_inference import LitePredictor\n"
-        f"r = LitePredictor({str(model)!r}).predict_file({str(clip)!r})\n"
+        "from core.predictor import Predictor\n"
+        f"r = Predictor({str(model)!r}).predict_file({str(clip)!r})\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('librosa', 'tensorflow', 'keras', 'numba'))\n"
         "print(json.dumps({'heavy': heavy, 'n': r.n_windows}))\n"
     )

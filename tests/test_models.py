@@ -77,3 +77,28 @@ def test_one_train_step_under_each_installed_backend(backend, module):
     p = subprocess.run([sys.executable, "-c", _STEP], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"OK {backend}" in p.stdout
+
+
+_REGISTRY = """
+import sys
+import core.models as m
+assert not {"core.baseline", "core.train"} & set(sys.modules), sorted(k for k in sys.modules if k.startswith("core"))
+assert m.MODEL_KINDS == ("snippet", "full", "linear")
+names = {k: m.build_model(k, 3, 16, 256).name for k in m.MODEL_KINDS}
+assert names == {"snippet": "snippet_crnn", "full": "full_crnn", "linear": "linear_baseline"}, names
+m.build_model("linear", 3, 16).save(sys.argv[1])
+from core.train import load_model  # loads the baseline's MelStats layer without core.baseline
+load_model(sys.argv[1], compile=False)
+assert "core.baseline" not in sys.modules
+import core.baseline  # and the baseline (which uses the registry and TrainResult) imports on its own
+print("OK")
+"""
+
+
+def test_model_registry_builds_every_kind_without_an_import_circle(tmp_path):
+    """models.build_model imported baseline, baseline imported train, train imported both (issue 12): the
+    registry in core.models imports none of them."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", _REGISTRY, str(tmp_path / "lin.keras")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]

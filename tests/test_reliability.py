@@ -476,16 +476,15 @@ TAMPERED = [
 
 @pytest.mark.parametrize("name,tamper,message", TAMPERED, ids=[t[0] for t in TAMPERED])
 def test_tampered_cards_are_refused_naming_the_file_and_field(tmp_path, name, tamper, message):
-    from core.lite_inference import make_predictor
     from core.predictor import ModelCardError, Predictor
 
     folder = _model_copy(tmp_path / "m", tamper)
     with pytest.raises(ModelCardError, match=message) as err:
-        make_predictor(folder)
+        Predictor(folder)
     assert "model_card.json" in str(err.value)
     if not name.startswith("kind_full"):  # the card is checked before the Keras model is even loaded
         with pytest.raises(ModelCardError, match=message):
-            Predictor(folder, warmup=False)
+            Predictor(folder, "keras", warmup=False)
 
 
 def test_predict_cli_says_which_card_is_bad_without_a_traceback(tmp_path):
@@ -502,13 +501,12 @@ def test_predict_cli_says_which_card_is_bad_without_a_traceback(tmp_path):
 
 
 def test_truncated_model_file_is_unreadable_not_missing(tmp_path):
-    from core.lite_inference import make_predictor
     from core.predictor import Predictor, PredictorError
 
     folder = _model_copy(tmp_path / "m")
     data = (folder / "model.keras").read_bytes()
     (folder / "model.keras").write_bytes(data[: len(data) // 2])
-    for make in (make_predictor, lambda f: Predictor(f, warmup=False)):
+    for make in (Predictor, lambda f: Predictor(f, "keras", warmup=False)):
         with pytest.raises(PredictorError, match="is unreadable: not a complete .keras archive") as err:
             make(folder)
         assert "not found" not in str(err.value).lower()
@@ -516,7 +514,7 @@ def test_truncated_model_file_is_unreadable_not_missing(tmp_path):
 
 def test_broken_model_folders_are_listed_as_unusable_and_the_others_work(tmp_path):
     from core.dashboard_support import list_model_folders
-    from core.lite_inference import make_predictor
+    from core.predictor import Predictor
 
     home = tmp_path / "home"
     _model_copy(home / "models" / "good")
@@ -533,7 +531,7 @@ def test_broken_model_folders_are_listed_as_unusable_and_the_others_work(tmp_pat
                       ("garbage", "not a readable model card")):
         assert found[name]["card"] is None and why in found[name]["error"], (name, found[name])
         assert name in found[name]["error"]  # the message names the folder / file
-    assert make_predictor(found["good"]["path"]).predict_array(np.zeros(22050 * 4, np.float32) + 0.01).n_windows
+    assert Predictor(found["good"]["path"]).predict_array(np.zeros(22050 * 4, np.float32) + 0.01).n_windows
 
 
 def test_demo_page_lists_broken_models_as_unusable_and_classifies_with_the_good_one(page_home):
@@ -606,12 +604,12 @@ def test_predict_file_streams_with_the_scores_of_the_whole_signal(tmp_path):
     import soundfile as sf
 
     from core.audio import ffmpeg_exe, load_audio
-    from core.lite_inference import make_predictor
+    from core.predictor import Predictor
     from core.synth import synth_clip
 
     if not (SHIPPED / "model.keras").exists():
         pytest.skip("the shipped models/emotify-crnn is not in this checkout")
-    pred = make_predictor(SHIPPED)
+    pred = Predictor(SHIPPED)
     flac = tmp_path / "a.flac"
     sf.write(flac, np.stack([synth_clip(0, 95.0, 44100, seed=1), synth_clip(2, 95.0, 44100, seed=2)], 1) * 0.5, 44100)
     files = [(flac, {}), (flac, {"window_s": 2.5, "hop_s": 1.3}), (flac, {"hop_s": 0.7})]

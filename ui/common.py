@@ -10,11 +10,10 @@ from typing import Any, Callable, TypeVar
 
 import streamlit as st
 
+from core.errors import GenreLabError
+
 log = logging.getLogger("genrelab.app")
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Exceptions whose message is written for the user (shown as is); anything else gets a generic message.
-_USER_ERRORS: tuple[type[BaseException], ...] | None = None
 
 
 def setup_environment() -> None:
@@ -29,32 +28,12 @@ def setup_environment() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """The engine's exception classes whose message is meant for the user."""
-    global _USER_ERRORS
-    if _USER_ERRORS is None:
-        from core.audio import AudioError
-        from core.dashboard_support import UploadError
-        from core.dataset import DatasetError
-        from core.download import ArchiveError, DownloadError
-
-        types: list[type[BaseException]] = [AudioError, UploadError, DatasetError, DownloadError, ArchiveError]
-        for mod, name in (("core.predictor", "PredictorError"), ("core.train", "TrainError"),
-                          ("core.store", "StoreError"), ("core.jobs", "JobError"),
-                          ("core.experiment", "ExperimentError")):
-            try:
-                types.append(getattr(__import__(mod, fromlist=[name]), name))
-            except (ImportError, AttributeError):
-                pass
-        _USER_ERRORS = tuple(types)
-    return _USER_ERRORS
-
-
 def show_error(exc: BaseException, what: str = "") -> None:
-    """``st.error`` with a short message: the engine's own message for its errors, a generic one (and the
-    traceback in the server log) for anything unexpected. Never a stack trace in the page."""
+    """``st.error`` with a short message: the engine's own message for its errors (every
+    :class:`core.errors.GenreLabError`), a generic one (and the traceback in the server log) for anything
+    unexpected. Never a stack trace in the page."""
     prefix = f"{what}: " if what else ""
-    if isinstance(exc, user_error_types()):
+    if isinstance(exc, GenreLabError):  # the engine's own errors: the message is written for the user
         st.error(f"{prefix}{exc}", icon="⚠️")
         return
     log.exception("unexpected error%s", f" ({what})" if what else "")
@@ -84,11 +63,3 @@ def data_home() -> Path:
     from core.dashboard_support import data_home as _home
 
     return _home()
-
-
-def fmt_pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f} %"
-
-
-def caption_path(label: str, path: str | Path) -> None:
-    st.caption(f"{label}: `{path}`")

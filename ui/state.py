@@ -3,7 +3,6 @@ predictor. Everything heavy is cached here, keyed on file modification times so 
 without a restart; pages call these and draw."""
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -235,10 +234,6 @@ def model_stamp(path: str) -> float:
 def get_predictor(path: str, stamp: float):
     """One predictor per model file (at most two kept in memory): NumPy inference when the model allows it
     (no TensorFlow in the server: ~200 MB instead of ~1 GB), else Keras."""
-    from core.lite_inference import make_predictor
+    from core.predictor import Predictor
 
-    return make_predictor(path)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+    return Predictor(path)

@@ -1,15 +1,15 @@
-"""Inference without TensorFlow: the CRNNs (and the linear baseline) of a ``.keras`` file run in NumPy.
+"""The NumPy forward pass: the CRNNs (and the linear baseline) of a ``.keras`` file without TensorFlow.
 
 Importing TensorFlow alone takes about 650 MB of resident memory, more than half of what Streamlit Community
-Cloud gives an app; the dashboard's demo only needs forward passes of small, known models. This module reads
-a ``.keras`` archive (``config.json`` + ``model.weights.h5``, read with h5py) and evaluates the layer chain
-with NumPy: Conv2D, BatchNormalization, ELU / activations, MaxPooling2D, Dropout (identity), Reshape, GRU
-(Keras' ``reset_after`` formulation), Dense, Normalization and the baseline's ``MelStats``.
-Anything else raises :class:`UnsupportedModel`, and :func:`make_predictor` then falls back to the Keras
-:class:`core.predictor.Predictor`. The tests check both give the same scores (to ~1e-5).
+Cloud gives an app; the dashboard's demo and ``python -m core predict`` only need forward passes of small,
+known models. :func:`load_numpy_model` reads a ``.keras`` archive (``config.json`` + ``model.weights.h5``, read
+with h5py) and evaluates the layer chain with NumPy: Conv2D (each BatchNormalization after a linear Conv2D folded
+into it), BatchNormalization, ELU / activations, MaxPooling2D, Dropout (identity), Reshape, GRU (Keras'
+``reset_after`` formulation), Dense, Normalization and the baseline's ``MelStats``. Anything else raises
+:class:`UnsupportedModel`; :class:`core.predictor.Predictor` (``backend="auto"``) then runs the model with Keras.
+The tests check both give the same scores (to ~1e-5).
 
-:class:`LitePredictor` is a :class:`core.predictor.Predictor` (windowing, normalisation, aggregation are
-inherited unchanged) whose ``model`` is a :class:`NumpyModel`.
+This module imports neither Keras nor TensorFlow (nor anything of the engine but :mod:`core.errors`).
 """
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.predictor import (CARD_NAME, Predictor, PredictorError, check_model_file, check_model_matches_card,
-                            read_model_card, resolve_model_path, validate_model_card)
+from core.errors import GenreLabError
 
 
-class UnsupportedModel(Exception):
+class NumpyModelError(GenreLabError):
+    """A ``.keras`` file this runner cannot read; the message names it."""
+
+
+class UnsupportedModel(NumpyModelError):
     """The model uses a layer (or a layer option) this NumPy runner does not implement."""
 
 
@@ -96,7 +99,8 @@ def _conv2d(cfg: dict, w: list[np.ndarray]) -> Callable:
     return run
 
 
-def _batchnorm(cfg: dict, w: list[np.ndarray]) -> Callable:
+def _bn_affine(cfg: dict, w: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Inference-mode BatchNormalization as ``x * scale + shift`` (per channel, float32)."""
     if cfg.get("axis", -1) not in (-1, 3, [3], [-1]):
         raise UnsupportedModel("BatchNormalization on another axis than the last")
     k = 0
@@ -108,7 +112,11 @@ def _batchnorm(cfg: dict, w: list[np.ndarray]) -> Callable:
     mean, var = w[k], w[k + 1]
     scale = (gamma if gamma is not None else 1.0) / np.sqrt(var + cfg.get("epsilon", 1e-3))
     shift = (beta if beta is not None else 0.0) - mean * scale
-    scale, shift = np.asarray(scale, np.float32), np.asarray(shift, np.float32)
+    return np.asarray(scale, np.float32), np.asarray(shift, np.float32)
+
+
+def _batchnorm(cfg: dict, w: list[np.ndarray]) -> Callable:
+    scale, shift = _bn_affine(cfg, w)
     return lambda x: x * scale + shift
 
 
@@ -218,7 +226,7 @@ LAYERS: dict[str, Callable[[dict, list], Callable]] = {
 # ---------------------------------------------------------------------------------------------------------
 class NumpyModel:
     """A chain of layers from a ``.keras`` file, evaluated in NumPy; mimics the parts of ``keras.Model`` the
-    :class:`core.predictor.Predictor` uses (``predict_on_batch``, ``input_shape``, ``output_shape``)."""
+    :class:`core.predictor.Predictor` uses (``predict_on_batch``, ``input_shape``, ``output_shape``, ``name``)."""
 
     def __init__(self, name: str, steps: list[tuple[str, Callable]], input_shape: tuple, n_outputs: int):
         self.name = name
@@ -275,15 +283,7 @@ def _fold_batchnorm(specs: list[tuple[str, dict, list]]) -> list[tuple[str, dict
         prev = out[-1] if out else None
         if cls == "BatchNormalization" and prev is not None and prev[0] == "Conv2D" \
                 and (prev[1].get("activation") or "linear") == "linear" and cfg.get("axis", -1) in (-1, 3, [3], [-1]):
-            k = 0
-            gamma = beta = None
-            if cfg.get("scale", True):
-                gamma, k = w[k], k + 1
-            if cfg.get("center", True):
-                beta, k = w[k], k + 1
-            mean, var = w[k], w[k + 1]
-            scale = (gamma if gamma is not None else 1.0) / np.sqrt(var + cfg.get("epsilon", 1e-3))
-            shift = (beta if beta is not None else 0.0) - mean * scale
+            scale, shift = _bn_affine(cfg, w)
             kernel = prev[2][0] * scale
             bias = (prev[2][1] if prev[1].get("use_bias", True) else 0.0) * scale + shift
             out[-1] = ("Conv2D", {**prev[1], "use_bias": True, "name": f"{prev[1]['name']}+bn"},
@@ -294,8 +294,8 @@ def _fold_batchnorm(specs: list[tuple[str, dict, list]]) -> list[tuple[str, dict
 
 
 def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
-    """Read a ``.keras`` file into a :class:`NumpyModel` (raises :class:`UnsupportedModel` or
-    :class:`PredictorError`)."""
+    """Read a ``.keras`` file into a :class:`NumpyModel` (raises :class:`UnsupportedModel`, or
+    :class:`NumpyModelError` for a file that is not a readable archive)."""
     import h5py
 
     try:
@@ -303,7 +303,7 @@ def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
             cfg = json.loads(z.read("config.json"))
             weights_blob = z.read("model.weights.h5")
     except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
-        raise PredictorError(f"model file {path} is not a readable .keras archive ({exc})") from exc
+        raise NumpyModelError(f"model file {path} is not a readable .keras archive ({exc})") from exc
     if cfg.get("class_name") not in ("Functional", "Sequential", "Model"):
         raise UnsupportedModel(f"model class {cfg.get('class_name')!r}")
     layers = cfg["config"]["layers"]
@@ -343,46 +343,3 @@ def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
     if not n_out:
         raise UnsupportedModel("the last layer is not a Dense layer")
     return NumpyModel(cfg["config"].get("name", "model"), steps, input_shape, n_out)
-
-
-class LitePredictor(Predictor):
-    """:class:`core.predictor.Predictor` with a NumPy model: no TensorFlow import, a fraction of the memory."""
-
-    def __init__(self, model_path: str | os.PathLike, card: str | os.PathLike | dict | None = None,
-                 batch_size: int = 16, warmup: bool = False):
-        self.model_path = resolve_model_path(model_path)
-        self.card = validate_model_card(card, "(given as a dict)") if isinstance(card, dict) else \
-            read_model_card(card or self.model_path.parent / CARD_NAME)
-        self.kind = self.card["kind"]
-        self.classes = list(self.card["classes"])
-        from core.features import FeatureParams
-
-        self.params = FeatureParams.from_dict(self.card["params"])
-        self.norm = self.card["norm"]
-        self.norm_method = self.card["norm_method"]
-        self.batch_size = batch_size
-        check_model_file(self.model_path)  # truncated / damaged: "unreadable", not "not found"
-        self.model = load_numpy_model(self.model_path)
-        check_model_matches_card(tuple(self.model.input_shape), int(self.model.output_shape[-1]), self.card,
-                                 self.params, self.model_path, getattr(self.model, "name", None))
-        self._fixed_frames = self.model.input_shape[1]
-        self.backend = "numpy"
-
-
-def make_predictor(model_path: str | os.PathLike, prefer_lite: bool = True, **kwargs) -> Predictor:
-    """A :class:`LitePredictor` when the model is supported (and ``prefer_lite``), else the Keras
-    :class:`core.predictor.Predictor`. ``$GENRELAB_INFERENCE=keras`` forces Keras."""
-    from core.embeddings import MusicnnPredictor, is_musicnn_model
-
-    if is_musicnn_model(model_path):  # musicnn + head (core.embeddings): Keras, musicnn's own front end
-        return MusicnnPredictor(model_path, card=kwargs.get("card"), batch_size=kwargs.get("batch_size", 32))
-    if prefer_lite and os.environ.get("GENRELAB_INFERENCE", "").lower() != "keras":
-        try:
-            return LitePredictor(model_path, **kwargs)
-        except UnsupportedModel:
-            pass
-    kw = {k: v for k, v in kwargs.items() if k in ("card", "batch_size")}
-    kw.setdefault("batch_size", 32)  # bounded activations (the Keras default of 256 costs ~1 GB on a long clip)
-    pred = Predictor(model_path, **kw)
-    pred.backend = "keras"
-    return pred
