@@ -17,6 +17,7 @@ CLI_MODULES = [
     "core.musicnn",
     "core.predictor",
     "core.reproduce",
+    "core.synth",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Environment set-up, friendly error handling and cached loaders shared by the pages."""
+"""Shared by the pages: environment set-up, friendly errors (``guarded``, ``show_error``) and the caps of a small
+shared host (Streamlit Community Cloud)."""
 from __future__ import annotations
 
 import functools
@@ -34,7 +35,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     global _USER_ERRORS
     if _USER_ERRORS is None:
         from core.audio import AudioError
-        from core.dashboard_support import UploadError
+        from core.audio import UploadError
         from core.dataset import DatasetError
         from core.download import ArchiveError, DownloadError
 
@@ -79,16 +80,27 @@ def guarded(what: str = "") -> Callable[[F], F]:
     return deco
 
 
-def data_home() -> Path:
-    """The data folder (``$GENRELAB_HOME`` or ``./data``); read per call so tests can point it elsewhere."""
-    from core.dashboard_support import data_home as _home
-
-    return _home()
-
-
-def fmt_pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f} %"
+# ---------------------------------------------------------------------------------------------------------
+# hosted (Streamlit Community Cloud) caps
+# ---------------------------------------------------------------------------------------------------------
+#: On a small shared host (690 MB-2.7 GB of memory, files lost on reboot) training is capped.
+HOSTED_CAPS = {"tracks_per_class": 20, "seeds": 2, "epochs": 5}
 
 
-def caption_path(label: str, path: str | Path) -> None:
-    st.caption(f"{label}: `{path}`")
+def hosted_mode() -> bool:
+    """True on Streamlit Community Cloud (apps run from ``/mount/src``) or when ``GENRELAB_HOSTED=1``;
+    ``GENRELAB_HOSTED=0`` turns the caps off."""
+    env = os.environ.get("GENRELAB_HOSTED")
+    if env is not None:
+        return env.strip() not in ("", "0", "false", "no")
+    from core.workspace import REPO_ROOT
+
+    return str(REPO_ROOT).startswith("/mount/src")
+
+
+def hosted_note() -> str:
+    c = HOSTED_CAPS
+    return (f"Running on a small shared host (Streamlit Community Cloud): builds use at most {c['tracks_per_class']} "
+            f"tracks per class and experiments at most {c['seeds']} seeds of at most {c['epochs']} epochs, so they "
+            "finish in minutes and fit in memory; files written here are lost when the app restarts. Run "
+            "`python -m core` on your own machine for full-size experiments (set GENRELAB_HOSTED=0 to lift the caps).")

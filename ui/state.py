@@ -3,17 +3,16 @@ predictor. Everything heavy is cached here, keyed on file modification times so 
 without a restart; pages call these and draw."""
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from core.dashboard_support import REPO_ROOT, home_dir, list_model_folders
+from core.workspace import REPO_ROOT, home_dir, list_model_folders
+from ui.text import kind_label
 
 REFERENCE_DIR = REPO_ROOT / "results" / "reference"
-KIND_LABELS = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -200,7 +199,7 @@ def available_models() -> list[dict[str, Any]]:
             level = "full" if r["kind"] == "full" else "track_sum"
             a = sub[sub["level"] == level]["accuracy"]
             note = f", test {a.iloc[0]:.0%}" if len(a) and a.iloc[0] == a.iloc[0] else ""
-            kind = KIND_LABELS.get(r["kind"], r["kind"])
+            kind = kind_label(r["kind"])
             out.append({"key": f"run:{r['id']}", "origin": "experiment", "path": str(run_dir), "card": card,
                         "label": f"{kind}, seed {r['seed']}{note}  ·  experiment {Path(r['dataset']).name}"})
     return out
@@ -238,7 +237,3 @@ def get_predictor(path: str, stamp: float):
     from core.lite_inference import make_predictor
 
     return make_predictor(path)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
