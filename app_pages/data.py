@@ -112,7 +112,7 @@ def _download_card(what: str, facts: str, note: str, name: str, folder_name: str
     if st.button(f"Download {what}", type="primary", disabled=job_running(job_dir), icon=":material/download:",
                  key=f"data_download_{name}"):
         try:
-            start_job([f"download-{name}", str(dest)], job_dir)
+            start_job([f"download-{name}", str(dest), "--remove-archive"], job_dir)  # the data home keeps no zip
             st.rerun()
         except Exception as exc:  # noqa: BLE001
             show_error(exc, "could not start the download")
