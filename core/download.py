@@ -13,6 +13,7 @@ Only the standard library is used for HTTP (``urllib``); ``tqdm`` is imported by
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import os
@@ -359,6 +360,21 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
 # --------------------------------------------------------------------------------------------- GTZAN
 
 
+@contextlib.contextmanager
+def _unusable_archive(archive: Path, dest_dir: Path, what: str):
+    """Extraction errors as :class:`DownloadError`: an unusable archive (:class:`ArchiveError`) is deleted so
+    that the next run downloads it afresh; an ``OSError`` (disk full ...) keeps it."""
+    try:
+        yield
+    except ArchiveError as e:
+        _remove(archive)
+        raise DownloadError(f"the downloaded {what} archive is unusable: {e}. It was deleted: run again to "
+                            "download it afresh") from None
+    except OSError as e:
+        raise DownloadError(f"could not extract {archive} into {dest_dir}: {e.strerror or e} "
+                            "(disk full?); run again once fixed") from None
+
+
 def _completed(target: Path, marker: Path, what: str) -> bool:
     """True when an earlier download completed (its marker is written last); :class:`DownloadError` when
     ``target`` exists without one (not ours to overwrite)."""
@@ -417,15 +433,8 @@ def download_gtzan(dest_dir: str | os.PathLike, url: str | None = None, sha256: 
             raise DownloadError(f"{e} (set {GTZAN_URL_ENV} or pass --url to use another copy of GTZAN)",
                                 status=e.status) from None
         raise
-    try:
+    with _unusable_archive(archive, dest_dir, "GTZAN"):
         target, classes = _gtzan_extract(archive, dest_dir)
-    except ArchiveError as e:
-        _remove(archive)
-        raise DownloadError(f"the downloaded GTZAN archive is unusable: {e}. It was deleted: run again to "
-                            "download it afresh") from None
-    except OSError as e:
-        raise DownloadError(f"could not extract {archive} into {dest_dir}: {e.strerror or e} "
-                            "(disk full?); run again once fixed") from None
     atomic_write_json(marker, {"url": url, "archive": archive.name, "archive_bytes": archive.stat().st_size,
                                "sha256": sha256, "classes": classes, "folder": target.name,
                                "extracted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -555,16 +564,10 @@ def download_emotify(dest_dir: str | os.PathLike, url: str | None = None, csv_ur
         raise DownloadError(f"{e}. The downloaded data.csv was deleted: run again to download it afresh") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{EMOTIFY_FOLDER_NAME}.extract-", dir=dest_dir))
     try:
-        root = extract_zip_dataset(archive, tmp / "x")
-        check = _emotify_check(root, genres_of)
-        os.rename(root, target)
-    except ArchiveError as e:
-        _remove(archive)
-        raise DownloadError(f"the downloaded Emotify archive is unusable: {e}. It was deleted: run again to "
-                            "download it afresh") from None
-    except OSError as e:
-        raise DownloadError(f"could not extract {archive} into {dest_dir}: {e.strerror or e} "
-                            "(disk full?); run again once fixed") from None
+        with _unusable_archive(archive, dest_dir, "Emotify"):
+            root = extract_zip_dataset(archive, tmp / "x")
+            check = _emotify_check(root, genres_of)
+            os.rename(root, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_json(marker, {"url": url, "csv_url": csv_url, "archive": archive.name,
