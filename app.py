@@ -1,4 +1,5 @@
-"""Genre Lab dashboard: ``streamlit run app.py``. Thin pages over the engine in ``core/``.
+"""Genre Lab dashboard: ``streamlit run app.py``. Navigation (the pages: ``ui/nav.py``), set-up and the last-resort
+error message; thin pages over the engine in ``core/``.
 
 The pages live in ``app_pages/``, not ``pages/``: Streamlit (1.67) treats a ``pages/`` folder beside the main
 script as an old-style multipage app until ``st.navigation`` has run once in the server process, so the first
@@ -11,19 +12,13 @@ setup_environment()  # before librosa / numba / TensorFlow are imported anywhere
 import streamlit as st  # noqa: E402
 
 from ui.common import show_error  # noqa: E402
+from ui.nav import all_pages  # noqa: E402
 
 st.set_page_config(page_title="Genre Lab", page_icon=":material/graphic_eq:", layout="wide",
                    menu_items={"About": "Genre Lab: divide-and-conquer CRNN music-genre classification "
                                         "(after Hilsdorf 2022)."})
 
-PAGES = [
-    st.Page("app_pages/0_home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("app_pages/1_data.py", title="Data", icon=":material/library_music:", url_path="data"),
-    st.Page("app_pages/2_experiment.py", title="Experiment", icon=":material/science:", url_path="experiment"),
-    st.Page("app_pages/3_demo.py", title="Demo", icon=":material/headphones:", url_path="demo"),
-]
-
-page = st.navigation(PAGES)
+page = st.navigation(all_pages())
 try:
     page.run()
 except Exception as exc:  # noqa: BLE001 - last line of defence: a short message, the traceback in the log

@@ -1,7 +1,7 @@
 """Resident memory of the dashboard's demo path: load a Predictor, classify a 3-minute clip, print peak RSS.
 
 Runs exactly what the demo page runs (``core.predictor.Predictor(path)``: NumPy inference when the model
-allows it, else Keras; ``core.dashboard_support.decode_clip`` on uploaded WAV bytes, then ``classify_clip``),
+allows it, else Keras; ``core.audio.decode_clip`` on uploaded WAV bytes, then ``predict_array``),
 with Streamlit imported as the server has it, and
 prints the process's resident memory after each step and its peak (``ru_maxrss``). Streamlit Community
 Cloud gives an app about 1 GB: the target is well under that.
@@ -81,9 +81,9 @@ def main() -> int:
     import streamlit  # noqa: F401  (the server has it loaded)
 
     steps.append(("streamlit imported", rss_mb()))
-    from core.audio import encode_wav_bytes
-    from core.dashboard_support import classify_clip, decode_clip, list_model_folders
+    from core.audio import decode_clip, encode_wav_bytes
     from core.synth import synth_clip
+    from core.workspace import list_model_folders
 
     model_dir = a.model
     tmp = tempfile.TemporaryDirectory(prefix="genrelab-membench-")
@@ -101,7 +101,7 @@ def main() -> int:
     steps.append((f"{a.seconds:g} s upload in memory ({len(wav) / 1e6:.1f} MB WAV)", rss_mb()))
     t0 = time.perf_counter()
     clip = decode_clip(wav, "clip.wav", pred.sample_rate)
-    res = classify_clip(pred, clip, None, a.hop, "sum")
+    res = pred.predict_array(clip.y, clip.sr, None, a.hop, "sum")  # what the demo page does
     dt = time.perf_counter() - t0
     steps.append((f"decoded + classified: {res.n_windows} windows in {dt:.1f} s -> {res.predicted}", rss_mb()))
     for name, mb in steps:
@@ -145,7 +145,7 @@ def long_file(a) -> int:
 
     model_dir = a.model
     if not model_dir:
-        from core.dashboard_support import list_model_folders
+        from core.workspace import list_model_folders
 
         shipped = [m["path"] for m in list_model_folders() if m.get("card") and m["origin"] == "shipped"
                    and m["card"].get("kind") == "snippet"]

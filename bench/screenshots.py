@@ -226,12 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         home.mkdir()
         clip = a.clip
         if clip is None:
-            from core.dashboard_support import demo_clip_wav
+            from core.synth import demo_clip_wav
 
             clip = tmp / "generated-tone.wav"
             clip.write_bytes(demo_clip_wav(1, 20.0))
         if a.demo_model:
-            from core.dashboard_support import DEMO_MODEL_NAME, train_demo_model
+            from core.synth import DEMO_MODEL_NAME, train_demo_model
 
             print("training the synthetic demo model ...", file=sys.stderr)
             train_demo_model(home / "models" / DEMO_MODEL_NAME)

@@ -5,12 +5,17 @@ ffmpeg binary shipped by ``imageio-ffmpeg`` (m4a/aac, opus, wma, video container
 ``soxr`` directly (what librosa uses by default; librosa itself is never imported: it compiles numba
 functions for ~17 s on a cold start). Every failure is raised as :class:`AudioError` with a short human
 reason, so that dataset builds can list skipped files and the dashboard can show a clear message.
+
+Uploads (the demo page): :func:`check_upload` (name and size, before any decoding) and :func:`decode_clip`
+(bytes -> :class:`DecodedClip` at the model's rate, long files cut, with notes for the user); anything
+unusable is an :class:`UploadError`.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -89,13 +94,7 @@ def load_audio(path: str | os.PathLike, sr: int = 22050, *, max_seconds: float |
     keeps only the start of the file. Raises :class:`AudioError` for missing, empty, corrupt or
     non-audio files and for files that decode to zero samples.
     """
-    p = Path(path)
-    if not p.exists():
-        raise AudioError("file not found")
-    if p.is_dir():
-        raise AudioError("is a folder, not a file")
-    if p.stat().st_size == 0:
-        raise AudioError("empty file (0 bytes)")
+    p = _check_file(path)
     y: np.ndarray | None = None
     orig_sr = sr
     first_error = ""
@@ -343,3 +342,102 @@ def encode_wav_bytes(y: np.ndarray, sr: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.clip(y, -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# uploads: checks before decoding, a clip decoded for a model, a window of it to play
+# ---------------------------------------------------------------------------------------------------------
+#: Formats the demo page accepts (the file uploader lists these; anything else gets a clear message).
+UPLOAD_AUDIO_EXTENSIONS = (".mp3", ".wav", ".ogg", ".flac", ".m4a", ".au", ".aiff", ".aif", ".opus")
+#: Size limit checked before any decoding (a 5-minute WAV at 48 kHz, 24-bit stereo is about 86 MB).
+MAX_CLIP_BYTES = 100 * 1000 * 1000
+#: Formats soundfile cannot read are decoded whole by ffmpeg before cutting: a tighter limit (25 MB of AAC
+#: at 128 kbit/s is 26 minutes, 140 MB of float32 at 22.05 kHz).
+MAX_FFMPEG_BYTES = 25 * 1000 * 1000
+#: Longer uploads are cut to their first MAX_CLIP_SECONDS. Peak memory of the demo path (bench/demo_memory.py)
+#: is ~450 MB for 3 minutes, ~580 MB for 5 and ~1 GB for 10, so 5 minutes keeps it well under 1 GB.
+MAX_CLIP_SECONDS = 300.0
+
+
+class UploadError(GenreLabError):
+    """An uploaded file that cannot be used; the message is for the user."""
+
+
+def check_upload(name: str, size: int, max_bytes: int = MAX_CLIP_BYTES,
+                 extensions: tuple[str, ...] = UPLOAD_AUDIO_EXTENSIONS) -> str:
+    """Validate an upload's name and size before anything is decoded; returns the lower-case extension."""
+    ext = Path(name or "").suffix.lower()
+    if ext not in extensions:
+        shown = ", ".join(e.lstrip(".") for e in extensions)
+        raise UploadError(f"“{name}” is not an audio file this app reads ({ext or 'no extension'}); "
+                          f"use one of: {shown}")
+    if size == 0:
+        raise UploadError(f"“{name}” is empty (0 bytes)")
+    if size > max_bytes:
+        raise UploadError(f"“{name}” is {size / 1e6:.0f} MB; the limit is {max_bytes / 1e6:.0f} MB. "
+                          "Cut the part you want to classify (a minute is plenty) and upload that")
+    return ext
+
+
+@dataclass
+class DecodedClip:
+    y: np.ndarray  # mono float32 at ``sr``
+    sr: int
+    duration_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+def decode_clip(data: bytes, name: str, sr: int, *, max_seconds: float = MAX_CLIP_SECONDS,
+                max_bytes: int = MAX_CLIP_BYTES) -> DecodedClip:
+    """Decode uploaded bytes to mono float32 at ``sr`` (the model's rate), with checks and user notes.
+
+    Size and extension are checked first; files longer than ``max_seconds`` keep only their start (read
+    partially when the container reports its length, so a long WAV is never decoded whole). Raises
+    :class:`UploadError` with a reason for anything unusable (corrupt, not audio, silent).
+    """
+    ext = check_upload(name, len(data), max_bytes)
+    notes: list[str] = []
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="genrelab-upload-") as tmp:
+        path = Path(tmp) / f"clip{ext}"
+        path.write_bytes(data)
+        y = None
+        total_s = None
+        try:
+            import soundfile as sf
+
+            info = sf.info(str(path))
+            total_s = info.frames / info.samplerate if info.samplerate and info.frames > 0 else None
+            if total_s and total_s > max_seconds:
+                raw, orig_sr = sf.read(str(path), frames=int(max_seconds * info.samplerate), dtype="float32",
+                                       always_2d=True)
+                y = resample(np.ascontiguousarray(raw.mean(axis=1)), int(orig_sr), sr)
+        except Exception:  # soundfile cannot tell: the normal decoder below decides
+            y = None
+        if y is None:
+            if total_s is None and len(data) > MAX_FFMPEG_BYTES:
+                raise UploadError(f"“{name}” is {len(data) / 1e6:.0f} MB; files in this format are limited to "
+                                  f"{MAX_FFMPEG_BYTES / 1e6:.0f} MB (they are decoded whole). Cut the part you want "
+                                  "to classify, or convert it to mp3, ogg, flac or wav")
+            try:
+                y = load_audio(path, sr, max_seconds=max_seconds)
+            except AudioError as exc:
+                raise UploadError(f"“{name}” could not be read: {exc}") from None
+            if total_s is None and y.size >= int(max_seconds * sr) - 1:
+                notes.append(f"only the first {max_seconds / 60:g} minutes of the file are used")
+        if total_s and total_s > max_seconds:
+            notes.append(f"only the first {max_seconds / 60:g} minutes of the {total_s / 60:.1f}-minute file "
+                         "are used")
+    if y.size == 0:
+        raise UploadError(f"“{name}” contains no audio samples")
+    if not np.any(np.abs(y) > 1e-4):
+        raise UploadError(f"“{name}” is silent: nothing to classify")
+    return DecodedClip(np.ascontiguousarray(y, dtype=np.float32), sr, y.size / sr, notes)
+
+
+def slice_wav(y: np.ndarray, sr: int, start_s: float, end_s: float) -> bytes:
+    """WAV bytes of ``y[start_s:end_s]`` (for playing one window)."""
+    a = max(0, int(round(start_s * sr)))
+    b = min(y.size, max(a + 1, int(round(end_s * sr))))
+    return encode_wav_bytes(y[a:b], sr)

@@ -35,7 +35,7 @@ from core import __version__
 from core.errors import GenreLabError, Stopped
 from core.audio import AUDIO_EXTENSIONS, AudioError, is_silent, load_audio, load_audio_prefix
 from core.features import FeatureParams, apply_norm, full_clip, track_snippets  # apply_norm: Dataset.normalize
-from core.jobs import OSLock
+from core.jobs import OSLock, add_job_args
 from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
 
 SPLITS = ("train", "val", "test")
@@ -846,6 +846,38 @@ class Dataset:
         """Normalised features and labels of a split, in memory."""
         return self.normalize(np.asarray(self.X(split)), method), np.asarray(self.y(split))
 
+    def counts(self):
+        """Tracks and snippets per class and split (pandas DataFrame, long format: class, split, tracks,
+        snippets)."""
+        import pandas as pd
+
+        m = self.manifest
+        used = m[(~m["skipped"].astype(bool)) & (m["split"] != "")]
+        rows = []
+        for split in SPLITS:
+            sub = used[used["split"] == split]
+            for c in self.classes:
+                part = sub[sub["class"] == c]
+                rows.append({"class": c, "split": split, "tracks": int(len(part)),
+                             "snippets": int(part["n_snippets"].sum())})
+        return pd.DataFrame(rows)
+
+    def skipped(self):
+        """Files the build did not use, with the reason (DataFrame: path, class, reason)."""
+        m = self.manifest
+        out = m[m["skipped"].astype(bool) | ((m["split"] == "") & m["reason"].astype(bool))]
+        return out[["path", "class", "reason"]].reset_index(drop=True)
+
+    def snippet_rows(self, manifest_index: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """``(split, row indices into that split's arrays, start seconds)`` of one track's snippets
+        (``manifest_index``: its row in the manifest); ``("", [], [])`` for a track in no split."""
+        rec = self.manifest.iloc[int(manifest_index)]
+        split = rec["split"]
+        if not split:
+            return "", np.zeros(0, int), np.zeros(0)
+        rows = np.flatnonzero(np.asarray(self.track(split)) == int(manifest_index))
+        return split, rows, np.asarray(self.start(split))[rows]
+
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
     """Open a built dataset folder (raises :class:`DatasetError` with a reason if it is not one)."""
@@ -870,38 +902,66 @@ def is_dataset(path: str | os.PathLike) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------
+#: FeatureParams <-> ``build-dataset`` options, the one place they are spelled: (field, option, type, help) for
+#: the valued options; (field, switch, value when given, help) for the switches (default: the field's default).
+FEATURE_OPTIONS = (
+    ("sample_rate", "--sample-rate", int, "target sample rate in Hz (%(default)s)"),
+    ("snippet_s", "--snippet", float, "snippet length in seconds (%(default)s)"),
+    ("overlap_s", "--overlap", float, "overlap of snippets in seconds (%(default)s)"),
+    ("max_snippets", "--max-snippets", int, "at most this many snippets per track, 0 = all (%(default)s)"),
+    ("selection", "--selection", str, "which snippets to keep when a track has more: first N or N at random "
+                                      "(%(default)s)"),
+    ("selection_seed", "--selection-seed", int, "seed of random selection"),
+    ("n_fft", "--n-fft", int, "FFT size (%(default)s)"),
+    ("hop_length", "--hop", int, "STFT hop in samples (%(default)s)"),
+    ("n_mels", "--n-mels", int, "mel bands (%(default)s)"),
+    ("full_clip_s", "--full-clip", float, "full-clip length in seconds (%(default)s)"),
+)
+FEATURE_SWITCHES = (
+    ("log", "--linear", False, "keep mel power instead of decibels"),
+    ("peak_normalize", "--peak-normalize", True, "normalise each snippet to peak 0 dBFS"),
+    ("pad_short", "--pad-short", True, "zero-pad tracks shorter than one snippet instead of skipping them"),
+    ("mode", "--full", "full", "full-clip mode: one spectrogram of the first --full-clip seconds per track "
+                               "(30 s model)"),
+)
+
+
 def add_feature_args(p) -> None:
+    """The feature options of ``build-dataset`` (:data:`FEATURE_OPTIONS`, :data:`FEATURE_SWITCHES`)."""
     d = FeatureParams()
     g = p.add_argument_group("features (defaults: the article's)")
-    g.add_argument("--sample-rate", type=int, default=d.sample_rate, help="target sample rate in Hz (%(default)s)")
-    g.add_argument("--snippet", type=float, default=d.snippet_s, help="snippet length in seconds (%(default)s)")
-    g.add_argument("--overlap", type=float, default=d.overlap_s, help="overlap of snippets in seconds (%(default)s)")
-    g.add_argument("--max-snippets", type=int, default=d.max_snippets,
-                   help="at most this many snippets per track, 0 = all (%(default)s)")
-    g.add_argument("--selection", choices=["first", "random"], default=d.selection,
-                   help="which snippets to keep when a track has more: first N or N at random (%(default)s)")
-    g.add_argument("--selection-seed", type=int, default=d.selection_seed, help="seed of random selection")
-    g.add_argument("--n-fft", type=int, default=d.n_fft, help="FFT size (%(default)s)")
-    g.add_argument("--hop", type=int, default=d.hop_length, help="STFT hop in samples (%(default)s)")
-    g.add_argument("--n-mels", type=int, default=d.n_mels, help="mel bands (%(default)s)")
-    g.add_argument("--linear", action="store_true", help="keep mel power instead of decibels")
-    g.add_argument("--peak-normalize", action="store_true", help="normalise each snippet to peak 0 dBFS")
-    g.add_argument("--pad-short", action="store_true",
-                   help="zero-pad tracks shorter than one snippet instead of skipping them")
-    g.add_argument("--full", action="store_true",
-                   help="full-clip mode: one spectrogram of the first --full-clip seconds per track (30 s model)")
-    g.add_argument("--full-clip", type=float, default=d.full_clip_s, help="full-clip length in seconds (%(default)s)")
+    for name, flag, typ, help_ in FEATURE_OPTIONS:
+        extra = {"choices": ["first", "random"]} if name == "selection" else {}
+        g.add_argument(flag, dest=name, type=typ, default=getattr(d, name), help=help_, **extra)
+    for name, flag, value, help_ in FEATURE_SWITCHES:
+        g.add_argument(flag, dest=name, action="store_const", const=value, default=getattr(d, name), help=help_)
 
 
 def params_from_args(a) -> FeatureParams:
+    """The :class:`FeatureParams` of parsed ``build-dataset`` options."""
     try:
-        return FeatureParams(sample_rate=a.sample_rate, snippet_s=a.snippet, overlap_s=a.overlap,
-                             max_snippets=a.max_snippets, selection=a.selection, selection_seed=a.selection_seed,
-                             n_fft=a.n_fft, hop_length=a.hop, n_mels=a.n_mels, log=not a.linear,
-                             peak_normalize=a.peak_normalize, pad_short=a.pad_short,
-                             mode="full" if a.full else "snippet", full_clip_s=a.full_clip)
+        return FeatureParams(**{name: getattr(a, name) for name, *_ in FEATURE_OPTIONS + FEATURE_SWITCHES})
     except ValueError as exc:
         raise DatasetError(str(exc)) from exc
+
+
+def build_dataset_args(src: str | os.PathLike, out: str | os.PathLike, params: FeatureParams, split: SplitConfig,
+                       workers: int | None = None, limit_per_class: int = 0) -> list[str]:
+    """``build-dataset SRC OUT ...``: the command-line arguments of a build with these parameters (what a
+    background job runs; :func:`params_from_args` reads them back)."""
+    args = ["build-dataset", str(src), str(out)]
+    for name, flag, _typ, _help in FEATURE_OPTIONS:
+        args += [flag, str(getattr(params, name))]
+    args += [flag for name, flag, value, _help in FEATURE_SWITCHES if getattr(params, name) == value]
+    args += ["--val-share", str(split.val_share), "--test-share", str(split.test_share),
+             "--split-seed", str(split.seed)]
+    if split.split_file:
+        args += ["--split", str(split.split_file)]
+    if workers:
+        args += ["--workers", str(workers)]
+    if limit_per_class:
+        args += ["--limit-per-class", str(int(limit_per_class))]
+    return args
 
 
 def register_cli(sub) -> None:
@@ -909,7 +969,8 @@ def register_cli(sub) -> None:
         "build-dataset", help="segment a folder of class sub-folders of audio into a mel-spectrogram dataset",
         description="Build a segmented, track-wise split, normalised log-mel dataset from SRC (one sub-folder "
                     "per class, audio files inside: wav, au, mp3, flac, ogg, m4a ...). Resumable: run the same "
-                    "command again after a stop or crash and it continues.")
+                    "command again after a stop (Ctrl-C, --stop-file) or crash and it continues. With --events, "
+                    "progress goes to that file (JSON lines) instead of a progress bar.")
     p.add_argument("src", help="source folder: one sub-folder per class")
     p.add_argument("out", help="output dataset folder")
     add_feature_args(p)
@@ -925,31 +986,43 @@ def register_cli(sub) -> None:
     p.add_argument("--min-tracks-per-class", type=int, default=None,
                    help="usable tracks a class needs, else it is left out with a warning (default: one per split)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    add_job_args(p)
     p.set_defaults(func=_cli_build)
 
 
 def _cli_build(a) -> int:
-    from tqdm import tqdm
+    from core.jobs import JobReport
 
+    # No SIGTERM handler: the build forks worker processes that would inherit it, and Pool.terminate() stops
+    # workers with SIGTERM, so they would ignore it and the pool would hang. The stop file is enough; a SIGTERM
+    # simply kills the build, which resumes from its finished tracks next time.
+    report = JobReport(a, "build", signals=False)
     bar = None
 
     def progress(done: int, total: int, msg: str) -> None:
         nonlocal bar
+        if report.active:
+            report.progress(done, total, msg, force=done in (0, total))
+            return
         if bar is None:
+            from tqdm import tqdm
+
             bar = tqdm(total=total, unit="track", desc="building", dynamic_ncols=True, mininterval=0.5)
         bar.set_postfix_str(msg[-40:], refresh=False)
         bar.update(done - bar.n)
 
-    try:
+    def work() -> tuple[str, Path]:
         params = params_from_args(a)
         split = SplitConfig(a.val_share, a.test_share, a.split_seed, a.split_file)
-        t0 = time.time()
+        report.emit(message="scanning the source folder", fraction=0.0, done=0, total=None)
         out = build_dataset(a.src, a.out, params, split, workers=a.workers, progress=progress,
-                            limit_per_class=a.limit_per_class,
+                            should_stop=report.should_stop, limit_per_class=a.limit_per_class,
                             min_tracks_per_class=getattr(a, "min_tracks_per_class", None))
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return "dataset built", out
+
+    t0 = time.time()
+    try:
+        code = report.run(work, failed_code=2)  # stops: errors.Stopped; failures: every GenreLabError
     except KeyboardInterrupt:
         if bar:
             bar.close()
@@ -958,6 +1031,9 @@ def _cli_build(a) -> int:
     finally:
         if bar:
             bar.close()
+    if code or report.active:
+        return code
+    out = Path(a.out)
     ds = load_dataset(out)
     c = ds.card["counts"]
     print(f"dataset: {out} ({time.time() - t0:.1f} s)")

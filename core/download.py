@@ -1,12 +1,10 @@
-"""Streamed, resumable, checksum-verified downloads (GTZAN, Emotify) and safe archive extraction.
+"""Streamed, resumable, checksum-verified downloads: GTZAN and Emotify (extraction: :mod:`core.archives`).
 
 * :func:`download_file` streams a URL into ``DEST.part`` (resuming it with an HTTP ``Range`` request),
   checks size and optional sha256, then renames it into place atomically.
 * :func:`download_gtzan` fetches ``genres.tar.gz`` (Hugging Face mirror of GTZAN) and extracts it safely.
 * :func:`download_emotify` fetches Emotify's ``data.csv`` and ``emotifymusic.zip`` from its official page and
   extracts the genre folders, checked against the annotations.
-* :func:`extract_zip_dataset` unpacks a user-uploaded zip (one folder per class) without path escapes,
-  zip bombs or half-extracted leftovers.
 
 Every failure is raised with a short plain-language message (``str(err)``) fit for the user:
 :class:`DownloadError` (network, HTTP, checksum, damaged download), :class:`DownloadStopped` (a stop request;
@@ -15,30 +13,27 @@ Only the standard library is used for HTTP (``urllib``); ``tqdm`` is imported by
 """
 from __future__ import annotations
 
+import contextlib
 import errno
-import gzip
 import http.client
 import os
 import re
 import shutil
 import socket
 import ssl
-import stat
-import tarfile
 import tempfile
 import time
-import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-import zlib
 from pathlib import Path
-from typing import IO, Callable
+from typing import Callable
 
 from core.errors import GenreLabError, Stopped
-from core.audio import AUDIO_EXTENSIONS
-from core.utils import atomic_write_json, read_json, sha256_file
+from core.archives import (ArchiveError, DatasetArchiveError, check_dataset_layout, content_root, extract_tar_safely,
+                           extract_zip_dataset, listing)
+from core.jobs import add_job_args
+from core.utils import atomic_write_json, fmt_bytes as _fmt_bytes, read_json, sha256_file
 
 #: Where GTZAN lives now (the original marsyas.info / opihi.cs.uvic.ca URLs are dead).
 GTZAN_URL = "https://huggingface.co/datasets/marsyas/gtzan/resolve/main/data/genres.tar.gz"
@@ -55,7 +50,6 @@ GTZAN_MARKER_NAME = ".genres.extracted.json"
 PART_SUFFIX = ".part"
 _META_SUFFIX = ".part.json"  # validator (ETag / Last-Modified) of the partial download, for If-Range
 _USER_AGENT = "genre-lab-downloader/1.0 (+python urllib)"
-_JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 
 ProgressFn = Callable[[int, "int | None"], None]
 StopFn = Callable[[], bool]
@@ -73,31 +67,11 @@ class DownloadStopped(Stopped):
     """The download was stopped on request; the partial file is kept so that the next call resumes."""
 
 
-class ArchiveError(GenreLabError):
-    """An archive that is unreadable or unsafe to extract (path escape, link, device, bomb ...)."""
-
-
-class DatasetArchiveError(ArchiveError):
-    """An uploaded archive that cannot be used as a dataset; ``str(err)`` says why, for the user."""
-
-
 class _Restart(Exception):
     """Internal: the partial file cannot be resumed, start again from byte 0."""
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _fmt_bytes(n: int | None) -> str:
-    """Human size: ``1.23 GB``."""
-    if n is None:
-        return "an unknown number of bytes"
-    value = float(n)
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.2f} {unit}"
-        value /= 1000
-    return f"{n} bytes"  # pragma: no cover
 
 
 def part_path(dest: str | os.PathLike) -> Path:
@@ -384,150 +358,33 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
     return dest
 
 
-# ---------------------------------------------------------------------------------- safe name checking
-
-
-def _safe_parts(name: str) -> tuple[str, ...]:
-    """Split an archive member name into path parts; :class:`ArchiveError` for anything escaping."""
-    norm = name.replace("\\", "/")
-    if "\x00" in norm:
-        raise ArchiveError(f"unsafe archive: member name {name!r} contains a NUL character")
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
-        raise ArchiveError(f"unsafe archive: member {name!r} has an absolute path")
-    parts = tuple(p for p in norm.split("/") if p not in ("", "."))
-    if ".." in parts:
-        raise ArchiveError(f"unsafe archive: member {name!r} points outside the extraction folder ('..')")
-    return parts
-
-
-def _inside(root: Path, target: Path) -> bool:
-    """True when ``target`` (after resolving) lies inside ``root``."""
-    root = root.resolve()
-    try:
-        target.resolve().relative_to(root)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_ignored(parts: tuple[str, ...]) -> bool:
-    """macOS resource forks, hidden files / folders and OS junk are skipped."""
-    if not parts:
-        return True
-    if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
-        return True
-    return parts[-1].lower() in _JUNK_NAMES
-
-
-# ---------------------------------------------------------------------------------- dataset layout check
-
-
-def _count_audio(folder: Path) -> int:
-    """Number of audio files (by extension) under ``folder``, hidden files and folders skipped."""
-    n = 0
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        n += sum(1 for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS)
-    return n
-
-
-def _listing(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def check_dataset_layout(root: str | os.PathLike, what: str = "the zip") -> dict[str, int]:
-    """``{class folder: number of audio files}`` for ``root``; :class:`DatasetArchiveError` unless at least
-    two visible sub-folders hold audio files (``core.audio.AUDIO_EXTENSIONS``, searched recursively)."""
-    root = Path(root)
-    with_audio: dict[str, int] = {}
-    without: list[str] = []
-    loose: list[str] = []
-    for child in sorted(root.iterdir(), key=lambda p: p.name):
-        if child.name.startswith(".") or child.name == "__MACOSX":
-            continue
-        if child.is_dir():
-            n = _count_audio(child)
-            if n:
-                with_audio[child.name] = n
-            else:
-                without.append(child.name)
-        else:
-            loose.append(child.name)
-    if len(with_audio) >= 2:
-        return with_audio
-    found = []
-    if with_audio:
-        found.append(f"{len(with_audio)} folder with audio files ("
-                     + _listing([f"{k}: {v}" for k, v in with_audio.items()]) + ")")
-    if without:
-        found.append(f"{len(without)} folder(s) without audio files ({_listing(without)})")
-    if loose:
-        found.append(f"{len(loose)} loose file(s) at the top level ({_listing(loose)})")
-    raise DatasetArchiveError(
-        f"{what} must contain one folder per class with audio files inside (at least two classes); found: "
-        + ("; ".join(found) if found else "nothing usable (empty archive?)"))
-
-
-def _content_root(folder: Path) -> Path:
-    """The single visible top-level folder of an extraction, else the extraction folder itself."""
-    children = [c for c in folder.iterdir() if not c.name.startswith(".") and c.name != "__MACOSX"]
-    if len(children) == 1 and children[0].is_dir():
-        return children[0]
-    return folder
-
-
-# --------------------------------------------------------------------------------------------- tar
-
-
-def _check_tar_member(member: tarfile.TarInfo, root: Path) -> tuple[str, ...]:
-    """Reject absolute / '..' names, links leaving ``root`` and devices; returns the name's parts."""
-    parts = _safe_parts(member.name)
-    if member.ischr() or member.isblk() or member.isfifo():
-        raise ArchiveError(f"unsafe archive: member {member.name!r} is a device or FIFO")
-    if member.issym() or member.islnk():
-        link = member.linkname.replace("\\", "/")
-        base = root.joinpath(*parts[:-1]) if member.issym() else root
-        if link.startswith("/") or re.match(r"^[A-Za-z]:", link) or not _inside(root, base / link):
-            raise ArchiveError(f"unsafe archive: link {member.name!r} -> {member.linkname!r} points outside "
-                               "the extraction folder")
-    elif not (member.isfile() or member.isdir()):
-        raise ArchiveError(f"unsafe archive: member {member.name!r} has an unsupported type")
-    if not _inside(root, root.joinpath(*parts)):
-        raise ArchiveError(f"unsafe archive: member {member.name!r} points outside the extraction folder")
-    return parts
-
-
-def extract_tar_safely(archive: str | os.PathLike, into: str | os.PathLike) -> int:
-    """Extract a (gzip) tar into the existing folder ``into``, member by member after safety checks
-    (plus tarfile's ``filter='data'`` when available). Returns the number of files extracted.
-
-    :class:`ArchiveError` for an unreadable/damaged archive or an unsafe member; ``OSError`` (disk full ...)
-    passes through. The caller extracts into a temporary folder and removes it on error.
-    """
-    into = Path(into)
-    use_filter = hasattr(tarfile, "data_filter")
-    n_files = 0
-    try:
-        with tarfile.open(archive, mode="r|*") as tf:  # streamed: one pass over the compressed data
-            for member in tf:
-                parts = _check_tar_member(member, into)
-                if not parts:
-                    continue
-                if use_filter:
-                    tf.extract(member, into, set_attrs=False, filter="data")
-                else:  # pragma: no cover - Python < 3.11.4
-                    tf.extract(member, into, set_attrs=False)
-                n_files += member.isfile()
-    except tarfile.FilterError as e:  # pragma: no cover - our own checks come first
-        raise ArchiveError(f"unsafe archive: {e}") from None
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise ArchiveError(f"not a readable .tar.gz archive (damaged or incomplete download?): "
-                           f"{e or type(e).__name__}") from None
-    return n_files
-
-
 # --------------------------------------------------------------------------------------------- GTZAN
+
+
+@contextlib.contextmanager
+def _unusable_archive(archive: Path, dest_dir: Path, what: str):
+    """Extraction errors as :class:`DownloadError`: an unusable archive (:class:`ArchiveError`) is deleted so
+    that the next run downloads it afresh; an ``OSError`` (disk full ...) keeps it."""
+    try:
+        yield
+    except ArchiveError as e:
+        _remove(archive)
+        raise DownloadError(f"the downloaded {what} archive is unusable: {e}. It was deleted: run again to "
+                            "download it afresh") from None
+    except OSError as e:
+        raise DownloadError(f"could not extract {archive} into {dest_dir}: {e.strerror or e} "
+                            "(disk full?); run again once fixed") from None
+
+
+def _completed(target: Path, marker: Path, what: str) -> bool:
+    """True when an earlier download completed (its marker is written last); :class:`DownloadError` when
+    ``target`` exists without one (not ours to overwrite)."""
+    if marker.is_file() and target.is_dir():
+        return True
+    if target.exists():
+        raise DownloadError(f"{target} already exists but was not made by a completed {what} download: "
+                            "delete it, or choose another folder")
+    return False
 
 
 def _gtzan_extract(archive: Path, dest_dir: Path) -> tuple[Path, dict[str, int]]:
@@ -537,7 +394,7 @@ def _gtzan_extract(archive: Path, dest_dir: Path) -> tuple[Path, dict[str, int]]
     tmp = Path(tempfile.mkdtemp(prefix=f".{GTZAN_FOLDER_NAME}.extract-", dir=dest_dir))
     try:
         extract_tar_safely(archive, tmp)
-        root = _content_root(tmp)
+        root = content_root(tmp)
         classes = check_dataset_layout(root, what="the GTZAN archive")
         os.rename(root, target)
     finally:
@@ -559,13 +416,9 @@ def download_gtzan(dest_dir: str | os.PathLike, url: str | None = None, sha256: 
     archive is deleted and reported as :class:`DownloadError`; a stop request raises :class:`DownloadStopped`.
     """
     dest_dir = Path(dest_dir)
-    target = dest_dir / GTZAN_FOLDER_NAME
-    marker = dest_dir / GTZAN_MARKER_NAME
-    if marker.is_file() and target.is_dir():
+    target, marker = dest_dir / GTZAN_FOLDER_NAME, dest_dir / GTZAN_MARKER_NAME
+    if _completed(target, marker, "GTZAN"):
         return target
-    if target.exists():
-        raise DownloadError(f"{target} already exists but was not made by a completed GTZAN download: "
-                            "delete it, or choose another folder")
     url = url or os.environ.get(GTZAN_URL_ENV) or GTZAN_URL
     sha256 = sha256 or os.environ.get(GTZAN_SHA256_ENV) or (GTZAN_SHA256 if url == GTZAN_URL else None)
     try:
@@ -581,15 +434,8 @@ def download_gtzan(dest_dir: str | os.PathLike, url: str | None = None, sha256: 
             raise DownloadError(f"{e} (set {GTZAN_URL_ENV} or pass --url to use another copy of GTZAN)",
                                 status=e.status) from None
         raise
-    try:
+    with _unusable_archive(archive, dest_dir, "GTZAN"):
         target, classes = _gtzan_extract(archive, dest_dir)
-    except ArchiveError as e:
-        _remove(archive)
-        raise DownloadError(f"the downloaded GTZAN archive is unusable: {e}. It was deleted: run again to "
-                            "download it afresh") from None
-    except OSError as e:
-        raise DownloadError(f"could not extract {archive} into {dest_dir}: {e.strerror or e} "
-                            "(disk full?); run again once fixed") from None
     atomic_write_json(marker, {"url": url, "archive": archive.name, "archive_bytes": archive.stat().st_size,
                                "sha256": sha256, "classes": classes, "folder": target.name,
                                "extracted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -667,7 +513,7 @@ def _emotify_check(root: Path, genres_of: dict[int, str]) -> dict:
     unknown = [g for g in found if g.lower() not in expected]
     if unknown:
         raise DatasetArchiveError(f"the Emotify archive has genre folders that data.csv does not list: "
-                                  f"{_listing(unknown)} (data.csv lists {_listing(sorted(expected))})")
+                                  f"{listing(unknown)} (data.csv lists {listing(sorted(expected))})")
     found_l = {g.lower(): n for g, n in found.items()}
     missing = {g: n - found_l.get(g, 0) for g, n in sorted(expected.items()) if found_l.get(g, 0) < n}
     return {"expected": dict(sorted(expected.items())), "found": dict(sorted(found_l.items())),
@@ -689,13 +535,9 @@ def download_emotify(dest_dir: str | os.PathLike, url: str | None = None, csv_ur
     request raises :class:`DownloadStopped` (partial files kept).
     """
     dest_dir = Path(dest_dir)
-    target = dest_dir / EMOTIFY_FOLDER_NAME
-    marker = dest_dir / EMOTIFY_MARKER_NAME
-    if marker.is_file() and target.is_dir():
+    target, marker = dest_dir / EMOTIFY_FOLDER_NAME, dest_dir / EMOTIFY_MARKER_NAME
+    if _completed(target, marker, "Emotify"):
         return target
-    if target.exists():
-        raise DownloadError(f"{target} already exists but was not made by a completed Emotify download: "
-                            "delete it, or choose another folder")
     url = url or os.environ.get(EMOTIFY_URL_ENV) or EMOTIFY_URL
     csv_url = csv_url or os.environ.get(EMOTIFY_CSV_URL_ENV) or EMOTIFY_CSV_URL
     try:
@@ -723,16 +565,10 @@ def download_emotify(dest_dir: str | os.PathLike, url: str | None = None, csv_ur
         raise DownloadError(f"{e}. The downloaded data.csv was deleted: run again to download it afresh") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{EMOTIFY_FOLDER_NAME}.extract-", dir=dest_dir))
     try:
-        root = extract_zip_dataset(archive, tmp / "x")
-        check = _emotify_check(root, genres_of)
-        os.rename(root, target)
-    except ArchiveError as e:
-        _remove(archive)
-        raise DownloadError(f"the downloaded Emotify archive is unusable: {e}. It was deleted: run again to "
-                            "download it afresh") from None
-    except OSError as e:
-        raise DownloadError(f"could not extract {archive} into {dest_dir}: {e.strerror or e} "
-                            "(disk full?); run again once fixed") from None
+        with _unusable_archive(archive, dest_dir, "Emotify"):
+            root = extract_zip_dataset(archive, tmp / "x")
+            check = _emotify_check(root, genres_of)
+            os.rename(root, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_json(marker, {"url": url, "csv_url": csv_url, "archive": archive.name,
@@ -754,265 +590,77 @@ def emotify_info(dest_dir: str | os.PathLike) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
-# ----------------------------------------------------------------------------------------------- zip
-
-
-def _zip_name(info: zipfile.ZipInfo) -> str:
-    """Member name as unicode (NFC): names without the UTF-8 flag that are really UTF-8 are repaired."""
-    name = info.filename
-    if not info.flag_bits & 0x800:
-        try:
-            name = name.encode("cp437").decode("utf-8")
-        except UnicodeError:
-            pass
-    return unicodedata.normalize("NFC", name)
-
-
-def _is_zip_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
-def _open_zip(src) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(src)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
-        raise DatasetArchiveError(f"this file is not a zip archive, or it is damaged ({e}); "
-                                  "upload a .zip with one folder per class") from None
-    except OSError as e:
-        raise DatasetArchiveError(f"cannot read the zip archive: {e.strerror or e}") from None
-
-
-#: A member may expand to at most this many times its compressed size (audio compresses 1-3x; a zero-filled
-#: file 1000x): checked on the declared sizes before anything is written. Members under 1 MB are exempt.
-MAX_COMPRESSION_RATIO = 100
-_RATIO_EXEMPT_BYTES = 1 << 20
-#: Default quota of the data home for unpacked uploads (``$GENRELAB_HOME_QUOTA_GB`` overrides it).
-DATA_HOME_QUOTA_BYTES = 10 * 10**9
-QUOTA_ENV = "GENRELAB_HOME_QUOTA_GB"
-
-
-def data_home_quota() -> int:
-    """The data home's quota in bytes: ``$GENRELAB_HOME_QUOTA_GB`` (GB = 10^9 bytes), else 10 GB."""
-    try:
-        return int(float(os.environ[QUOTA_ENV]) * 10**9)
-    except (KeyError, ValueError):
-        return DATA_HOME_QUOTA_BYTES
-
-
-def folder_bytes(root: str | os.PathLike) -> int:
-    """Bytes of the regular files under ``root`` (links not followed); 0 when it does not exist."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, f))
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total
-
-
-def _plan_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int,
-              max_ratio: float = MAX_COMPRESSION_RATIO) -> list[tuple[zipfile.ZipInfo, tuple]]:
-    """Members to extract with their safe path parts; rejects escapes, links, encryption and bombs (more than
-    ``max_total_bytes`` in all, or a member over 1 MB expanding more than ``max_ratio`` times)."""
-    plan = []
-    n_files = declared = 0
-    for info in zf.infolist():
-        try:
-            parts = _safe_parts(_zip_name(info))
-        except ArchiveError as e:
-            raise DatasetArchiveError(str(e)) from None
-        if _is_zip_symlink(info):
-            raise DatasetArchiveError(f"unsafe archive: member {info.filename!r} is a symbolic link")
-        if _is_ignored(parts):
-            continue
-        if not info.is_dir():
-            if info.flag_bits & 0x1:
-                raise DatasetArchiveError("password-protected zip files are not supported")
-            n_files += 1
-            declared += info.file_size
-            if info.file_size > _RATIO_EXEMPT_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
-                raise DatasetArchiveError(
-                    f"the zip member {_zip_name(info)!r} would expand {info.file_size / max(info.compress_size, 1):.0f} "
-                    f"times ({_fmt_bytes(info.compress_size)} -> {_fmt_bytes(info.file_size)}), more than the limit of "
-                    f"{max_ratio:g} (zip bomb, or a file of silence): nothing was unpacked")
-            if n_files > max_files:
-                raise DatasetArchiveError(f"the zip holds more than {max_files} files, the limit")
-            if declared > max_total_bytes:
-                raise DatasetArchiveError(f"the zip would unpack to more than {_fmt_bytes(max_total_bytes)}, "
-                                          "the limit (zip bomb, or dataset too large)")
-        plan.append((info, parts))
-    return plan
-
-
-def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
-    """Write one member, never more than its declared size nor ``budget`` bytes; returns bytes written."""
-    written = 0
-    limit = min(info.file_size, budget)
-    with zf.open(info) as src, open(target, "wb") as out:
-        while True:
-            block = src.read(1 << 20)
-            if not block:
-                break
-            written += len(block)
-            if written > limit:
-                raise DatasetArchiveError(f"the zip unpacks to more data than it declares ({info.filename!r}): "
-                                          "zip bomb or damaged archive")
-            out.write(block)
-    return written
-
-
-def _extract_zip_members(zf: zipfile.ZipFile, plan, into: Path, max_total_bytes: int) -> None:
-    """Extract the planned members into ``into``, counting the bytes actually written."""
-    total = 0
-    for info, parts in plan:
-        target = into.joinpath(*parts)
-        if not _inside(into, target):  # belt and braces after _safe_parts
-            raise DatasetArchiveError(f"unsafe archive: member {info.filename!r} points outside the folder")
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        total += _copy_member(zf, info, target, max_total_bytes - total)
-
-
-def extract_zip_dataset(zip_path_or_fileobj: str | os.PathLike | IO[bytes], dest_dir: str | os.PathLike, *,
-                        max_total_bytes: int = 2_000_000_000, max_files: int = 20000,
-                        max_ratio: float = MAX_COMPRESSION_RATIO, quota_root: str | os.PathLike | None = None,
-                        quota_bytes: int | None = None) -> Path:
-    """Safely extract an uploaded dataset zip to ``dest_dir`` and return the dataset folder.
-
-    ``dest_dir`` must not exist (or be empty); extraction happens in a temporary folder beside it that is
-    renamed into place only when everything is checked, so nothing half-extracted is left on error.
-    Rejected with :class:`DatasetArchiveError`: not a zip / damaged, absolute or ``..`` names, symbolic links,
-    encrypted members, more than ``max_files`` files, more than ``max_total_bytes`` declared or written.
-    ``__MACOSX/``, hidden files and OS junk are skipped; names are unicode (NFC). Returns the single top-level
-    folder when there is one, else ``dest_dir``; it must hold at least two class folders with audio files.
-    Also refused before anything is written: a member over 1 MB that expands more than ``max_ratio`` times,
-    and, with ``quota_root`` (the data home), an archive whose declared size would take the bytes under
-    ``quota_root`` past ``quota_bytes`` (default :func:`data_home_quota`); writing stops at the quota too.
-    """
-    dest_dir = Path(dest_dir)
-    if dest_dir.exists() and (not dest_dir.is_dir() or any(dest_dir.iterdir())):
-        raise FileExistsError(f"{dest_dir} already exists and is not an empty folder")
-    with _open_zip(zip_path_or_fileobj) as zf:
-        plan = _plan_zip(zf, max_total_bytes, max_files, max_ratio)
-        if quota_root is not None:
-            quota = data_home_quota() if quota_bytes is None else int(quota_bytes)
-            used = folder_bytes(quota_root)
-            need = sum(info.file_size for info, _ in plan if not info.is_dir())
-            if used + need > quota:
-                raise DatasetArchiveError(
-                    f"unpacking this zip ({_fmt_bytes(need)}) would take the data folder past its quota of "
-                    f"{_fmt_bytes(quota)} ({_fmt_bytes(used)} used): delete sources or datasets you no longer need "
-                    f"(or raise ${QUOTA_ENV})")
-            max_total_bytes = min(max_total_bytes, max(0, quota - used))
-        dest_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.extract-", dir=dest_dir.parent))
-        try:
-            try:
-                _extract_zip_members(zf, plan, tmp, max_total_bytes)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-                raise DatasetArchiveError(f"the zip archive is damaged: {e}") from None
-            except NotImplementedError as e:
-                raise DatasetArchiveError(f"the zip uses a compression method that cannot be read ({e}); "
-                                          "re-create it with standard (deflate) compression") from None
-            except RuntimeError as e:  # encrypted member not flagged as such
-                raise DatasetArchiveError(f"cannot read the zip: {e}") from None
-            except OSError as e:
-                raise DatasetArchiveError(f"could not extract the zip: {e.strerror or e}") from None
-            root = _content_root(tmp)
-            check_dataset_layout(root, what="the zip")
-            if dest_dir.exists():
-                dest_dir.rmdir()
-            os.rename(tmp, dest_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return dest_dir if root == tmp else dest_dir / root.relative_to(tmp)
-
-
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def _cmd_download_gtzan(args) -> int:
+def _run_download(args, what: str, fetch: Callable[..., Path], done_message: Callable[[Path], str]) -> int:
+    """A download command: a progress bar on the terminal, or progress events with ``--events`` (a job);
+    ``--stop-file`` / SIGTERM / Ctrl-C keep the partial download for the next run."""
     import sys
 
-    from tqdm import tqdm
+    from core.jobs import JobReport
 
+    report = JobReport(args, "download")
     bars: list = []  # created on the first progress report: nothing is drawn when there is nothing to fetch
 
     def progress(done: int, total: int | None) -> None:
+        if report.active:
+            report.progress(done, total, f"{done / 1e6:.0f} MB" + (f" of {total / 1e6:.0f} MB" if total else ""))
+            return
         if args.quiet:
             return
         if not bars:
+            from tqdm import tqdm
+
             bars.append(tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc="GTZAN", file=sys.stderr, dynamic_ncols=True))
+                             desc=what, file=sys.stderr, dynamic_ncols=True))
         bar = bars[0]
         if total is not None and bar.total != total:
             bar.total = total
             bar.refresh()
         bar.update(done - bar.n)
 
-    try:
-        folder = download_gtzan(args.dest, url=args.url, sha256=args.sha256, progress=progress,
-                                keep_archive=not args.remove_archive)
-    except (DownloadError, DownloadStopped, ArchiveError) as e:
-        if bars:
-            bars[0].close()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:  # Ctrl-C included: close the bar, the partial download stays for the next run
-        if bars:
-            bars[0].close()
-    print(f"GTZAN is ready in {folder}")
-    print(f"next: python -m core build-dataset {folder} OUT_FOLDER")
-    return 0
+    def work() -> tuple[str, Path]:
+        report.emit(message="connecting", fraction=0.0, done=0, total=None)
+        try:
+            folder = fetch(progress=progress, should_stop=report.should_stop, keep_archive=not args.remove_archive)
+        finally:  # Ctrl-C included: close the bar, the partial download stays for the next run
+            if bars:
+                bars[0].close()
+        return done_message(folder), folder
+
+    return report.run(work)  # stops: errors.Stopped; failures: every GenreLabError
+
+
+def _cmd_download_gtzan(args) -> int:
+    def done(folder: Path) -> str:
+        print(f"GTZAN is ready in {folder}")
+        print(f"next: python -m core build-dataset {folder} OUT_FOLDER")
+        return f"GTZAN is ready in {folder}"
+
+    return _run_download(args, "GTZAN", lambda **kw: download_gtzan(args.dest, url=args.url, sha256=args.sha256, **kw),
+                         done)
 
 
 def _cmd_download_emotify(args) -> int:
     import sys
 
-    from tqdm import tqdm
+    def done(folder: Path) -> str:
+        info = emotify_info(args.dest) or {}
+        found = info.get("found") or {}
+        print(f"Emotify is ready in {folder}: " + ", ".join(f"{g} ({n})" for g, n in found.items()))
+        if info.get("missing"):
+            print("note: fewer tracks than data.csv lists: "
+                  + ", ".join(f"{g} {n} missing" for g, n in info["missing"].items()), file=sys.stderr)
+        print(f"annotations: {Path(args.dest) / EMOTIFY_CSV_NAME}; sha256 of {EMOTIFY_ARCHIVE_NAME}: "
+              f"{info.get('sha256', '?')} (pin it with --sha256)")
+        print(f"cite: {EMOTIFY_CITATION}")
+        print(f"next: python -m core build-dataset {folder} OUT_FOLDER")
+        counts = ", ".join(f"{g} {n}" for g, n in found.items())
+        return f"Emotify is ready in {folder}" + (f" ({counts})" if counts else "")
 
-    bars: list = []
-
-    def progress(done: int, total: int | None) -> None:
-        if args.quiet:
-            return
-        if not bars:
-            bars.append(tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc="Emotify", file=sys.stderr, dynamic_ncols=True))
-        bar = bars[0]
-        if total is not None and bar.total != total:
-            bar.total = total
-            bar.refresh()
-        bar.update(done - bar.n)
-
-    try:
-        try:
-            folder = download_emotify(args.dest, url=args.url, csv_url=args.csv_url, sha256=args.sha256,
-                                      csv_sha256=args.csv_sha256, progress=progress,
-                                      keep_archive=not args.remove_archive)
-        finally:  # Ctrl-C included: close the bar, the partial download stays for the next run
-            if bars:
-                bars[0].close()
-    except (DownloadError, DownloadStopped, ArchiveError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    info = emotify_info(args.dest) or {}
-    found = info.get("found") or {}
-    print(f"Emotify is ready in {folder}: " + ", ".join(f"{g} ({n})" for g, n in found.items()))
-    if info.get("missing"):
-        print("note: fewer tracks than data.csv lists: "
-              + ", ".join(f"{g} {n} missing" for g, n in info["missing"].items()), file=sys.stderr)
-    print(f"annotations: {Path(args.dest) / EMOTIFY_CSV_NAME}; sha256 of {EMOTIFY_ARCHIVE_NAME}: "
-          f"{info.get('sha256', '?')} (pin it with --sha256)")
-    print(f"cite: {EMOTIFY_CITATION}")
-    print(f"next: python -m core build-dataset {folder} OUT_FOLDER")
-    return 0
+    return _run_download(args, "Emotify", lambda **kw: download_emotify(
+        args.dest, url=args.url, csv_url=args.csv_url, sha256=args.sha256, csv_sha256=args.csv_sha256, **kw), done)
 
 
 def register_cli(sub) -> None:
@@ -1022,7 +670,8 @@ def register_cli(sub) -> None:
         "download-gtzan",
         help="download and extract GTZAN (~1.2 GB, resumable)",
         description=("Download GTZAN (genres.tar.gz) with a progress bar and extract it to DEST/genres. "
-                     "Ctrl-C keeps the partial download; running the same command again resumes it. "
+                     "Ctrl-C (or --stop-file) keeps the partial download; running the same command again resumes "
+                     "it. "
                      f"The URL can also be set with ${GTZAN_URL_ENV}, the checksum with ${GTZAN_SHA256_ENV}."),
     )
     p.add_argument("dest", metavar="DEST", help="folder to download into (created if needed)")
@@ -1030,6 +679,7 @@ def register_cli(sub) -> None:
     p.add_argument("--sha256", default=None, metavar="HEX", help="expected sha256 of the archive (optional)")
     p.add_argument("--remove-archive", action="store_true", help="delete genres.tar.gz after extraction")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_job_args(p)
     p.set_defaults(func=_cmd_download_gtzan)
 
     p = sub.add_parser(
@@ -1037,8 +687,8 @@ def register_cli(sub) -> None:
         help="download Emotify (400 one-minute MP3s in 4 genres, ~363 MB, resumable) into genre folders",
         description=("Download Emotify from its page at Utrecht University (emotifymusic.zip and the annotations "
                      "data.csv) and extract the music to DEST/emotify/<genre>/ (classical, electronic, pop, rock), "
-                     "checked against data.csv. Ctrl-C keeps the partial download; running the same command again "
-                     "resumes it. No checksum is published: sizes are checked, --sha256 pins the zip. "
+                     "checked against data.csv. Ctrl-C (or --stop-file) keeps the partial download; running the same "
+                     "command again resumes it. No checksum is published: sizes are checked, --sha256 pins the zip. "
                      f"The URLs can also be set with ${EMOTIFY_URL_ENV} and ${EMOTIFY_CSV_URL_ENV}."),
     )
     p.add_argument("dest", metavar="DEST", help="folder to download into (created if needed)")
@@ -1049,4 +699,5 @@ def register_cli(sub) -> None:
     p.add_argument("--csv-sha256", default=None, metavar="HEX", help="expected sha256 of data.csv (optional)")
     p.add_argument("--remove-archive", action="store_true", help=f"delete {EMOTIFY_ARCHIVE_NAME} after extraction")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_job_args(p)
     p.set_defaults(func=_cmd_download_emotify)

@@ -577,3 +577,111 @@ def _quiet_backend_logs() -> None:
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# an experiment job seen from outside: its plan (command line), its progress (events), the store's experiments
+# ---------------------------------------------------------------------------------------------------------
+def experiment_plan(command: list[str]) -> dict[str, Any]:
+    """Dataset, seeds, models, preset and epochs of a ``run-experiment`` job from its command line
+    (``job.json``), read with the command's own parser; empty lists when it is not one."""
+    import argparse
+
+    from core.jobs import job_args
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    register_cli(parser.add_subparsers(dest="command"))
+    plan: dict[str, Any] = {"seeds": [], "models": [], "n_runs": 0, "dataset": "", "preset": None, "epochs": None}
+    try:
+        a, _ = parser.parse_known_args(job_args(command))
+    except (argparse.ArgumentError, SystemExit):
+        return plan
+    if getattr(a, "command", None) != "run-experiment":
+        return plan
+    try:
+        seeds = parse_seeds(a.seeds)
+    except ExperimentError:
+        seeds = []
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    plan.update(seeds=seeds, models=models, n_runs=len(seeds) * len(models), dataset=a.dataset, preset=a.preset,
+                epochs=a.max_epochs)
+    return plan
+
+
+def experiment_progress(events: list[dict], n_runs: int) -> dict[str, Any]:
+    """Where a running experiment is, from its events: current run, epoch, batch, per-epoch curves of the
+    current run, runs finished, the last messages."""
+    cur: dict[str, Any] = {"run": None, "seed": None, "model": None, "epoch": 0, "max_epochs": None, "batch": 0,
+                           "n_batches": None, "phase": None, "curves": [], "finished": [], "messages": []}
+    finished: dict[str, str] = {}
+    for ev in events:
+        run = ev.get("run")
+        if run and run != cur["run"]:
+            cur.update(run=run, seed=ev.get("seed"), model=ev.get("model"), epoch=0, batch=0, n_batches=None,
+                       curves=[])
+        phase = ev.get("phase")
+        cur["phase"] = phase or cur["phase"]
+        if phase == "batch":
+            cur.update(epoch=ev.get("epoch", cur["epoch"]), batch=ev.get("batch", 0), n_batches=ev.get("n_batches"))
+        elif phase == "train" and ev.get("metrics"):
+            cur["curves"].append({"epoch": ev.get("epoch"), **ev["metrics"]})
+            cur.update(epoch=ev.get("epoch", cur["epoch"]), max_epochs=ev.get("max_epochs", cur["max_epochs"]),
+                       batch=0)
+        if run and ev.get("state") in ("done", "failed", "stopped") and phase in ("evaluate", "skip", "train", None):
+            finished[run] = ev["state"]
+        if ev.get("message") and phase != "batch":
+            cur["messages"].append(ev["message"])
+    cur["finished"] = finished
+    cur["n_done"] = sum(1 for s in finished.values() if s == "done")
+    cur["n_runs"] = n_runs
+    cur["messages"] = cur["messages"][-6:]
+    return cur
+
+
+def experiment_groups(runs: list[dict]) -> list[dict[str, Any]]:
+    """Runs of a store grouped into experiments: same (snippet) dataset and same training settings.
+
+    A store can hold several experiments (other datasets, other presets); averaging across them would mix
+    apples and oranges. Returns ``[{"key", "label", "dataset", "run_ids", "n_seeds", "updated"}]``, the most
+    recently updated first. Full-clip runs belong to the snippet dataset they were derived from (``X-full``).
+    """
+    import json
+    import re
+
+    groups: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        ds = str(r.get("dataset") or "")
+        if r.get("kind") == "full":
+            ds = re.sub(r"-full(\d+(\.\d+)?s)?$", "", ds)  # X-full or X-full60s: derived from X
+        cfg = r.get("config") or {}
+        if isinstance(cfg, str):
+            try:
+                cfg = json.loads(cfg)
+            except ValueError:
+                cfg = {}
+        cfg = {k: v for k, v in cfg.items() if k not in ("workers",)}
+        key = f"{ds}|{json.dumps(cfg, sort_keys=True)}"
+        g = groups.setdefault(key, {"key": key, "dataset": ds, "config": cfg, "run_ids": [], "seeds": set(),
+                                    "kinds": set(), "updated": ""})
+        g["run_ids"].append(r["id"])
+        g["seeds"].add(r.get("seed"))
+        g["kinds"].add(r.get("kind"))
+        g["updated"] = max(g["updated"], str(r.get("updated_at") or r.get("created_at") or ""))
+    out = []
+    for g in groups.values():
+        cfg = g["config"]
+        preset = preset_name(cfg)
+        bits = [f"preset {preset}"] if preset else []
+        if "lr" in cfg:
+            bits.append(f"lr {cfg['lr']:g}")
+        if "max_epochs" in cfg:
+            bits.append(f"≤ {cfg['max_epochs']} epochs")
+        if cfg.get("max_train_batches"):
+            bits.append(f"{cfg['max_train_batches']} batches/epoch")
+        name = Path(g["dataset"]).name or "?"
+        g["n_seeds"] = len(g["seeds"])
+        g["label"] = f"{name} · {', '.join(bits) or 'default settings'} · {g['n_seeds']} seed" + \
+            ("s" if g["n_seeds"] != 1 else "")
+        out.append(g)
+    out.sort(key=lambda g: g["updated"], reverse=True)
+    return out

@@ -1,5 +1,10 @@
 """Background jobs: a ``python -m core ...`` subprocess with progress events, stop requests and a store lock.
 
+* **Launch**: :func:`start_job` is the one launcher of every long command (``build-dataset``,
+  ``download-gtzan``, ``download-emotify``, ``demo-model``, ``run-experiment``): it appends ``--events`` and
+  ``--stop-file`` (:func:`add_job_args` on the command's side, :class:`JobReport` to report), records the
+  command in ``JOB/job.json`` and logs to ``JOB/log.txt``; :func:`restart_job` runs it again (it resumes).
+
 * **Events**: the job appends one JSON object per line to ``JOB/events.jsonl`` (``t``, ``state``, ``seed``,
   ``model``, ``run``, ``epoch``, ``metrics``, ``message`` ...). Readers poll with :func:`read_events` and an
   offset, so the dashboard only reads what is new.
@@ -18,12 +23,13 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from core.errors import GenreLabError
+from core.errors import GenreLabError, Stopped
 from core.utils import atomic_write_json, read_json
 
 LOCK_NAME = ".lock"
@@ -35,6 +41,10 @@ LOG_NAME = "log.txt"
 
 class LockError(GenreLabError):
     """The store is being written by another job; the message names it."""
+
+
+class JobError(GenreLabError):
+    """A job that cannot be started (already running, not a job folder); the message is for the user."""
 
 
 def _now() -> str:
@@ -352,31 +362,64 @@ def start_job(args: list[str], job_dir: str | os.PathLike, store: str | os.PathL
               env: dict[str, str] | None = None) -> Job:
     """Start ``python -m core ARGS --events JOB/events.jsonl --stop-file JOB/STOP`` in its own process group.
 
-    With ``store``, refuses up front (:class:`LockError`) when another live job holds the store's lock; the
-    job itself takes the lock when it starts. Output goes to ``JOB/log.txt``; ``JOB/job.json`` records it.
+    Refuses (:class:`JobError`) while the job last started in ``job_dir`` still runs; with ``store``, refuses
+    up front (:class:`LockError`) when another live job holds the store's lock (the job itself takes the lock
+    when it starts). The events of an earlier run in the folder move to ``events.jsonl.prev``, so the job's
+    state is this run's. Output goes to ``JOB/log.txt``; ``JOB/job.json`` records the command (and store).
     """
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
+    old = find_job(job_dir)
+    if old is not None and old.alive():
+        raise JobError(f"this job is already running (pid {old.pid})")
     if store is not None:
         lock = StoreLock(store)
         info = lock.holder()
         if info is not None:
             raise LockError(lock.message(info))
     (job_dir / STOP_NAME).unlink(missing_ok=True)
+    if (job_dir / EVENTS_NAME).exists():
+        os.replace(job_dir / EVENTS_NAME, job_dir / f"{EVENTS_NAME}.prev")
     cmd = [sys.executable, "-m", "core", *args, "--events", str(job_dir / EVENTS_NAME),
            "--stop-file", str(job_dir / STOP_NAME)]
     root = Path(__file__).resolve().parents[1]
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join([str(root), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    log = open(job_dir / LOG_NAME, "ab")
-    try:
+    with open(job_dir / LOG_NAME, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=str(root), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=full_env, start_new_session=True)
-    finally:
-        log.close()
     atomic_write_json(job_dir / JOB_NAME, {"pid": proc.pid, "host": socket.gethostname(), "command": cmd,
                                            "started_at": _now(), "store": str(store) if store else None})
     return Job(job_dir, proc.pid, cmd, proc)
+
+
+def job_args(command: list[str]) -> list[str]:
+    """The ``python -m core`` arguments of a job's command line, without ``--events`` / ``--stop-file``
+    (what :func:`start_job` adds). Also reads the ``python -m core.dashboard_jobs ...`` jobs of earlier
+    versions (the same commands and options)."""
+    cmd = list(command)
+    args = cmd[cmd.index("-m") + 2:] if "-m" in cmd else cmd
+    out, i = [], 0
+    while i < len(args):
+        if args[i] in ("--events", "--stop-file"):
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
+def restart_job(job_dir: str | os.PathLike) -> Job:
+    """Start the job last run in ``job_dir`` again with the same arguments (and store): it resumes."""
+    job_dir = Path(job_dir)
+    job = find_job(job_dir)
+    if job is None:
+        raise JobError(f"{job_dir} holds no job to start again")
+    try:
+        store = read_json(job_dir / JOB_NAME).get("store")
+    except (OSError, ValueError, AttributeError):
+        store = None
+    return start_job(job_args(job.command), job_dir, store=store)
 
 
 def open_job(job_dir: str | os.PathLike) -> Job:
@@ -384,3 +427,108 @@ def open_job(job_dir: str | os.PathLike) -> Job:
     job_dir = Path(job_dir)
     info = read_json(job_dir / JOB_NAME)
     return Job(job_dir, int(info["pid"]), list(info["command"]))
+
+
+def find_job(job_dir: str | os.PathLike) -> Job | None:
+    """The job last started in ``job_dir`` (running or finished), or None."""
+    job_dir = Path(job_dir)
+    if not (job_dir / JOB_NAME).is_file():
+        return None
+    try:
+        return open_job(job_dir)
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def job_status(job: Job) -> dict[str, Any]:
+    """``job.state()`` plus the last event that carried progress numbers (``done`` / ``total`` / ``fraction``)."""
+    events, _ = read_events(job.events_path)
+    st = job.state()
+    for ev in reversed(events):
+        if "fraction" in ev:
+            st.setdefault("fraction", ev["fraction"])
+            st.setdefault("done", ev.get("done"))
+            st.setdefault("total", ev.get("total"))
+            break
+    return st
+
+
+def log_tail(job: Job, n_chars: int = 2000) -> str:
+    """The end of the job's ``log.txt`` ('' when there is none)."""
+    p = job.dir / LOG_NAME
+    if not p.exists():
+        return ""
+    with open(p, "rb") as fh:
+        fh.seek(max(0, p.stat().st_size - n_chars))
+        return fh.read().decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the job side: what a long command does with --events / --stop-file
+# ---------------------------------------------------------------------------------------------------------
+def add_job_args(p, stop_help: str = "stop (resumably) when this file appears") -> None:
+    """``--events`` and ``--stop-file``: the options :func:`start_job` adds to every long command."""
+    p.add_argument("--events", metavar="FILE", help="append progress events (JSON lines) to this file")
+    p.add_argument("--stop-file", metavar="FILE", help=stop_help)
+
+
+class JobReport:
+    """A long command's report to :mod:`core.jobs`: throttled progress events (at most ~4 a second, plus every
+    forced one), the stop flag (``--stop-file``, and SIGTERM with ``signals``) and one final event.
+
+    Without ``--events`` nothing is written (the command draws its own progress bar). Event fields:
+    ``state`` (running / done / failed / stopped), ``job``, ``message``, ``done``, ``total``, ``fraction``
+    and, on success, ``result``.
+    """
+
+    def __init__(self, args, job: str, *, signals: bool = True):
+        events = getattr(args, "events", None)
+        self.log = EventLog(events) if events else None
+        self.job = job
+        self.should_stop = StopFlag(getattr(args, "stop_file", None))
+        if signals:
+            self.should_stop.install_signals()
+        self._last = 0.0
+
+    @property
+    def active(self) -> bool:
+        """True when the command runs as a job (``--events`` given)."""
+        return self.log is not None
+
+    def emit(self, state: str = "running", **fields: Any) -> None:
+        if self.log is not None:
+            self.log.emit(state=state, job=self.job, **fields)
+
+    def progress(self, done: float, total: float | None, message: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.25:
+            return
+        self._last = now
+        frac = (done / total) if total else None
+        self.emit(done=done, total=total, message=message,
+                  fraction=None if frac is None else round(min(max(frac, 0.0), 1.0), 4))
+
+    def run(self, work: Callable[[], tuple[str, Any]], *, stopped: tuple[type[BaseException], ...] = (Stopped,),
+            failed: tuple[type[BaseException], ...] = (GenreLabError,), failed_code: int = 1) -> int:
+        """Run ``work()`` (returning ``(message, result)``) and end with one final event; returns the exit code:
+        0 done, 130 stopped (on request: run again to resume), ``failed_code`` for an error with a message for
+        the user (printed as ``error: ...``), 1 for anything unexpected (traceback to the log when run as a job,
+        raised otherwise)."""
+        try:
+            message, result = work()
+        except stopped as exc:
+            self.emit("stopped", message=str(exc))
+            print(f"stopped: {exc}; run the same command again to resume", file=sys.stderr)
+            return 130
+        except failed as exc:
+            self.emit("failed", message=str(exc))
+            print(f"error: {exc}", file=sys.stderr)
+            return failed_code
+        except Exception as exc:
+            if not self.active:
+                raise
+            traceback.print_exc()
+            self.emit("failed", message=f"unexpected error: {type(exc).__name__}: {exc}"[:400])
+            return 1
+        self.emit("done", message=message, fraction=1.0, result=str(result))
+        return 0

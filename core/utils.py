@@ -60,6 +60,10 @@ def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -75,3 +79,15 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     """Short hash of a JSON-serialisable object (sorted keys), for cache keys."""
     text = json.dumps(obj, sort_keys=True, default=_json_default)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def fmt_bytes(n: int | None) -> str:
+    """Human size: ``1.23 GB`` (powers of 1000)."""
+    if n is None:
+        return "an unknown number of bytes"
+    value = float(n)
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{n} bytes"  # pragma: no cover

@@ -41,9 +41,9 @@ def genre_folder(tmp_path):
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory):
-    """The tiny synthetic demo model (core.dashboard_support.train_demo_model), trained once per session
+    """The tiny synthetic demo model (core.synth.train_demo_model), trained once per session
     (about 20-30 s on two cores): ``<dir>/model.keras`` + ``model_card.json``."""
-    from core.dashboard_support import train_demo_model
+    from core.synth import train_demo_model
 
     return train_demo_model(tmp_path_factory.mktemp("demo-model") / "synthetic-demo", epochs=4)
 

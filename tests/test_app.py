@@ -15,8 +15,8 @@ from conftest import make_test_store
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = {"home": "app_pages/0_home.py", "data": "app_pages/1_data.py", "experiment": "app_pages/2_experiment.py",
-         "demo": "app_pages/3_demo.py"}
+PAGES = {"home": "app_pages/home.py", "data": "app_pages/data.py", "experiment": "app_pages/experiment.py",
+         "demo": "app_pages/demo.py"}
 
 
 def open_page(name: str, timeout: float = 120):
@@ -42,7 +42,7 @@ def assert_clean(at) -> None:
 
 def _without_shipped_models(monkeypatch) -> None:
     """Hide the repository's models/ so a test sees only the models of its own data folder."""
-    import core.dashboard_support as support
+    import core.workspace as support
 
     orig = support.model_dirs
     monkeypatch.setattr(support, "model_dirs", lambda home=None: [(k, p) for k, p in orig(home) if k != "shipped"])
@@ -89,7 +89,7 @@ def full_home(full_home_dir, monkeypatch):
 
 
 def test_demo_on_a_fresh_clone_uses_a_shipped_model(fresh_clone_home):
-    from core.dashboard_support import demo_clip_wav
+    from core.synth import demo_clip_wav
 
     shipped = sorted(p.name for p in (ROOT / "models").glob("*/model_card.json"))
     if not shipped:
@@ -290,12 +290,12 @@ def test_newer_store_is_a_friendly_error(empty_home):
 
 
 def test_unexpected_error_shows_a_short_message(empty_home, monkeypatch):
-    import core.dashboard_support
+    import core.workspace
 
     def boom(*a, **k):
         raise RuntimeError("internal detail that must not reach the page")
 
-    monkeypatch.setattr(core.dashboard_support, "list_datasets", boom)
+    monkeypatch.setattr(core.workspace, "list_datasets", boom)
     at = open_page("data")
     assert not at.exception
     errors = texts(at.error)
@@ -335,12 +335,12 @@ def _shipped_model(folder: Path, demo_model_dir: Path, name: str) -> Path:
 
 
 def test_demo_prefers_shipped_models_and_shows_their_card(full_home, tmp_path, monkeypatch, demo_model_dir):
-    import core.dashboard_support
+    import core.workspace
 
     shipped = tmp_path / "models"
     _shipped_model(shipped / "aaa-crnn", demo_model_dir, "aaa-crnn")
     _shipped_model(shipped / "emotify-crnn", demo_model_dir, "emotify-crnn")
-    monkeypatch.setattr(core.dashboard_support, "model_dirs",
+    monkeypatch.setattr(core.workspace, "model_dirs",
                         lambda home=None: [("shipped", shipped), ("local", full_home / "models")])
     at = open_page("demo")
     assert_clean(at)
@@ -358,7 +358,7 @@ def test_demo_prefers_shipped_models_and_shows_their_card(full_home, tmp_path, m
     assert [c.value for c in at.code] == ["python -m core reproduce ../shared/data/emotify out --preset tuned"]
     assert any("preset tuned, 5 seeds, commit `abcdef0123`" in t for t in texts(at.caption))
     # and it classifies
-    from core.dashboard_support import demo_clip_wav
+    from core.synth import demo_clip_wav
 
     _upload(at, "tone.wav", demo_clip_wav(2, 6.0))
     assert_clean(at)
@@ -391,7 +391,7 @@ def _upload(at, name: str, data: bytes, mime: str = "audio/wav"):
 
 
 def test_demo_classifies_an_uploaded_clip(full_home):
-    from core.dashboard_support import demo_clip_wav
+    from core.synth import demo_clip_wav
 
     at = open_page("demo")
     _upload(at, "tone.wav", demo_clip_wav(2, 10.0))  # class index 2 = "pulse" in core.synth
@@ -413,7 +413,7 @@ def test_demo_classifies_an_uploaded_clip(full_home):
 
 
 def test_demo_short_clip_is_padded_with_a_note(full_home):
-    from core.dashboard_support import demo_clip_wav
+    from core.synth import demo_clip_wav
 
     at = open_page("demo")
     _upload(at, "short.wav", demo_clip_wav(1, 1.2))
@@ -450,7 +450,7 @@ def test_demo_bad_uploads_give_a_message(full_home, name, data, mime, message):
 
 
 def test_upload_checks_before_decoding():
-    from core.dashboard_support import MAX_CLIP_BYTES, UploadError, check_upload
+    from core.audio import MAX_CLIP_BYTES, UploadError, check_upload
 
     assert check_upload("a.MP3", 10) == ".mp3"
     with pytest.raises(UploadError, match="limit"):
@@ -463,7 +463,7 @@ def test_upload_checks_before_decoding():
 
 def test_decode_clip_keeps_the_first_minutes_of_a_long_file():
     from core.audio import encode_wav_bytes
-    from core.dashboard_support import decode_clip
+    from core.audio import decode_clip
     from core.synth import synth_clip
 
     data = encode_wav_bytes(synth_clip(1, 20.0, 16000), 16000)
@@ -473,11 +473,11 @@ def test_decode_clip_keeps_the_first_minutes_of_a_long_file():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# helpers in core.dashboard_support / core.dashboard_jobs
+# engine helpers of the pages
 # ---------------------------------------------------------------------------------------------------------
 def test_build_args_round_trip():
-    from core.dashboard_jobs import build_dataset_args, build_parser
-    from core.dataset import SplitConfig, params_from_args
+    from core.__main__ import build_parser
+    from core.dataset import SplitConfig, build_dataset_args, params_from_args
     from core.features import FeatureParams
 
     p = FeatureParams(snippet_s=2.5, overlap_s=0.5, max_snippets=0, selection="random", n_mels=64, log=False,
@@ -491,7 +491,7 @@ def test_build_args_round_trip():
 
 
 def test_paired_sentence_in_plain_words(tmp_path):
-    from core.dashboard_support import paired_models_sentence, paired_sentence
+    from ui.text import paired_models_sentence, paired_sentence
     from core.store import results_frame
 
     store = make_test_store(tmp_path / "s", ["a", "b", "c"], seeds=(0, 1, 2, 3, 4, 5))
@@ -510,7 +510,7 @@ def test_paired_sentence_in_plain_words(tmp_path):
 
 
 def test_experiment_progress_from_events():
-    from core.dashboard_support import experiment_plan, experiment_progress
+    from core.experiment import experiment_plan, experiment_progress
 
     plan = experiment_plan(["python", "-m", "core", "run-experiment", "/d", "--store", "/s", "--seeds", "2",
                             "--models", "snippet,full"])
@@ -533,7 +533,7 @@ def test_experiment_progress_from_events():
 
 
 def test_divide_and_conquer_example_is_computed():
-    from core.dashboard_support import divide_and_conquer_example
+    from core.synth import divide_and_conquer_example
 
     ex = divide_and_conquer_example()
     assert len(ex["starts"]) == 7 and ex["snippet_s"] == 3.0 and ex["overlap_s"] == 1.0
@@ -546,7 +546,7 @@ def test_divide_and_conquer_example_is_computed():
 # background jobs started from the pages (slow: real subprocesses)
 # ---------------------------------------------------------------------------------------------------------
 def _wait_job(job_dir: Path, timeout: float = 240) -> dict:
-    from core.dashboard_jobs import find_job, job_status
+    from core.jobs import find_job, job_status
 
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -584,7 +584,7 @@ def test_stop_and_resume_a_build(empty_home):
     at = open_page("data")
     next(b for b in at.button if b.label == "Build dataset").click().run()
     job_dir = empty_home / "jobs" / "build-slow"
-    from core.dashboard_jobs import find_job, job_status
+    from core.jobs import find_job, job_status
 
     t0 = time.time()
     while time.time() - t0 < 60:  # wait for the first tracks
@@ -666,7 +666,7 @@ def test_stop_and_resume_an_experiment(empty_home):
     assert_clean(at)
     assert any("was stopped" in t for t in texts(at.warning))
     next(b for b in at.button if b.label == "Resume").click().run()
-    from core.dashboard_support import experiment_plan
+    from core.experiment import experiment_plan
     from core.jobs import open_job
 
     job = open_job(job_dir)
@@ -749,7 +749,7 @@ def test_train_the_demo_model_from_the_demo_page(empty_home):
 
 
 def test_hosted_mode_caps_training_and_says_so(empty_home, monkeypatch):
-    from core.dashboard_support import HOSTED_CAPS, hosted_mode
+    from ui.common import HOSTED_CAPS, hosted_mode
 
     monkeypatch.setenv("GENRELAB_HOSTED", "1")
     assert hosted_mode()

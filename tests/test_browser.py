@@ -185,7 +185,7 @@ def test_experiment(page, server):
 
 
 def test_demo_upload(page, server, tmp_path):
-    from core.dashboard_support import demo_clip_wav
+    from core.synth import demo_clip_wav
 
     clip = tmp_path / "generated-tone.wav"
     clip.write_bytes(demo_clip_wav(1, 12.0))  # class "tone"
@@ -288,7 +288,7 @@ def test_enter_in_the_build_form_starts_nothing(page, server, browser_home):
 
 
 def test_demo_model_card_keeps_the_input_in_place(page, server, tmp_path):
-    from core.dashboard_support import demo_clip_wav
+    from core.synth import demo_clip_wav
 
     page.goto(f"{server}/demo")
     page.get_by_role("heading", name="Demo: classify a clip").wait_for()

@@ -90,7 +90,7 @@ def _events(path) -> list[dict]:
 
 def test_local_ray_gives_the_local_executors_results_seed_for_seed(ray, tiny, tmp_path):
     from core.cluster import ClusterError, check_shared_storage, job_runtime_env
-    from core.dashboard_support import experiment_progress
+    from core.experiment import experiment_progress
     from core.experiment import run_experiment
 
     ds, ref = tiny

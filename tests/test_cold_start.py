@@ -73,7 +73,7 @@ def test_home_page_imports_neither_tensorflow_nor_librosa(tmp_path):
 def test_home_figure_is_a_well_formed_svg():
     import xml.etree.ElementTree as ET
 
-    from core.dashboard_support import divide_and_conquer_example
+    from core.synth import divide_and_conquer_example
     from ui.svg_figures import divide_and_conquer_svg
 
     ex = divide_and_conquer_example()

@@ -21,15 +21,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from core import archives
 from core import download as dl
-from core.download import (
-    DatasetArchiveError,
-    DownloadError,
-    DownloadStopped,
-    download_file,
-    download_gtzan,
-    extract_zip_dataset,
-)
+from core.archives import DatasetArchiveError, extract_zip_dataset
+from core.download import DownloadError, DownloadStopped, download_file, download_gtzan
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -372,8 +367,8 @@ def test_extract_tar_safely_rejects(tmp_path, member):
     archive.write_bytes(_tar_with(member, b"abc" if member.size else b""))
     into = tmp_path / "into"
     into.mkdir()
-    with pytest.raises(dl.ArchiveError, match="unsafe archive"):
-        dl.extract_tar_safely(archive, into)
+    with pytest.raises(archives.ArchiveError, match="unsafe archive"):
+        archives.extract_tar_safely(archive, into)
     assert not (tmp_path / "evil").exists() and not (tmp_path / "outside").exists()
 
 

@@ -216,7 +216,7 @@ def test_presets_and_run_configs_load_without_keras():
     from conftest import ROOT
 
     code = ("import sys; from core.experiment import PRESETS, preset_config, preset_name; "
-            "from core.dashboard_support import experiment_groups; "
+            "from core.experiment import experiment_groups; "
             "[preset_name(preset_config(k).to_dict()) for k in PRESETS]; "
             "experiment_groups([{'id': 'a', 'kind': 'full', 'dataset': 'x-full60s', 'seed': 0, "
             "'config': preset_config('recommended').to_dict()}]); "

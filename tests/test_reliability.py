@@ -383,7 +383,7 @@ def _noise_wav(seconds: float, seed: int = 0) -> bytes:
 def test_zip_with_a_zero_filled_wav_is_refused_before_writing(tmp_path):
     import io
 
-    from core.download import DatasetArchiveError, extract_zip_dataset
+    from core.archives import DatasetArchiveError, extract_zip_dataset
 
     zeros = b"RIFF" + bytes(50_000_000)  # 50 MB of silence: ~50 KB deflated, ratio ~1000
     data = _zip({"d/a/1.wav": _noise_wav(2, 1), "d/a/2.wav": _noise_wav(2, 2), "d/b/1.wav": _noise_wav(2, 3),
@@ -401,7 +401,7 @@ def test_zip_with_a_zero_filled_wav_is_refused_before_writing(tmp_path):
 def test_zip_past_the_data_home_quota_is_refused(tmp_path, monkeypatch):
     import io
 
-    from core.download import DatasetArchiveError, data_home_quota, extract_zip_dataset
+    from core.archives import DatasetArchiveError, data_home_quota, extract_zip_dataset
 
     home = tmp_path / "home"
     (home / "datasets").mkdir(parents=True)
@@ -513,7 +513,7 @@ def test_truncated_model_file_is_unreadable_not_missing(tmp_path):
 
 
 def test_broken_model_folders_are_listed_as_unusable_and_the_others_work(tmp_path):
-    from core.dashboard_support import list_model_folders
+    from core.workspace import list_model_folders
     from core.predictor import Predictor
 
     home = tmp_path / "home"
@@ -537,7 +537,7 @@ def test_broken_model_folders_are_listed_as_unusable_and_the_others_work(tmp_pat
 def test_demo_page_lists_broken_models_as_unusable_and_classifies_with_the_good_one(page_home):
     from test_app import _upload, assert_clean, open_page, texts
 
-    from core.dashboard_support import demo_clip_wav
+    from core.synth import demo_clip_wav
 
     _model_copy(page_home / "models" / "good")
     _model_copy(page_home / "models" / "as-list", lambda card: [card])

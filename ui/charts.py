@@ -8,6 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ui.text import kind_label
+
 CLASS_PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D",
                  "#EECA3B", "#BAB0AC", "#1F77B4", "#D62728", "#2CA02C", "#9467BD", "#8C564B", "#17BECF"]
 SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
@@ -36,7 +38,7 @@ def _base(fig: go.Figure, height: int, **kw) -> go.Figure:
 # ---------------------------------------------------------------------------------------------------------
 def divide_and_conquer_figure(ex: dict[str, Any]) -> go.Figure:
     """Waveform cut into overlapping snippets (top), each snippet's class scores (bottom), summed into the
-    track's class (right). ``ex`` comes from :func:`core.dashboard_support.divide_and_conquer_example`."""
+    track's class (right). ``ex`` comes from :func:`core.synth.divide_and_conquer_example`."""
     classes, scores, total = ex["classes"], np.asarray(ex["scores"]), np.asarray(ex["total"])
     starts, ends = np.asarray(ex["starts"]), np.asarray(ex["ends"])
     colors = class_colors(classes)
@@ -152,7 +154,7 @@ def _bar_label(v: float) -> str:
 # ---------------------------------------------------------------------------------------------------------
 def counts_figure(counts, classes: Sequence[str], what: str = "tracks") -> go.Figure:
     """Tracks (or snippets) per class, stacked by split; ``counts`` is
-    :func:`core.dashboard_support.dataset_counts` (columns class, split, tracks, snippets)."""
+    :meth:`core.dataset.Dataset.counts` (columns class, split, tracks, snippets)."""
     fig = go.Figure()
     for split, color in SPLIT_COLORS.items():
         sub = counts[counts["split"] == split].set_index("class")[what]
@@ -340,7 +342,7 @@ def aggregation_figure(summary) -> go.Figure:
                 sds.append(float(r["accuracy_sd"].iloc[0]) if len(r) else None)
             split_name = "validation" if split == "val" else "test"
             name = split_name if len(kinds) == 1 else \
-                f"{'snippet CRNN' if kind == 'snippet' else 'linear baseline'} · {split_name}"
+                f"{kind_label(kind)} · {split_name}"
             color = (LAB_COLORS if kind == "snippet" else BASELINE_COLORS)[split]
             fig.add_trace(go.Bar(x=[n for _, n in levels], y=means, name=name, marker_color=color,
                                  error_y=dict(type="data", array=sds, visible=True),
@@ -351,3 +353,14 @@ def aggregation_figure(summary) -> go.Figure:
     fig.update_layout(barmode="group", uniformtext=dict(minsize=9, mode="hide"),
                       yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1.08]))
     return _base(fig, 360)
+
+
+def envelope(y: np.ndarray, sr: int, points: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """A light min/max envelope of a waveform for plotting (``2 * points`` values at most)."""
+    if y.size <= 2 * points:
+        return np.arange(y.size) / sr, y
+    k = y.size // points
+    blocks = y[: k * points].reshape(points, k)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)
+    t = (np.arange(points) * k + k / 2) / sr
+    return np.repeat(t, 2), np.stack([lo, hi], axis=1).ravel()

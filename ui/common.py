@@ -1,4 +1,5 @@
-"""Environment set-up, friendly error handling and cached loaders shared by the pages."""
+"""Shared by the pages: environment set-up, friendly errors (``guarded``, ``show_error``) and the caps of a small
+shared host (Streamlit Community Cloud)."""
 from __future__ import annotations
 
 import functools
@@ -58,8 +59,27 @@ def guarded(what: str = "") -> Callable[[F], F]:
     return deco
 
 
-def data_home() -> Path:
-    """The data folder (``$GENRELAB_HOME`` or ``./data``); read per call so tests can point it elsewhere."""
-    from core.dashboard_support import data_home as _home
+# ---------------------------------------------------------------------------------------------------------
+# hosted (Streamlit Community Cloud) caps
+# ---------------------------------------------------------------------------------------------------------
+#: On a small shared host (690 MB-2.7 GB of memory, files lost on reboot) training is capped.
+HOSTED_CAPS = {"tracks_per_class": 20, "seeds": 2, "epochs": 5}
 
-    return _home()
+
+def hosted_mode() -> bool:
+    """True on Streamlit Community Cloud (apps run from ``/mount/src``) or when ``GENRELAB_HOSTED=1``;
+    ``GENRELAB_HOSTED=0`` turns the caps off."""
+    env = os.environ.get("GENRELAB_HOSTED")
+    if env is not None:
+        return env.strip() not in ("", "0", "false", "no")
+    from core.workspace import REPO_ROOT
+
+    return str(REPO_ROOT).startswith("/mount/src")
+
+
+def hosted_note() -> str:
+    c = HOSTED_CAPS
+    return (f"Running on a small shared host (Streamlit Community Cloud): builds use at most {c['tracks_per_class']} "
+            f"tracks per class and experiments at most {c['seeds']} seeds of at most {c['epochs']} epochs, so they "
+            "finish in minutes and fit in memory; files written here are lost when the app restarts. Run "
+            "`python -m core` on your own machine for full-size experiments (set GENRELAB_HOSTED=0 to lift the caps).")

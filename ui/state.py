@@ -9,10 +9,10 @@ from typing import Any
 
 import streamlit as st
 
-from core.dashboard_support import REPO_ROOT, home_dir, list_model_folders
+from core.workspace import REPO_ROOT, home_dir, list_model_folders
+from ui.text import kind_label
 
 REFERENCE_DIR = REPO_ROOT / "results" / "reference"
-KIND_LABELS = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def available_models() -> list[dict[str, Any]]:
             level = "full" if r["kind"] == "full" else "track_sum"
             a = sub[sub["level"] == level]["accuracy"]
             note = f", test {a.iloc[0]:.0%}" if len(a) and a.iloc[0] == a.iloc[0] else ""
-            kind = KIND_LABELS.get(r["kind"], r["kind"])
+            kind = kind_label(r["kind"])
             out.append({"key": f"run:{r['id']}", "origin": "experiment", "path": str(run_dir), "card": card,
                         "label": f"{kind}, seed {r['seed']}{note}  ·  experiment {Path(r['dataset']).name}"})
     return out

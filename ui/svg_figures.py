@@ -26,7 +26,7 @@ def _f(v: float) -> str:
 
 def divide_and_conquer_svg(ex: dict[str, Any], width: int = 1100, height: int = 470) -> str:
     """The track cut into snippets (top left), each snippet's class scores (bottom left), the scores summed
-    (right). ``ex`` comes from :func:`core.dashboard_support.divide_and_conquer_example`."""
+    (right). ``ex`` comes from :func:`core.synth.divide_and_conquer_example`."""
     classes = list(ex["classes"])
     colors = {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes)}
     scores, total = np.asarray(ex["scores"], float), np.asarray(ex["total"], float)

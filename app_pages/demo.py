@@ -6,15 +6,18 @@ import json
 import numpy as np
 import streamlit as st
 
-from core.dashboard_jobs import start as start_job
-from core.dashboard_support import (DEMO_MODEL_NAME, MAX_CLIP_BYTES, MAX_CLIP_SECONDS, UPLOAD_AUDIO_EXTENSIONS,
-                                    UploadError, classify_clip, decode_clip, demo_clip_wav, digest, home_dir,
-                                    slice_wav)
+from core.audio import MAX_CLIP_BYTES, MAX_CLIP_SECONDS, UPLOAD_AUDIO_EXTENSIONS, UploadError, decode_clip, slice_wav
+from core.jobs import start_job
 from core.predictor import AGGREGATIONS
+from core.synth import DEMO_MODEL_NAME, demo_clip_wav
+from core.utils import sha256_bytes
+from core.workspace import home_dir
 from ui.charts import vote_figure
 from ui.common import guarded, show_error
 from ui.jobs_view import job_panel, job_running
+from ui.nav import page
 from ui.state import available_models, default_model_key, get_predictor, model_stamp
+from ui.text import KIND_DESCRIPTIONS, LEVEL_LABELS
 
 AGG_LABELS = {"sum": "sum of scores (article)", "vote": "majority vote", "logprob": "mean log-probability"}
 AGG_AXIS = {"sum": "sum of scores", "vote": "votes (windows won)", "logprob": "mean log-probability"}
@@ -36,7 +39,9 @@ def _classify(model_path: str, stamp: float, clip_hash: str, _data: bytes, name:
     """Window scores of a clip (aggregation is applied afterwards: it needs no new inference)."""
     pred = get_predictor(model_path, stamp)
     clip = _decoded(clip_hash, _data, name, pred.sample_rate)
-    return classify_clip(pred, clip, window_s, hop_s, "sum")
+    res = pred.predict_array(clip.y, clip.sr, window_s, hop_s, "sum")
+    res.notes = list(clip.notes) + list(res.notes)  # the clip's notes (cut, resampled ...) first
+    return res
 
 
 @st.cache_data(show_spinner=False)
@@ -70,14 +75,7 @@ def no_model() -> None:
         st.write("Run an experiment on the **Experiment** page: every finished run appears here. "
                  "Or copy a model folder (a `.keras` file with its `model_card.json`) into "
                  f"`{models_dir}/<name>/`.")
-        st.page_link("app_pages/2_experiment.py", label="Go to the Experiment page", icon=":material/science:")
-
-
-KIND_TEXT = {"snippet": "snippet CRNN (votes over windows)", "full": "30 s CRNN (one look at the clip)",
-             "linear": "linear baseline: mel-band mean/std + softmax regression (votes over windows)",
-             "musicnn": "pretrained musicnn embeddings + a small head (votes over windows)"}
-LEVEL_TEXT = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
-              "track_logprob": "track (log-prob)", "full": "30 s clip"}
+        st.page_link(page("experiment"), label="Go to the Experiment page")
 
 
 def _pct(v) -> str:
@@ -95,7 +93,7 @@ def model_card_view(card: dict) -> None:
         st.write(card["description"])
     classes = card.get("classes", [])
     facts = {
-        "model": KIND_TEXT.get(card.get("kind"), str(card.get("kind"))),
+        "model": KIND_DESCRIPTIONS.get(card.get("kind"), str(card.get("kind"))),
         "classes": f"{len(classes)}: {', '.join(classes)}",
         "trained on": td.get("source") or card.get("trained_on") or card.get("dataset") or "–",
         "window": f"first {p.get('full_clip_s', 30):g} s" if card.get("kind") == "full"
@@ -135,9 +133,9 @@ def model_card_view(card: dict) -> None:
 
     acc = card.get("accuracy") or {}
     if acc:
-        levels = [lvl for lvl in LEVEL_TEXT if any(k.startswith(f"{lvl}/") for k in acc)]
+        levels = [lvl for lvl in LEVEL_LABELS if any(k.startswith(f"{lvl}/") for k in acc)]
         levels += sorted({k.split("/")[0] for k in acc} - set(levels))
-        rows = [f"| {LEVEL_TEXT.get(lvl, lvl)} | {_pct(acc.get(f'{lvl}/val'))} | {_pct(acc.get(f'{lvl}/test'))} |"
+        rows = [f"| {LEVEL_LABELS.get(lvl, lvl)} | {_pct(acc.get(f'{lvl}/val'))} | {_pct(acc.get(f'{lvl}/test'))} |"
                 for lvl in levels]
         st.markdown("**Measured accuracy** (this model, on held-out tracks of its data set)\n\n"
                     "| level | validation | test |\n| --- | ---: | ---: |\n" + "\n".join(rows))
@@ -319,7 +317,7 @@ def main() -> None:
 def model_summary(card: dict) -> str:
     """One line about a model: kind, classes, training data and its best measured test accuracy."""
     classes = card.get("classes", [])
-    bits = [KIND_TEXT.get(card.get("kind"), str(card.get("kind"))).split(" (")[0].split(":")[0],
+    bits = [KIND_DESCRIPTIONS.get(card.get("kind"), str(card.get("kind"))).split(" (")[0].split(":")[0],
             f"{len(classes)} classes"]
     td = card.get("training_data") or {}
     if td.get("source") or card.get("trained_on"):
@@ -343,7 +341,7 @@ def classify_section(model: dict, card: dict) -> None:
         st.caption("Waiting for a clip ...")
         return
     name, data = picked
-    clip_hash = digest(data)
+    clip_hash = sha256_bytes(data)
     try:
         with st.spinner("Listening ..."):
             res = _classify(model["path"], model_stamp(model["path"]), clip_hash, data, name, window_s, hop_s)

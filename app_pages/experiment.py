@@ -3,62 +3,31 @@ background; compare the results with each other and with the published figures."
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from core.dashboard_support import (HOSTED_CAPS, experiment_groups, experiment_plan, experiment_progress, home_dir,
-                                    hosted_mode, hosted_note, list_datasets,
-                                    paired_models_sentence, paired_sentence)
-from core.jobs import EVENTS_NAME, open_job, read_events
-from core.experiment import DEFAULT_PRESET, PRESET_HELP, PRESETS, preset_config, preset_name
+from core.experiment import (DEFAULT_PRESET, PRESET_HELP, PRESETS, experiment_groups, experiment_plan,
+                             experiment_progress, preset_config, preset_name)
+from core.jobs import find_job, read_events, start_job
 from core.reproduce import PUBLISHED
+from core.workspace import home_dir, list_datasets
 from ui.charts import aggregation_figure, confusion_figure, curves_figure, headline_figure
-from ui.common import guarded, show_error
+from ui.common import HOSTED_CAPS, guarded, hosted_mode, hosted_note, show_error
+from ui.jobs_view import job_panel
+from ui.nav import page
 from ui.state import (local_results, reference_files, reference_info, reference_results, results_csv, results_json,
                       run_epochs, run_metrics_extra, store_path, store_stamp)
+from ui.text import KIND_LABELS, kind_label, level_label, paired_models_sentence, paired_sentence
 
-KIND_NAMES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline",
-              "musicnn": "musicnn embedding + head"}
-LEVEL_NAMES = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
-               "track_logprob": "track (log-prob)", "full": "30 s clip"}
 PRESET_LABELS = {"recommended": "recommended (default)", "paper": "paper (the article's settings)",
                  "tuned": "tuned (first reference results)", "fast": "fast (smoke run)"}
-MODEL_CHOICES = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline",
-                 "musicnn": "musicnn embedding + head"}
+MODEL_CHOICES = ["snippet", "full", "linear", "musicnn"]  # what run-experiment --models takes
 
 
 def job_dir() -> Path:
     return home_dir("jobs") / "experiment"
-
-
-def current_job():
-    d = job_dir()
-    if not (d / "job.json").is_file():
-        return None
-    try:
-        return open_job(d)
-    except (ValueError, KeyError, OSError):
-        return None
-
-
-def start_experiment(args: list[str]) -> None:
-    from core.jobs import start_job
-
-    d = job_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    if (d / EVENTS_NAME).exists():  # this run's events only
-        os.replace(d / EVENTS_NAME, d / f"{EVENTS_NAME}.prev")
-    start_job(args, d, store=store_path())
-
-
-def _stop() -> None:
-    job = current_job()
-    if job is not None:
-        job.stop()
-    st.session_state["exp_stopping"] = True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,16 +35,15 @@ def _stop() -> None:
 # ---------------------------------------------------------------------------------------------------------
 def run_section() -> None:
     st.subheader("Run an experiment", divider="gray")
-    job = current_job()
-    if job is not None and job.alive():
-        live_progress()
+    job = find_job(job_dir())
+    state = job_panel(job_dir(), "Experiment", "experiment", resumable=True, draw_running=live_progress,
+                      describe=_describe(job), resume_labels=("Resume", "Try again"), poll_s=1.5)
+    if state == "running":
         return
-    if job is not None:
-        last_outcome(job)
     datasets = [d for d in list_datasets() if d["complete"] and d["card"]["params"].get("mode") != "full"]
     if not datasets:
         st.info("Build a snippet dataset on the Data page first; experiments train on it.", icon=":material/info:")
-        st.page_link("app_pages/1_data.py", label="Go to the Data page", icon=":material/library_music:")
+        st.page_link(page("data"), label="Go to the Data page")
         return
     if hosted_mode():
         st.info(hosted_note(), icon=":material/cloud:")
@@ -98,9 +66,9 @@ def run_section() -> None:
                                   "(measured in `results/ablation`); **paper** reproduces the article exactly and "
                                   "under-trains on small data (Adam 1e-4).")
         c = st.columns([2, 1, 1])
-        models = c[0].multiselect("Models", list(MODEL_CHOICES), default=last.get("models", ["snippet", "full", "linear"]),
+        models = c[0].multiselect("Models", MODEL_CHOICES, default=last.get("models", ["snippet", "full", "linear"]),
                                   key="exp_models",
-                                  format_func=MODEL_CHOICES.get,
+                                  format_func=kind_label,
                                   help="**snippet CRNN**: scores 3 s snippets, a track's snippets vote. "
                                        "**30 s CRNN**: one look at the whole clip. **linear baseline**: per-snippet "
                                        "mel-band mean and standard deviation, softmax regression, voting like the "
@@ -143,11 +111,10 @@ def run_section() -> None:
     if executor == "ray":
         args += ["--executor", "ray"] + (["--ray-address", ray_address.strip()] if ray_address.strip() else [])
     try:
-        start_experiment(args)
+        start_job(args, job_dir(), store=store_path())
     except Exception as exc:  # noqa: BLE001 - LockError and friends carry a message for the user
         show_error(exc, "could not start the experiment")
         return
-    st.session_state.pop("exp_stopping", None)
     st.rerun()
 
 
@@ -155,77 +122,41 @@ def _last_settings(job) -> dict:
     """Dataset, seeds, preset, models and epochs of the last experiment job (empty when there is none)."""
     if job is None:
         return {}
-    args = _job_args(job)
-    plan = experiment_plan(["core"] + args)
+    plan = experiment_plan(job.command)
     out: dict = {"dataset": plan["dataset"]}
     if plan["seeds"] == list(range(len(plan["seeds"]))) and 1 <= len(plan["seeds"]) <= 30:
         out["seeds"] = len(plan["seeds"])
     models = [m for m in plan["models"] if m in MODEL_CHOICES]
     if models:
         out["models"] = models
-    if "--preset" in args and args.index("--preset") + 1 < len(args) and args[args.index("--preset") + 1] in PRESET_HELP:
-        out["preset"] = args[args.index("--preset") + 1]
-    if "--epochs" in args and args.index("--epochs") + 1 < len(args):
-        try:
-            out["epochs"] = int(args[args.index("--epochs") + 1])
-        except ValueError:
-            pass
+    if plan["preset"] in PRESET_HELP:
+        out["preset"] = plan["preset"]
+    if plan["epochs"]:
+        out["epochs"] = plan["epochs"]
     return out
 
 
-def _job_args(job) -> list[str]:
-    """The ``python -m core ...`` arguments of a job, without its event and stop-file options."""
-    cmd = list(job.command)
-    args = cmd[cmd.index("core") + 1:] if "core" in cmd else []
-    for flag in ("--events", "--stop-file"):
-        if flag in args:
-            i = args.index(flag)
-            del args[i:i + 2]
-    return args
+def _plan_words(plan: dict) -> str:
+    return f"{Path(plan['dataset']).name}, {len(plan['seeds'])} seeds × {', '.join(map(kind_label, plan['models']))}"
 
 
-def _resume() -> None:
-    job = current_job()
-    if job is None:
-        return
-    try:
-        start_experiment(_job_args(job))
-    except Exception as exc:  # noqa: BLE001
-        st.session_state["exp_resume_error"] = str(exc)
-    st.session_state.pop("exp_stopping", None)
+def _describe(job):
+    """How the last experiment's outcome reads (``ui.jobs_view`` describe)."""
+    what = _plan_words(experiment_plan(job.command)) if job is not None else ""
+
+    def describe(state: str, label: str, message: str) -> str:
+        if state == "done":
+            return f"Last experiment finished ({what})."
+        if state == "stopped":
+            return (f"The last experiment ({what}) was stopped. Resume it to continue where it stopped: "
+                    "finished runs are kept, the current one continues from its last epoch.")
+        return f"The last experiment ({what}) failed: {message}"
+    return describe
 
 
-def last_outcome(job) -> None:
-    st_ = job.state()
-    state, msg = st_.get("state"), st_.get("message", "")
-    plan = experiment_plan(job.command)
-    what = f"{Path(plan['dataset']).name}, {len(plan['seeds'])} seeds × " \
-           f"{', '.join(KIND_NAMES.get(m, m) for m in plan['models'])}"
-    if state == "done":
-        st.success(f"Last experiment finished ({what}).", icon=":material/check_circle:")
-    elif state == "stopped":
-        c1, c2 = st.columns([4, 1], vertical_alignment="center")
-        c1.warning(f"The last experiment ({what}) was stopped. Resume it to continue where it stopped: "
-                   "finished runs are kept, the current one continues from its last epoch.",
-                   icon=":material/pause_circle:")
-        c2.button("Resume", icon=":material/play_arrow:", on_click=_resume, key="exp_resume")
-    elif state in ("failed", "died"):
-        c1, c2 = st.columns([4, 1], vertical_alignment="center")
-        c1.error(f"The last experiment ({what}) failed: {msg}", icon=":material/error:")
-        c2.button("Try again", icon=":material/refresh:", on_click=_resume, key="exp_resume")
-    err = st.session_state.pop("exp_resume_error", None)
-    if err:
-        st.error(f"Could not start it again: {err}", icon=":material/error:")
-
-
-@st.fragment(run_every=1.5)
-@guarded("experiment progress")
-def live_progress() -> None:
-    job = current_job()
-    if job is None or not job.alive():
-        st.session_state.pop("exp_stopping", None)
-        st.rerun(scope="app")
-        return
+def live_progress(job, status: dict) -> None:
+    """A running experiment (``ui.jobs_view`` draw_running): runs finished, the current run's epoch and batch,
+    its learning curves; the page reruns when a run finishes (new results below)."""
     plan = experiment_plan(job.command)
     events, _ = read_events(job.events_path)
     prog = experiment_progress(events, plan["n_runs"])
@@ -233,15 +164,13 @@ def live_progress() -> None:
     st.session_state["exp_seen_done"] = prog["n_done"]
     if seen is not None and prog["n_done"] != seen:
         st.rerun(scope="app")  # a run finished: refresh the results below
-    stopping = st.session_state.get("exp_stopping")
-    head = f"Experiment on **{Path(plan['dataset']).name}**: {plan['n_runs']} runs " \
-           f"({len(plan['seeds'])} seeds × {', '.join(KIND_NAMES.get(m, m) for m in plan['models'])})"
-    st.markdown(head)
+    st.markdown(f"Experiment on **{Path(plan['dataset']).name}**: {plan['n_runs']} runs "
+                f"({len(plan['seeds'])} seeds × {', '.join(map(kind_label, plan['models']))})")
     n_runs = max(plan["n_runs"], 1)
     st.progress(min(prog["n_done"] / n_runs, 1.0), text=f"runs finished: {prog['n_done']} of {plan['n_runs']}")
     if prog["run"]:
         ep, mx = prog["epoch"], prog["max_epochs"]
-        what = f"{KIND_NAMES.get(prog['model'], prog['model'])}, seed {prog['seed']}"
+        what = f"{kind_label(prog['model'])}, seed {prog['seed']}"
         if prog["phase"] == "evaluate":
             st.progress(1.0, text=f"{what}: evaluating ...")
         elif prog["n_batches"]:
@@ -255,11 +184,6 @@ def live_progress() -> None:
     if prog["curves"]:
         st.plotly_chart(curves_figure({f"seed {prog['seed']}": prog["curves"]}), key="exp_live_curves",
                         config={"displayModeBar": False})
-    c1, c2 = st.columns([1, 3])
-    c1.button("Stop", icon=":material/stop_circle:", on_click=_stop, disabled=bool(stopping),
-              help="Stops after the current batch; every run stays resumable: start the same experiment again.")
-    if stopping:
-        c2.caption("Stopping after the current batch ...")
     with st.expander("Recent messages"):
         st.text("\n".join(prog["messages"]) or "(none yet)")
 
@@ -403,9 +327,9 @@ def show_results(store: str, res: dict, label: str) -> None:
     runs = [r for r in res["runs"] if r["id"] in set(df["run_id"]) or r["status"] != "done"]
     with tab_curves:
         kinds = sorted({r["kind"] for r in runs if r["kind"] != "linear"},
-                       key=lambda k: list(KIND_NAMES).index(k) if k in KIND_NAMES else 9)
+                       key=lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)
         if kinds:
-            kind = st.segmented_control("Model", kinds, default=kinds[0], format_func=lambda k: KIND_NAMES.get(k, k),
+            kind = st.segmented_control("Model", kinds, default=kinds[0], format_func=kind_label,
                                         key="exp_curves_kind") or kinds[0]
             hist = {f"seed {r['seed']}": run_epochs(store, stamp, r["id"]) for r in runs if r["kind"] == kind}
             hist = {k: v for k, v in hist.items() if v}
@@ -431,7 +355,7 @@ def show_results(store: str, res: dict, label: str) -> None:
                     for other in ("track_vote", "track_logprob"):
                         s = paired_sentence(df, "track_sum", other, split, kind)
                         if s and s["n"] > 1 and (kind == "snippet" or (s["p"] is not None and s["p"] == s["p"])):
-                            lines.append(f"- {KIND_NAMES[kind]}, {'test' if split == 'test' else 'validation'}: "
+                            lines.append(f"- {kind_label(kind)}, {'test' if split == 'test' else 'validation'}: "
                                          f"{s['text']}")
             if lines:
                 st.markdown("\n".join(lines))
@@ -443,7 +367,7 @@ def show_results(store: str, res: dict, label: str) -> None:
 TABLE_COLUMNS = {("snippet", "segment"): "CRNN segment", ("snippet", "track_sum"): "CRNN track (sum)",
                  ("full", "full"): "30 s CRNN", ("linear", "segment"): "linear segment",
                  ("linear", "track_sum"): "linear track (sum)"}
-TABLE_HELP = {name: f"{KIND_NAMES[kind]}, {LEVEL_NAMES[level]} level" if kind != "full" else
+TABLE_HELP = {name: f"{kind_label(kind)}, {level_label(level)} level" if kind != "full" else
               "30 s CRNN: one prediction per clip" for (kind, level), name in TABLE_COLUMNS.items()}
 
 
@@ -457,7 +381,7 @@ def chance_warning(summary: pd.DataFrame, n_classes: int | None, config: dict | 
     chance = 1.0 / n_classes
     crnn = summary[(summary["split"] == "test") & summary["kind"].isin(["snippet", "full"])
                    & summary["level"].isin(["segment", "track_sum", "full"])]
-    low = [f"{KIND_NAMES.get(k, k)} ({LEVEL_NAMES.get(lv, lv)})" for k, lv, m in
+    low = [f"{kind_label(k)} ({level_label(lv)})" for k, lv, m in
            zip(crnn["kind"], crnn["level"], crnn["accuracy_mean"]) if m <= chance + 0.05]
     if not low:
         return None
@@ -507,7 +431,7 @@ def confusion_tab(store: str, stamp: float, df: pd.DataFrame) -> None:
     combos = df[["kind", "level"]].drop_duplicates().itertuples(index=False)
     combos = [(k, lvl) for k, lvl in combos]
     combo = c[0].selectbox("Model and level", combos, key="exp_cm_level",
-                           format_func=lambda kl: f"{KIND_NAMES.get(kl[0], kl[0])} · {LEVEL_NAMES.get(kl[1], kl[1])}")
+                           format_func=lambda kl: f"{kind_label(kl[0])} · {level_label(kl[1])}")
     split = c[1].selectbox("Split", ["test", "val"], key="exp_cm_split")
     sub = df[(df["kind"] == combo[0]) & (df["level"] == combo[1]) & (df["split"] == split)]
     if sub.empty:

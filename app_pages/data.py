@@ -7,15 +7,13 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.dashboard_jobs import build_dataset_args, find_job
-from core.dashboard_jobs import start as start_job
-from core.dashboard_support import (HOSTED_CAPS, dataset_counts, describe_source, envelope, home_dir, hosted_mode,
-                                    hosted_note, list_datasets, list_sources, safe_name, skipped_files, slice_wav,
-                                    track_snippet_rows, unique_folder)
-from core.dataset import DatasetError, SplitConfig, load_dataset
+from core.audio import slice_wav
+from core.dataset import DatasetError, SplitConfig, build_dataset_args, load_dataset
 from core.features import FeatureParams
-from ui.charts import counts_figure, mel_figure, waveform_figure
-from ui.common import guarded, show_error
+from core.jobs import find_job, job_args, start_job
+from core.workspace import describe_source, home_dir, list_datasets, list_sources, safe_name, unique_folder
+from ui.charts import counts_figure, envelope, mel_figure, waveform_figure
+from ui.common import HOSTED_CAPS, guarded, hosted_mode, hosted_note, show_error
 from ui.jobs_view import job_panel, job_running
 
 GTZAN_NOTE = ("1000 30-second clips in 10 genres (blues, classical, country, disco, hiphop, jazz, metal, pop, "
@@ -41,7 +39,7 @@ def _open_dataset(path: str):
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _counts(path: str, stamp: float):
-    return dataset_counts(_dataset(path, stamp))
+    return _dataset(path, stamp).counts()
 
 
 @st.cache_data(show_spinner="Decoding the track ...", max_entries=6)
@@ -90,23 +88,35 @@ def download_source() -> str | None:
 def emotify_source() -> str | None:
     from core.download import EMOTIFY_FOLDER_NAME, EMOTIFY_MARKER_NAME
 
-    dest = home_dir("sources") / "emotify"
-    target = dest / EMOTIFY_FOLDER_NAME
-    job_dir = home_dir("jobs") / "download-emotify"
-    st.markdown("**Emotify** · 4 genres, 363 MB")
-    st.caption(EMOTIFY_NOTE)
-    if (dest / EMOTIFY_MARKER_NAME).is_file() and target.is_dir():
-        st.success(f"Emotify is here: `{target}`", icon=":material/check_circle:")
+    return _download_card("Emotify", "4 genres, 363 MB", EMOTIFY_NOTE, "emotify", EMOTIFY_FOLDER_NAME,
+                          EMOTIFY_MARKER_NAME)
+
+
+def gtzan_source() -> str | None:
+    from core.download import GTZAN_FOLDER_NAME, GTZAN_MARKER_NAME
+
+    return _download_card("GTZAN", "10 genres, 1.2 GB", GTZAN_NOTE, "gtzan", GTZAN_FOLDER_NAME, GTZAN_MARKER_NAME)
+
+
+def _download_card(what: str, facts: str, note: str, name: str, folder_name: str, marker_name: str) -> str | None:
+    """One dataset to download (``python -m core download-<name>`` as a job into ``sources/<name>``): its
+    folder when the download completed, else the download button and the job's panel."""
+    dest = home_dir("sources") / name
+    target = dest / folder_name
+    job_dir = home_dir("jobs") / f"download-{name}"
+    st.markdown(f"**{what}** · {facts}")
+    st.caption(note)
+    if (dest / marker_name).is_file() and target.is_dir():
+        st.success(f"{what} is here: `{target}`", icon=":material/check_circle:")
         return str(target)
-    running = job_running(job_dir)
-    if st.button("Download Emotify", type="primary", disabled=running, icon=":material/download:",
-                 key="data_download_emotify"):
+    if st.button(f"Download {what}", type="primary", disabled=job_running(job_dir), icon=":material/download:",
+                 key=f"data_download_{name}"):
         try:
-            start_job(["download-emotify", str(dest)], job_dir)
+            start_job([f"download-{name}", str(dest), "--remove-archive"], job_dir)  # the data home keeps no zip
             st.rerun()
         except Exception as exc:  # noqa: BLE001
             show_error(exc, "could not start the download")
-    job_panel(job_dir, "Emotify download", "emotify", resumable=True,
+    job_panel(job_dir, f"{what} download", name, resumable=True,
               finished_hint="It is also listed under “Folder on this machine”.")
     return None
 
@@ -142,7 +152,7 @@ def _mtime(path: str) -> float:
 
 
 def zip_source() -> str | None:
-    from core.download import ArchiveError, extract_zip_dataset
+    from core.archives import ArchiveError, extract_zip_dataset
 
     up = st.file_uploader("A .zip with one folder per class", type=["zip"], key="data_zip",
                           help="Unpacked into the data folder's sources/. Hidden files and __MACOSX are skipped. "
@@ -166,30 +176,6 @@ def zip_source() -> str | None:
         st.success(f"Unpacked to `{root}`: {info['message']}.", icon=":material/check_circle:")
         return str(root)
     return done
-
-
-def gtzan_source() -> str | None:
-    from core.download import GTZAN_FOLDER_NAME, GTZAN_MARKER_NAME
-
-    dest = home_dir("sources") / "gtzan"
-    target = dest / GTZAN_FOLDER_NAME
-    job_dir = home_dir("jobs") / "download-gtzan"
-    st.markdown("**GTZAN** · 10 genres, 1.2 GB")
-    st.caption(GTZAN_NOTE)
-    if (dest / GTZAN_MARKER_NAME).is_file() and target.is_dir():
-        st.success(f"GTZAN is here: `{target}`", icon=":material/check_circle:")
-        return str(target)
-    running = job_running(job_dir)
-    if st.button("Download GTZAN", type="primary", disabled=running, icon=":material/download:",
-                 key="data_download_gtzan"):
-        try:
-            start_job(["download-gtzan", str(dest)], job_dir)
-            st.rerun()
-        except Exception as exc:  # noqa: BLE001
-            show_error(exc, "could not start the download")
-    job_panel(job_dir, "GTZAN download", "gtzan", resumable=True,
-              finished_hint="It is also listed under “Folder on this machine”.")
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -315,10 +301,10 @@ def build_section(src: str | None) -> None:
 
 
 def _request(args: list[str]) -> list[str]:
-    """A build's arguments without where it writes, its worker count and job plumbing (what makes it the same)."""
+    """A build's arguments without where it writes and its worker count (what makes it the same)."""
     out, i = [], 0
     while i < len(args):
-        if args[i] in ("--workers", "--events", "--stop-file"):
+        if args[i] == "--workers":
             i += 2
             continue
         out.append(args[i])
@@ -336,9 +322,7 @@ def identical_build(src: str, params: FeatureParams, split: SplitConfig, limit: 
         job = find_job(p)
         if job is None or not job.alive():
             continue
-        cmd = list(job.command)
-        args = cmd[cmd.index("core.dashboard_jobs") + 1:] if "core.dashboard_jobs" in cmd else []
-        if _request(args) == want:
+        if _request(job_args(job.command)) == want:
             return (f"Not started: an identical build is running already (“{p.name[len('build-'):]}”, the same "
                     "audio with the same parameters). Its progress is shown above.")
     source = str(Path(src).resolve())
@@ -383,7 +367,7 @@ def datasets_section() -> None:
     m[0].metric("Classes", len(ds.classes))
     m[1].metric("Tracks used", sum(c[s]["tracks"] for s in c))
     m[2].metric("Snippets" if ds.params.mode == "snippet" else "Clips", f"{sum(c[s]['snippets'] for s in c):,}")
-    skipped = skipped_files(ds)
+    skipped = ds.skipped()
     capped = skipped[skipped["reason"].astype(str).str.startswith("not used: build capped")]
     faulty = skipped.drop(capped.index)
     m[3].metric("Skipped files", len(faulty),
@@ -440,7 +424,7 @@ def explorer(ds) -> None:
     idx = c[2].selectbox("Track", list(sub.index), format_func=lambda i: f"{m.at[i, 'path']}  ({m.at[i, 'split']})",
                          key=f"data_x_track:{ds.path}:{cls}:{split}")
     rec = m.loc[idx]
-    sp, rows, starts = track_snippet_rows(ds, int(idx))
+    sp, rows, starts = ds.snippet_rows(int(idx))
     p = ds.params
     if len(rows) == 0:
         st.caption("This track has no snippets in the dataset.")

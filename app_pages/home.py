@@ -1,8 +1,10 @@
 """Home: what Genre Lab does, the divide-and-conquer idea drawn from a real computation, where to go next."""
 import streamlit as st
 
-from core.dashboard_support import divide_and_conquer_example, list_datasets
-from ui.common import data_home, guarded
+from core.synth import divide_and_conquer_example
+from core.workspace import data_home, list_datasets
+from ui.common import guarded
+from ui.nav import page
 from ui.state import available_models, experiment_overview
 from ui.svg_figures import divide_and_conquer_svg
 
@@ -46,18 +48,18 @@ def main() -> None:
     exp = experiment_overview()
     c1, c2, c3 = st.columns(3, border=True)
     with c1:
-        st.page_link("app_pages/1_data.py", label="**Data**", icon=":material/library_music:")
+        st.page_link(page("data"), label="**Data**")
         st.write("Point at a folder of music (one sub-folder per genre), upload a zip or download Emotify or "
                  "GTZAN, and build a snippet dataset. Explore tracks, snippets and spectrograms.")
         st.caption(f"{n_ds} dataset{'s' if n_ds != 1 else ''} built" if n_ds else "No dataset built yet.")
     with c2:
-        st.page_link("app_pages/2_experiment.py", label="**Experiment**", icon=":material/science:")
+        st.page_link(page("experiment"), label="**Experiment**")
         st.write("Train the snippet CRNN, the 30 s CRNN and a linear reference baseline over several seeds in "
                  "the background; compare segment-, track- and clip-level accuracy with each other and with the "
                  "published figures.")
         st.caption(exp)
     with c3:
-        st.page_link("app_pages/3_demo.py", label="**Demo**", icon=":material/headphones:")
+        st.page_link(page("demo"), label="**Demo**")
         st.write("Upload or record a clip of any length and watch every window vote; hear the window you "
                  "click and see how the votes add up.")
         st.caption(f"{n_models} model{'s' if n_models != 1 else ''} ready" if n_models else
