@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from core.experiment import ExperimentError
+from core.experiment import ExperimentError, plan_run
 
 INSTALL_HINT = "pip install -r requirements-cluster.txt"
 #: written by the task into its run folder: where it runs and what it does (the driver relays it as events)
@@ -357,7 +357,6 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
     """Every (seed, kind) run not yet ``done`` in ``store`` as one Ray task; returns ``(runs, stopped)`` like
     the local loop of ``run_experiment``. Failed runs are recorded and the others carry on; then
     :class:`ExperimentError` names the failures."""
-    from core.store import make_run_id
 
     if cpus_per_task < 1:
         raise ClusterError("--ray-cpus-per-task must be >= 1")
@@ -366,12 +365,9 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
     for seed in seeds:
         for kind in models:
             ds = datasets[kind]
-            run_id = make_run_id(ds.card.get("build_id"), kind, seed, config.to_dict())
-            base = {"seed": seed, "model": kind, "run": run_id}
-            rec = store.get_run(run_id)
-            if rec and rec["status"] == "done":
-                emit({**base, "state": "done", "phase": "skip", "message": f"{run_id} already done"})
-                runs[(seed, kind)] = {**base, "status": "done", "skipped": True}
+            run_id, base, done = plan_run(store, ds, kind, seed, config, emit)
+            if done:
+                runs[(seed, kind)] = done
                 continue
             todo.append({"seed": seed, "kind": kind, "run_id": run_id, "ds": ds,
                          "run_dir": store.run_dir(run_id).resolve()})

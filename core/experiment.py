@@ -161,6 +161,21 @@ def _model_card(run_id: str, kind: str, seed: int, dataset, config: TrainConfig)
                            config=config.to_dict())
 
 
+def plan_run(store, ds, kind: str, seed: int, config, emit) -> tuple[str, dict, dict | None]:
+    """The run of ``kind`` x ``seed`` on dataset ``ds``: ``(run_id, base event fields, done)``; ``done`` is the
+    run's record (after a "skip" event) when the store already has it finished, else ``None``. Shared by the
+    local loop and the Ray executor (``core.cluster``)."""
+    from core.store import make_run_id
+
+    run_id = make_run_id(ds.card.get("build_id"), kind, seed, config.to_dict())
+    base = {"seed": seed, "model": kind, "run": run_id}
+    rec = store.get_run(run_id)
+    if rec and rec["status"] == "done":
+        emit({**base, "state": "done", "phase": "skip", "message": f"{run_id} already done"})
+        return run_id, base, {**base, "status": "done", "skipped": True}
+    return run_id, base, None
+
+
 def run_experiment(
     dataset_path: str | os.PathLike,
     store_path: str | os.PathLike,
@@ -271,12 +286,9 @@ def run_experiment(
                     stopped = True
                     break
                 ds = datasets[kind]
-                run_id = make_run_id(ds.card.get("build_id"), kind, seed, config.to_dict())
-                base = {"seed": seed, "model": kind, "run": run_id}
-                rec = store.get_run(run_id)
-                if rec and rec["status"] == "done":
-                    emit({**base, "state": "done", "phase": "skip", "message": f"{run_id} already done"})
-                    runs.append({**base, "status": "done", "skipped": True})
+                run_id, base, done = plan_run(store, ds, kind, seed, config, emit)
+                if done:
+                    runs.append(done)
                     continue
                 run_dir = store.run_dir(run_id)
                 store.upsert_run(run_id, str(ds.path), ds.card.get("build_id"), kind, seed, config.to_dict(),
