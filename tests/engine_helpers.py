@@ -27,3 +27,17 @@ def run_core(*args: str, timeout: float = 240, env: dict | None = None) -> subpr
     e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=e)
+
+
+def load_tiny(tmp_path_factory, name: str):
+    """A module-scoped tiny dataset (:func:`build_tiny`) loaded as a ``core.dataset.Dataset``."""
+    from core.dataset import load_dataset
+
+    return load_dataset(build_tiny(tmp_path_factory.mktemp(name)))
+
+
+def quick_config(**kw):
+    """A one-epoch ``TrainConfig`` for tests (Adam 1e-3, short patience); ``kw`` overrides."""
+    from core.train_config import TrainConfig
+
+    return TrainConfig(**{**dict(lr=1e-3, max_epochs=1, patience=3, lr_patience=2), **kw})

@@ -57,13 +57,18 @@ def fresh_clone_home(tmp_path, monkeypatch):
     return home
 
 
-@pytest.fixture
-def empty_home(tmp_path, monkeypatch):
-    home = tmp_path / "empty-home"
+def _bare_home(tmp_path, monkeypatch, name: str):
+    """An empty data home (``$GENRELAB_HOME``) in which only its own models are listed."""
+    home = tmp_path / name
     home.mkdir()
     monkeypatch.setenv("GENRELAB_HOME", str(home))
     _without_shipped_models(monkeypatch)
     return home
+
+
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch):
+    return _bare_home(tmp_path, monkeypatch, "empty-home")
 
 
 @pytest.fixture(scope="module")

@@ -313,13 +313,9 @@ def test_stray_folder_and_all_bad_class_are_left_out_with_reasons(tmp_path):
 # --- 3 and 5 on the data page --------------------------------------------------------------------------------
 @pytest.fixture
 def page_home(tmp_path, monkeypatch):
-    from test_app import _without_shipped_models
+    from test_app import _bare_home
 
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("GENRELAB_HOME", str(home))
-    _without_shipped_models(monkeypatch)
-    return home
+    return _bare_home(tmp_path, monkeypatch, "home")
 
 
 def test_data_page_refuses_a_build_while_another_writes_the_folder(page_home):

@@ -7,22 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from engine_helpers import build_tiny
+from engine_helpers import load_tiny, quick_config
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from core.dataset import load_dataset
-
-    return load_dataset(build_tiny(tmp_path_factory.mktemp("train")))
+    return load_tiny(tmp_path_factory, "train")
 
 
-def _cfg(**kw):
-    from core.train import TrainConfig
-
-    base = dict(lr=1e-3, max_epochs=1, patience=3, lr_patience=2)
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = quick_config
 
 
 def test_sequence_batches_are_normalised_one_hot_and_shuffled_per_epoch(tiny):
