@@ -269,9 +269,14 @@ def show_results(store: str, res: dict, label: str) -> None:
         summary = res["summary"]
     stamp = store_stamp(Path(store))
     n_seeds = int(df["seed"].nunique())
+    per_kind = df.groupby("kind")["seed"].nunique()
     has_linear = bool((df["kind"] == "linear").any())
-    st.markdown(f"#### Segment vs track vs 30 s{' vs linear baseline' if has_linear else ''}: mean ± SD over "
-                f"{n_seeds} seed{'s' if n_seeds != 1 else ''}")
+    has_musicnn = bool((df["kind"] == "musicnn").any())
+    over = (f"{n_seeds} seed{'s' if n_seeds != 1 else ''}" if per_kind.nunique() <= 1 else
+            "seeds: " + ", ".join(f"{kind_label(k)} {int(per_kind[k])}" for k in sorted(
+                per_kind.index, key=lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)))
+    st.markdown(f"#### Segment vs track vs 30 s{' vs linear baseline' if has_linear else ''}"
+                f"{' vs musicnn' if has_musicnn else ''}: mean ± SD over {over}")
     configs = [r.get("config") for r in res["runs"] if r.get("kind") in ("snippet", "full")]
     cfg = configs[0] if configs else None
     if isinstance(cfg, str):
@@ -296,10 +301,13 @@ def show_results(store: str, res: dict, label: str) -> None:
                "seeds. Our numbers depend on the dataset; compare them with the published ones only on full GTZAN."
                + (" Light bars on the shaded band: the **linear baseline** (per-snippet mel-band mean and standard "
                   "deviation, softmax regression), scored on the same snippets and tracks; its fit is convex and "
-                  "deterministic, so every seed gives the same figure." if has_linear else ""))
+                  "deterministic, so every seed gives the same figure." if has_linear else "")
+               + (" **Pretrained musicnn** + head: embeddings of a network trained on a million songs (MSD), a small "
+                  "classifier on top, the same windows and the same tracks." if has_musicnn else ""))
     comparisons = [lambda sp: paired_sentence(df, "track_sum", "segment", sp),
                    lambda sp: paired_models_sentence(df, ("snippet", "track_sum"), ("full", "full"), sp),
-                   lambda sp: paired_models_sentence(df, ("snippet", "track_sum"), ("linear", "track_sum"), sp)]
+                   lambda sp: paired_models_sentence(df, ("snippet", "track_sum"), ("linear", "track_sum"), sp),
+                   lambda sp: paired_models_sentence(df, ("musicnn", "track_sum"), ("snippet", "track_sum"), sp)]
     for split in ("test", "val"):
         lines = [s["text"] for s in (f(split) for f in comparisons) if s]
         if lines:
@@ -317,7 +325,7 @@ def show_results(store: str, res: dict, label: str) -> None:
             for c in table.columns if c not in ("seed", "epochs")})
         st.caption(f"Accuracy in % per seed on the {'test' if split == 'test' else 'validation'} split. CRNN = the "
                    "snippet CRNN; linear = the linear baseline (majority vote and log-prob aggregation: the "
-                   "Aggregation tab). Epochs: how many each CRNN trained (its best epoch).")
+                   "Aggregation tab). Epochs: how many each CRNN (and the musicnn head) trained (its best epoch).")
         c1, c2 = st.columns(2)
         c1.download_button("Download results (CSV)", results_csv(store, stamp), file_name="genre-lab-results.csv",
                            mime="text/csv", icon=":material/download:")
@@ -366,7 +374,8 @@ def show_results(store: str, res: dict, label: str) -> None:
 #: The per-seed table's columns: the headline's approaches (the other aggregations: the Aggregation tab)
 TABLE_COLUMNS = {("snippet", "segment"): "CRNN segment", ("snippet", "track_sum"): "CRNN track (sum)",
                  ("full", "full"): "30 s CRNN", ("linear", "segment"): "linear segment",
-                 ("linear", "track_sum"): "linear track (sum)"}
+                 ("linear", "track_sum"): "linear track (sum)", ("musicnn", "segment"): "musicnn segment",
+                 ("musicnn", "track_sum"): "musicnn track (sum)"}
 TABLE_HELP = {name: f"{kind_label(kind)}, {level_label(level)} level" if kind != "full" else
               "30 s CRNN: one prediction per clip" for (kind, level), name in TABLE_COLUMNS.items()}
 
@@ -413,12 +422,13 @@ def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> p
     t = t[[c for c in TABLE_COLUMNS.values() if c in t.columns]] * 100
     epochs: dict[int, list[tuple[bool, str]]] = {}
     for r in runs:
-        if r["kind"] != "linear":  # one L-BFGS fit: no epochs to speak of
-            name = "CRNN" if r["kind"] == "snippet" else "30 s"
+        if r["kind"] != "linear" and r.get("epochs"):  # linear: one L-BFGS fit, no epochs to speak of
+            name = {"snippet": "CRNN", "full": "30 s", "musicnn": "musicnn head"}.get(r["kind"], r["kind"])
             best = f"best {r['best_epoch'] or '–'}"
             if r.get("monitor") and r.get("best_value") is not None:
                 best += f": {MONITOR_WORDS.get(r['monitor'], r['monitor'])} {r['best_value']:.3g}"
-            epochs.setdefault(r["seed"], []).append((r["kind"] != "snippet", f"{name} {r['epochs']} ({best})"))
+            order = {"snippet": 0, "full": 1, "musicnn": 2}.get(r["kind"], 3)
+            epochs.setdefault(r["seed"], []).append((order, f"{name} {r['epochs']} ({best})"))
     if epochs:
         t["epochs"] = [", ".join(text for _, text in sorted(epochs.get(s, []))) for s in t.index]
     return t.reset_index()

@@ -208,7 +208,12 @@ HEADLINE_GROUPS = [("snippet", "segment", "segment level<br>(each 3 s snippet)")
                    ("snippet", "track_sum", "track level<br>(sum of snippet votes)"),
                    ("full", "full", "30 s model<br>(whole clip at once)"),
                    ("linear", "segment", "linear baseline:<br>segment level"),
-                   ("linear", "track_sum", "linear baseline:<br>track level (sum)")]
+                   ("linear", "track_sum", "linear baseline:<br>track level (sum)"),
+                   ("musicnn", "segment", "musicnn + head:<br>segment level"),
+                   ("musicnn", "track_sum", "musicnn + head:<br>track level (sum)")]
+#: approaches drawn on a shaded band of their own (not the article's CRNNs): the reference baseline and the
+#: pretrained-embedding classifier
+BANDS = {"linear": "<b>linear baseline</b> (reference)", "musicnn": "<b>pretrained musicnn</b> + head"}
 LAB_COLORS = {"val": "#4C78A8", "test": "#F58518"}
 BASELINE_COLORS = {"val": "#9FBAD6", "test": "#F8C08A"}  # lighter tints: the reference, not the model
 BASELINE_BAND = "#EEF1F5"
@@ -220,11 +225,11 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
 
     ``summary`` is ``core.store.summary_frame``; ``published`` is ``core.reproduce.PUBLISHED``."""
     groups = [g for g in HEADLINE_GROUPS
-              if ((summary["kind"] == g[0]) & (summary["level"] == g[1])).any() or g[0] != "linear"]
+              if ((summary["kind"] == g[0]) & (summary["level"] == g[1])).any() or g[0] not in BANDS]
     x = [g[2] for g in groups]
     # explicit bar positions, so that each group is centred on its label: the baseline's groups have no
     # published bar and so two bars, the others three
-    slots = [["val", "test"] + (["published"] if published and kind != "linear" else []) for kind, _, _ in groups]
+    slots = [["val", "test"] + (["published"] if published and kind not in BANDS else []) for kind, _, _ in groups]
     width = 0.78 / max(len(s) for s in slots)
 
     def place(slot: str) -> dict[str, list[float]]:
@@ -239,7 +244,7 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
             means.append(float(row["accuracy_mean"].iloc[0]) if len(row) else None)
             sds.append(float(row["accuracy_sd"].iloc[0]) if len(row) else None)
             ns.append(int(row["n_seeds"].iloc[0]) if len(row) else 0)
-        lin = [g[0] == "linear" for g in groups]
+        lin = [g[0] in BANDS for g in groups]
         fig.add_trace(go.Bar(
             x=x, y=means, name=f"{source_label} · {'validation' if split == 'val' else 'test'}", **place(split),
             marker_color=[BASELINE_COLORS[split] if is_lin else LAB_COLORS[split] for is_lin in lin],
@@ -259,7 +264,7 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
                         f"{published['full_mean']:.1%} ± {published['full_sd']:.1%} over runs")}
         ys, es, hs, texts = [], [], [], []
         for kind, level, _ in groups:
-            v = pub.get(level) if kind != "linear" else None
+            v = pub.get(level) if kind not in BANDS else None
             ys.append(v[0] if v else None)
             es.append(v[1] or 0 if v else 0)
             hs.append(v[2] if v else "")
@@ -272,13 +277,14 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
             text=texts, textposition="inside", textangle=0, insidetextanchor="start", hovertext=hs,
             textfont=dict(size=11, color="#222"),
             hovertemplate="%{x}<br>published: %{hovertext}<extra>Hilsdorf 2022</extra>"))
-    lin = [i for i, g in enumerate(groups) if g[0] == "linear"]
-    if lin:  # the reference baseline on a shaded band of its own, so it is never mistaken for a CRNN
-        fig.add_shape(type="rect", xref="x", yref="paper", x0=lin[0] - 0.5, x1=lin[-1] + 0.5, y0=0, y1=1,
+    for kind, label in BANDS.items():  # each on a shaded band of its own, never mistaken for the CRNNs
+        idx = [i for i, g in enumerate(groups) if g[0] == kind]
+        if not idx:
+            continue
+        fig.add_shape(type="rect", xref="x", yref="paper", x0=idx[0] - 0.5, x1=idx[-1] + 0.5, y0=0, y1=1,
                       fillcolor=BASELINE_BAND, line_width=0, layer="below")
-        fig.add_annotation(x=(lin[0] + lin[-1]) / 2, y=0.985, xref="x", yref="paper", yanchor="top",
-                           showarrow=False, text="<b>linear baseline</b> (reference)",
-                           font=dict(size=12, color="#444"))
+        fig.add_annotation(x=(idx[0] + idx[-1]) / 2, y=0.985, xref="x", yref="paper", yanchor="top",
+                           showarrow=False, text=label, font=dict(size=12, color="#444"))
     fig.update_layout(barmode="group", uniformtext=dict(minsize=9, mode="hide"),
                       yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1.05]))
     return _base(fig, 420)
