@@ -155,25 +155,20 @@ def take(url: str, out: Path, clip: Path) -> None:
             check_no_error(pg, "home")
             shot(pg, out / "home.png")
 
-            pg.goto(f"{url}/data")
-            pg.get_by_role("heading", name="Data", exact=True).wait_for()
-            settle(pg)
-            if pg.get_by_text("Explore a track").count():
-                pg.locator(".js-plotly-plot").first.wait_for()
+            for page, heading, results_text, missing in (
+                    ("data", "Data", "Explore a track", None),
+                    ("experiment", "Experiment", "Segment vs track vs 30 s",
+                     "note: no results on the experiment page (no reference results shipped yet)")):
+                pg.goto(f"{url}/{page}")
+                pg.get_by_role("heading", name=heading, exact=True).wait_for()
                 settle(pg)
-            check_no_error(pg, "data")
-            shot(pg, out / "data.png")
-
-            pg.goto(f"{url}/experiment")
-            pg.get_by_role("heading", name="Experiment", exact=True).wait_for()
-            settle(pg)
-            if pg.get_by_text("Segment vs track vs 30 s").count():
-                pg.locator(".js-plotly-plot").first.wait_for()
-                settle(pg)
-            else:
-                print("note: no results on the experiment page (no reference results shipped yet)", file=sys.stderr)
-            check_no_error(pg, "experiment")
-            shot(pg, out / "experiment.png")
+                if pg.get_by_text(results_text).count():  # its charts: wait until plotly has drawn them
+                    pg.locator(".js-plotly-plot").first.wait_for()
+                    settle(pg)
+                elif missing:
+                    print(missing, file=sys.stderr)
+                check_no_error(pg, page)
+                shot(pg, out / f"{page}.png")
 
             pg.goto(f"{url}/demo")
             pg.get_by_role("heading", name="Demo: classify a clip").wait_for()
