@@ -396,6 +396,7 @@ def ship_model(repro_out: str | os.PathLike, dest: str | os.PathLike, *, name: s
     mine = df[df["run_id"] == pick["run_id"]]
     acc = {f"{r.level}/{r.split}": round(float(r.accuracy), 4) for r in mine.itertuples()}
     doc = read_json_safe(repro_out / "results" / "results.json")
+    n_seeds = int(df[df["kind"] == kind]["seed"].nunique())  # the seeds of this model the pick was made among
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -412,7 +413,7 @@ def ship_model(repro_out: str | os.PathLike, dest: str | os.PathLike, *, name: s
                        "split": ds.card["split"]},
         accuracy=acc, selected_by="best validation track-level (sum) accuracy among the reproduction's seeds",
         reproduction={"preset": doc.get("preset"), "command": doc.get("command"), "commit": doc.get("commit"),
-                      "n_seeds": doc.get("n_seeds")},
+                      "n_seeds": n_seeds},
         dataset=None)
     write_model_card(tmp, card)
     p = card["params"]
@@ -429,7 +430,7 @@ def ship_model(repro_out: str | os.PathLike, dest: str | os.PathLike, *, name: s
         f"{acc.get('segment/val', float('nan')):.1%} val / {acc.get('segment/test', float('nan')):.1%} test; "
         f"track-level (sum) {acc.get('track_sum/val', float('nan')):.1%} val / "
         f"{acc.get('track_sum/test', float('nan')):.1%} test",
-        f"- **Selected** as the best validation track-level accuracy of {doc.get('n_seeds')} seeds; produced by "
+        f"- **Selected** as the best validation track-level accuracy of {n_seeds} seeds; produced by "
         f"`{doc.get('command')}` at commit {doc.get('commit')}",
         "", "Development figures on a small set: expect lower accuracy on music unlike the training data.", ""]
     atomic_write_bytes(tmp / "MODEL_CARD.md", "\n".join(lines).encode("utf-8"))
