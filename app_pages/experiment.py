@@ -239,7 +239,10 @@ def reference_caption(info: dict) -> str:
         t = info["tracks"]
         what.append(f"{t['train']}/{t['val']}/{t['test']} train/val/test tracks")
     how = [f"preset {info['preset']}"] if info.get("preset") else []
-    if info.get("n_seeds"):
+    counts = sorted(set((info.get("seeds_per_kind") or {}).values()))
+    if len(counts) > 1:  # an unfinished reproduction: say how far each model got
+        how.append(f"{counts[0]}–{counts[-1]} seeds per model (unfinished)")
+    elif info.get("n_seeds"):
         how.append(f"{info['n_seeds']} seeds")
     commit = info.get("commit")
     if commit:

@@ -96,6 +96,7 @@ def reference_info(path: Path) -> dict[str, Any]:
         tracks = {s: (counts.get(s) or {}).get("tracks") for s in ("train", "val", "test")}
         info.update(results_json=str(doc_path), commit=doc.get("commit"), command=doc.get("command"),
                     preset=doc.get("preset"), n_seeds=doc.get("n_seeds"),
+                    seeds_per_kind=doc.get("seeds_per_kind") or {},
                     source=Path(str(ds["source"])).name if ds.get("source") else None, classes=ds.get("classes"),
                     tracks=tracks if all(isinstance(v, int) for v in tracks.values()) else None)
     return info
