@@ -38,6 +38,7 @@ The converter needs TensorFlow (its checkpoint reader) and nothing of musicnn's 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -495,14 +496,10 @@ def mel_pooled_conv(conv, bn, name: str | None = None):
                                     name=name or f"{conv.name}_fused")
 
 
-_FUSED_CLASS: list = []
-
-
+@functools.cache
 def _mel_pooled_conv_class():
     """The Keras layer class behind :func:`mel_pooled_conv` (defined on first use: importing this module does
     not import Keras)."""
-    if _FUSED_CLASS:
-        return _FUSED_CLASS[0]
     import keras
     from keras import ops
 
@@ -521,7 +518,6 @@ def _mel_pooled_conv_class():
             t = None if input_shape[1] is None else input_shape[1] - self.kernel.shape[0] + 1
             return (input_shape[0], t, self.kernel.shape[-1])
 
-    _FUSED_CLASS.append(MelPooledConv)
     return MelPooledConv
 
 
