@@ -9,7 +9,12 @@ Both use the same snippet CRNN (16/32/64/128 filters, 130 x 100 inputs, batch 32
 
 After one warm-up epoch each (tracing), timed epochs alternate between the variants (plain, default, plain,
 ...) so that load from other processes on a shared machine hits both alike; medians are reported, with the
-process CPU time per sample (robust to such load). ``--extra`` adds bf16 mixed precision, XLA and 2 loader
+process CPU time per sample (robust to such load). Each epoch is timed from the end of its first batch to the end
+of its last (the steady training steps); what each fit() call spends outside them (start-up and the data
+iterator's tear-down, now and then ~0.4 s: what made short epochs look "bimodal" in earlier runs) is printed
+apart. A third line, always, is the default path with the same CRNN
+built with Keras' own ``BatchNormalization`` layers (``--arch keras_bn``) instead of ``core.models.FastBatchNormalization`` (the same
+function with a written-out training step): the ratio printed for it is what that layer saves. ``--extra`` adds bf16 mixed precision, XLA and 2 loader
 threads for the default path; ``--wide`` adds a plain fit of a wide-filter variant (64/128/128/128).
 
 Every line also gives the achieved GFLOP/s (samples/s x 3 x the forward FLOPs of one snippet: forward + backward)
@@ -76,9 +81,10 @@ def main() -> None:
     Y_mem = np.eye(n_classes, dtype=np.float32)[y]
 
     variants = {}
+    clock = batch_clock()
 
     def plain(model):
-        return lambda: model.fit(X_mem, Y_mem, batch_size=bs, epochs=1, shuffle=True, verbose=0)
+        return lambda: model.fit(X_mem, Y_mem, batch_size=bs, epochs=1, shuffle=True, verbose=0, callbacks=[clock])
 
     def default_path(cfg):
         model = build_compiled("snippet", n_classes, p, cfg)
@@ -88,19 +94,22 @@ def main() -> None:
         def run():
             seq.set_epoch(state["epoch"])
             state["epoch"] += 1
-            model.fit(seq, epochs=1, verbose=0, shuffle=False, callbacks=[_StopCheck(lambda: False, None, 0, len(seq))])
+            model.fit(seq, epochs=1, verbose=0, shuffle=False,
+                      callbacks=[_StopCheck(lambda: False, None, 0, len(seq)), clock])
         return run
 
     keras.utils.set_random_seed(0)
+    arch_models = {}
     m = build_snippet_crnn(n_classes)
     compile_model(m, 1e-4)
     variants["plain model.fit (in-memory numpy)"] = plain(m)
     variants["default path (train_run: PyDataset over memmap)"] = default_path(TrainConfig())
+    # the same path with Keras' own BatchNormalization layers (--arch keras_bn): what FastBatchNormalization saves
+    variants["default path, Keras' BatchNormalization"] = default_path(TrainConfig(arch="keras_bn"))
     if a.extra:
         variants["default path + mixed_bfloat16"] = default_path(TrainConfig(precision="mixed_bfloat16"))
         variants["default path + jit_compile (XLA)"] = default_path(TrainConfig(jit_compile=True))
         variants["default path + 2 loader threads"] = default_path(TrainConfig(workers=2))
-    arch_models = {}
     if a.arch:
         for label, arch, frames in (("no BN on block 1", {"bn_first": False}, None),
                                     ("no BN on block 1 + ReLU", {"bn_first": False, "activation": "relu"}, None),
@@ -127,10 +136,13 @@ def main() -> None:
         variants["plain model.fit, wide filters 64/128/128/128"] = plain(w)
 
     peak = matmul_peak_gflops()
+    np_peak = numpy_matmul_peak_gflops()
     flops = {name: 3 * count_flops(arch_models.get(name, m), (p.snippet_frames, p.n_mels))["flops"]
              for name in variants}  # one training sample: forward + backward ~ 3 x the forward FLOPs
     print(f"fp32 matmul peak measured now (2048 x 2048, {os.cpu_count()} threads): {peak:.0f} GFLOP/s; training "
           f"FLOPs per sample (3 x forward): {flops[next(iter(flops))] / 1e6:.0f} MFLOP", flush=True)
+    print(f"(NumPy's matmul, {np_peak:.0f} GFLOP/s here, is a lower bar: the 'of peak' column uses the backend's)",
+          flush=True)
     print(f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs, {n} samples of "
           f"{p.snippet_frames}x{p.n_mels}, batch {bs}, {a.repeats} timed epochs per variant", flush=True)
     for name, fn in variants.items():  # warm-up: tracing / compilation
@@ -139,12 +151,15 @@ def main() -> None:
         print(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     wall = {k: [] for k in variants}
     cpu = {k: [] for k in variants}
+    per_fit = []  # seconds of each fit() call outside its batches (start-up and tear-down)
     for _ in range(a.repeats):
         for name, fn in variants.items():
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0 = time.perf_counter()
             fn()
-            wall[name].append(n / (time.perf_counter() - t0))
-            cpu[name].append(1000 * (time.process_time() - c0) / n)
+            steady_s, steady_cpu, steady_n = clock.steady(bs)
+            wall[name].append(steady_n / steady_s)
+            cpu[name].append(1000 * steady_cpu / steady_n)
+            per_fit.append(time.perf_counter() - t0 - steady_s)
     print(f"{'variant':56s} {'samples/s (median)':>18s} {'runs':>18s} {'CPU ms/sample':>14s} {'GFLOP/s':>8s} "
           f"{'of peak':>8s}")
     for name in variants:
@@ -152,11 +167,21 @@ def main() -> None:
         g = np.median(wall[name]) * flops[name] / 1e9
         print(f"{name:56s} {np.median(wall[name]):18.1f} {runs:>18s} {np.median(cpu[name]):14.2f} {g:8.1f} "
               f"{g / peak:8.1%}")
+    print(f"each fit() call also spends {1000 * np.median(per_fit):.0f} ms (median; up to "
+          f"{1000 * max(per_fit):.0f}) starting and tearing down its data iterator, outside the steady state above; "
+          f"train_run calls fit() once per epoch (~{1000 * max(per_fit) / 112:.0f} ms per batch at 112 batches)")
     names = list(variants)
+    g_default = np.median(wall[names[1]]) * flops[names[1]] / 1e9
+    print(f"default path: {g_default:.0f} GFLOP/s = {g_default / peak:.0%} of the backend's matmul peak, "
+          f"{g_default / np_peak:.0%} of NumPy's")
     ratio = np.median(wall[names[1]]) / np.median(wall[names[0]])
     cpu_ratio = np.median(cpu[names[0]]) / np.median(cpu[names[1]])
     print(f"ratio default / plain: {ratio:.2f}x samples/s ({cpu_ratio:.2f}x by CPU time per sample)")
-    for name in names[2:]:
+    kb = names[2]
+    print(f"ratio default / default with Keras' BatchNormalization (FastBatchNormalization's gain): "
+          f"{np.median(wall[names[1]]) / np.median(wall[kb]):.2f}x samples/s "
+          f"({np.median(cpu[kb]) / np.median(cpu[names[1]]):.2f}x by CPU time per sample)")
+    for name in names[3:]:
         print(f"ratio {name} / plain: {np.median(wall[name]) / np.median(wall[names[0]]):.2f}x samples/s")
     if a.profile:  # by process CPU time per sample: steadier than wall time when anything else runs
         step = bs * np.median(cpu[names[0]])
@@ -173,6 +198,27 @@ def main() -> None:
     tmp.cleanup()
 
 
+def batch_clock():
+    """A Keras callback that stamps wall and process CPU time at the end of every training batch of a fit();
+    ``steady(batch)`` then gives ``(seconds, cpu_seconds, samples)`` from the end of the first batch to the end of
+    the last: the training steps alone, without fit()'s start-up and the data iterator's tear-down (which take a
+    few hundred ms now and then and would swamp a short epoch)."""
+    import keras
+
+    class BatchClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.stamps = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.stamps.append((time.perf_counter(), time.process_time()))
+
+        def steady(self, batch_size: int) -> tuple[float, float, int]:
+            (w0, c0), (w1, c1) = self.stamps[0], self.stamps[-1]
+            return w1 - w0, c1 - c0, (len(self.stamps) - 1) * batch_size
+
+    return BatchClock()
+
+
 def profile_variant(n_classes: int, n_mels: int, norm: bool = True, activation: str = "elu", dropout: float = 0.1,
                     gru: bool = True):
     """The snippet CRNN (``core.models.build_snippet_crnn``'s layers and sizes) with kinds of layers left out:
@@ -181,14 +227,14 @@ def profile_variant(n_classes: int, n_mels: int, norm: bool = True, activation: 
     import keras
     from keras import layers
 
-    from core.models import FILTERS, _freq_after_pools
+    from core.models import FILTERS, FastBatchNormalization, _freq_after_pools
 
     x = inputs = keras.Input(shape=(None, n_mels, 1), name="mel")
     pools = [(2, 2), (2, 2), (2, 2), (1, _freq_after_pools(n_mels))]
     for i, (f, pool) in enumerate(zip(FILTERS, pools), start=1):
         x = layers.Conv2D(f, 3, padding="same")(x)
         if norm:
-            x = layers.BatchNormalization(momentum=0.9)(x)
+            x = FastBatchNormalization(momentum=0.9)(x)
         if activation == "elu":
             x = layers.ELU()(x)
         x = layers.MaxPooling2D(pool_size=pool, strides=pool)(x)
@@ -216,6 +262,20 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 8) -> float:
     for _ in range(repeats):
         t0 = time.perf_counter()
         keras.ops.convert_to_numpy(keras.ops.matmul(x, y))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def numpy_matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The same for NumPy's BLAS (OpenBLAS in the wheels): the figure a quick ``a @ b`` check gives."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, n)).astype(np.float32)
+    y = rng.standard_normal((n, n)).astype(np.float32)
+    x @ y
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x @ y
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from core.errors import GenreLabError
+from core.train_config import ARCH_NAMES
 
 if TYPE_CHECKING:  # core.train imports keras: keep `python -m core --help` fast
     from core.train_config import TrainConfig
@@ -459,9 +460,10 @@ def add_training_args(p) -> None:
     g.add_argument("--bn-recalibrate", type=int,
                    help="re-estimate batch-norm statistics on this many training samples after each epoch (0 = off)")
     g.add_argument("--full-batch-size", type=int, help="batch size of the 30 s model (0 = --batch-size)")
-    g.add_argument("--arch", choices=["standard", "lean"],
-                   help="CRNN design: standard (BN + ELU, then max-pool), or lean (max-pool first, no BN on the "
-                        "first block: ~1.3x less CPU per sample)")
+    g.add_argument("--arch", choices=list(ARCH_NAMES),
+                   help="CRNN design: standard (BN + ELU, then max-pool), lean (max-pool first, no BN on the "
+                        "first block: ~1.3x less CPU per sample), or keras_bn (standard with Keras' own batch-norm "
+                        "layer instead of the written-out one: same function, slower training step)")
 
 
 def _cli_run(a) -> int:

@@ -26,12 +26,72 @@ BN_MOMENTUM = 0.9
 
 
 #: architecture switches (measured in bench/train_throughput.py and results/ablation): batch norm on the first
-#: (widest) block, the conv activation, an unrolled GRU loop (fixed input length only)
-DEFAULT_ARCH = {"bn_first": True, "activation": "elu", "unroll": False, "pool_first": False}
+#: (widest) block, the conv activation, an unrolled GRU loop (fixed input length only), and ``fast_bn``: the
+#: batch norms as :class:`FastBatchNormalization` (the same function, a cheaper training step) or Keras' own
+DEFAULT_ARCH = {"bn_first": True, "activation": "elu", "unroll": False, "pool_first": False, "fast_bn": True}
 #: named architectures (``TrainConfig.arch``): ``standard`` is the design above; ``lean`` max-pools straight after
 #: each convolution (batch norm and ELU run on the pooled map) and drops batch norm on the first, widest block:
-#: the same parameters, ~1.3-1.4x less CPU per training sample (bench/train_throughput.py --arch)
-ARCHS = {"standard": {}, "lean": {"pool_first": True, "bn_first": False}}
+#: the same parameters, ~1.3-1.4x less CPU per training sample (bench/train_throughput.py --arch); ``keras_bn`` is
+#: the standard design with Keras' own BatchNormalization layer (the default before FastBatchNormalization)
+ARCHS = {"standard": {}, "lean": {"pool_first": True, "bn_first": False}, "keras_bn": {"fast_bn": False}}
+
+
+@keras.saving.register_keras_serializable(package="genrelab")
+class FastBatchNormalization(layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` (same weights, config and inference) whose training step is written
+    out: the batch statistics as two sums, the output as one ``x * s + t``, and the closed-form gradient
+
+    ``dx = s * dy + k1 * x + k0``,  ``dgamma = inv_std * (sum(dy * x) - mean * sum(dy))``,  ``dbeta = sum(dy)``
+
+    instead of the automatic differentiation of Keras' moments-then-normalise graph, which makes about twice
+    as many passes over the activation (batch norm was 41 % of a training step; bench/train_throughput.py). Same
+    function and same gradients up to float rounding (``tests/test_models.py``), with ``keras.ops`` only, so it
+    runs on every Keras backend. Masks, renorm and other axes than the last fall back to Keras' own code.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.renorm \
+                or self.axis not in (-1, len(inputs.shape) - 1):
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))  # as Keras': fp32 statistics
+        axes = tuple(range(len(x.shape) - 1))
+        count = 1
+        for d in ops.shape(x)[:-1]:
+            count = count * d
+        n = ops.cast(count, x.dtype)
+        mean = ops.sum(x, axis=axes) / n
+        var = ops.maximum(ops.sum(ops.square(x), axis=axes) / n - ops.square(mean), 0.0)
+        inv = ops.rsqrt(var + self.epsilon)
+        # "* 1": tensors, not the variables themselves (TensorFlow's custom gradient refuses to read variables)
+        gamma = ops.cast(self.gamma, x.dtype) * 1 if self.scale else ops.ones_like(mean)
+        beta = ops.cast(self.beta, x.dtype) * 1 if self.center else ops.zeros_like(mean)
+        y = _batchnorm_train(x, gamma, beta, ops.stop_gradient(mean), ops.stop_gradient(inv), axes, n)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + var * (1.0 - self.momentum))
+        return ops.cast(y, self.compute_dtype)
+
+
+def _batchnorm_train(x, gamma, beta, mean, inv, axes, n):
+    """``(x - mean) * inv * gamma + beta`` with the closed-form gradient (one output, for every backend's
+    custom-gradient rules); ``mean`` and ``inv`` come in without gradient (their share is in the formula)."""
+
+    @ops.custom_gradient
+    def f(x, gamma, beta, mean, inv):
+        s = gamma * inv
+        y = x * s + (beta - mean * s)
+
+        def grad(*args, upstream=None):
+            dy = args[0] if upstream is None else upstream
+            dbeta = ops.sum(dy, axis=axes)
+            dgamma = inv * (ops.sum(dy * x, axis=axes) - mean * dbeta)
+            k1 = -s * inv * dgamma / n
+            k0 = -k1 * mean - s * dbeta / n
+            dx = dy * s + (x * k1 + k0)
+            return dx, dgamma, dbeta, ops.zeros_like(mean), ops.zeros_like(inv)
+
+        return y, grad
+
+    return f(x, gamma, beta, mean, inv)
 
 
 def _freq_after_pools(n_mels: int, n_pools: int = 3, factor: int = 2) -> int:
@@ -42,7 +102,7 @@ def _freq_after_pools(n_mels: int, n_pools: int = 3, factor: int = 2) -> int:
 
 
 def _conv_block(x, filters: int, pool: tuple[int, int], dropout: float, name: str, norm: bool = True,
-                activation: str = "elu", pool_first: bool = False):
+                activation: str = "elu", pool_first: bool = False, fast_bn: bool = True):
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
     if pool_first:
         # max-pool straight after the convolution: batch norm and the activation then run on a map 4x (or more)
@@ -52,7 +112,8 @@ def _conv_block(x, filters: int, pool: tuple[int, int], dropout: float, name: st
         # momentum 0.9, not Keras' 0.99: small datasets have few batches per epoch (GTZAN excerpts: 15), and
         # with 0.99 the moving statistics used at inference still lag their initial values when early stopping
         # ends the run, so validation sits at chance while training accuracy climbs.
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+        bn = FastBatchNormalization if fast_bn else layers.BatchNormalization
+        x = bn(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     if activation == "elu":
         x = layers.ELU(name=f"{name}_elu")(x)
     else:
@@ -84,7 +145,7 @@ def _crnn(
     arch = {**DEFAULT_ARCH, **(arch or {})}
     for i, (n_filters, pool) in enumerate(zip(filters, pools), start=1):
         x = _conv_block(x, n_filters, pool, dropout, name=f"block{i}", norm=i > 1 or arch["bn_first"],
-                        activation=arch["activation"], pool_first=arch["pool_first"])
+                        activation=arch["activation"], pool_first=arch["pool_first"], fast_bn=arch["fast_bn"])
     # (batch, time, 1, C) -> (batch, time, C); -1 keeps the time axis open for any input length
     x = layers.Reshape((-1, filters[-1]), name="to_sequence")(x)
     unroll = bool(arch["unroll"] and frames)  # unrolling needs a fixed number of steps

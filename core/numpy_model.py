@@ -4,7 +4,7 @@ Importing TensorFlow alone takes about 650 MB of resident memory, more than half
 Cloud gives an app; the dashboard's demo and ``python -m core predict`` only need forward passes of small,
 known models. :func:`load_numpy_model` reads a ``.keras`` archive (``config.json`` + ``model.weights.h5``, read
 with h5py) and evaluates the layer chain with NumPy: Conv2D (each BatchNormalization after a linear Conv2D folded
-into it), BatchNormalization, ELU / activations, MaxPooling2D, Dropout (identity), Reshape, GRU (Keras'
+into it), BatchNormalization (and core.models' FastBatchNormalization), ELU / activations, MaxPooling2D, Dropout (identity), Reshape, GRU (Keras'
 ``reset_after`` formulation), Dense, Normalization and the baseline's ``MelStats``. Anything else raises
 :class:`UnsupportedModel`; :class:`core.predictor.Predictor` (``backend="auto"``) then runs the model with Keras.
 The tests check both give the same scores (to ~1e-5).
@@ -219,6 +219,8 @@ LAYERS: dict[str, Callable[[dict, list], Callable]] = {
     "SpatialDropout2D": _identity, "GaussianNoise": _identity, "Normalization": _normalization,
     "MelStats": _mel_stats,
 }
+#: our subclasses that are their base class at inference (core.models): the base's code runs them
+ALIASES = {"FastBatchNormalization": "BatchNormalization"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,10 +325,10 @@ def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
     counters: dict[str, int] = {}
     with h5py.File(io.BytesIO(weights_blob), "r") as h5:
         for layer in layers[1:]:
-            cls = layer["class_name"]
+            base = _snake(layer["class_name"])  # the weight file names the layer's own class
+            cls = ALIASES.get(layer["class_name"], layer["class_name"])
             if cls not in LAYERS:
                 raise UnsupportedModel(f"layer {cls}")
-            base = _snake(cls)
             k = counters.get(base, 0)
             counters[base] = k + 1
             group = f"layers/{base}" + (f"_{k}" if k else "")

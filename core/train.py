@@ -42,12 +42,14 @@ import math
 import os
 import random
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import keras
 import numpy as np
+from keras import ops
 
 from core.models import build_model
 from core.utils import atomic_write_json, read_json
@@ -149,11 +151,29 @@ def recalibrate_batchnorm(model, batches) -> int:
     """Set every BatchNormalization layer's moving statistics to the average of its batch statistics over
     ``batches`` (forward passes in training mode, dropout off, no weight update); returns the number of layers.
     A model trained for few steps, or with dropout before a batch norm, otherwise infers with statistics that
-    do not match its weights."""
+    do not match its weights.
+
+    For a chain of layers (the CRNNs) the forward passes run compiled, through a model that shares the layers up
+    to the last batch norm and outputs each one's batch statistics (:func:`_batch_stats_model`: 3.3 s -> ~0.5 s
+    for 1024 snippets, per epoch of the recommended preset); other models run eagerly, layer by layer."""
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     if not bns:
         return 0
+    if model not in _STATS_MODELS:
+        _STATS_MODELS[model] = _batch_stats_model(model, bns)
+    stats_model = _STATS_MODELS[model]
+    if stats_model is not None:
+        sums, k = None, 0
+        for x in batches:
+            out = [np.asarray(o, np.float64)[0] for o in stats_model.predict_on_batch(np.asarray(x, np.float32))]
+            sums = out if sums is None else [s + o for s, o in zip(sums, out)]
+            k += 1
+        if k:
+            for i, b in enumerate(bns):
+                b.moving_mean.assign((sums[2 * i] / k).astype(np.float32))
+                b.moving_variance.assign((sums[2 * i + 1] / k).astype(np.float32))
+        return len(bns)
     momenta, rates = [b.momentum for b in bns], [d.rate for d in drops]
     try:
         for d in drops:
@@ -168,6 +188,60 @@ def recalibrate_batchnorm(model, batches) -> int:
         for d, r in zip(drops, rates):
             d.rate = r
     return len(bns)
+
+
+#: model -> its batch-statistics model (or None), built once per model (a new one would be traced again)
+_STATS_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class _BatchStats(keras.layers.Layer):
+    """A batch norm in training mode that leaves its moving statistics alone: ``x -> (y, mean, var)``, the
+    statistics repeated over the batch (a model's outputs keep the batch axis)."""
+
+    def __init__(self, bn, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = bn
+
+    def call(self, x):
+        bn = self.bn
+        axes = tuple(range(len(x.shape) - 1))
+        mean = ops.mean(x, axis=axes)
+        var = ops.mean(ops.square(x - mean), axis=axes)
+        y = (x - mean) * ops.rsqrt(var + bn.epsilon)
+        if bn.scale:
+            y = y * bn.gamma
+        if bn.center:
+            y = y + bn.beta
+        per_row = ops.zeros_like(ops.reshape(x, (ops.shape(x)[0], -1))[:, :1])  # (batch, 1)
+        return y, per_row + mean, per_row + var
+
+
+def _batch_stats_model(model, bns) -> "keras.Model | None":
+    """A model sharing ``model``'s layers up to its last batch norm that returns every batch norm's batch mean
+    and variance (dropout left out: off during recalibration), or None when ``model`` is not a single chain of
+    layers with batch norms over the last axis."""
+    layers_ = model.layers
+    if len(model.inputs) != 1 or not layers_ or not isinstance(layers_[0], keras.layers.InputLayer):
+        return None
+    if any(b.axis not in (-1, len(b.input.shape) - 1) for b in bns):
+        return None
+    try:
+        x = inp = keras.Input(batch_shape=model.inputs[0].shape)
+        prev, outputs = layers_[0], []
+        for layer in layers_[1:]:
+            if layer.input is not prev.output:  # not a chain
+                return None
+            prev = layer
+            if isinstance(layer, keras.layers.BatchNormalization):
+                x, mean, var = _BatchStats(layer)(x)
+                outputs += [mean, var]
+                if len(outputs) == 2 * len(bns):
+                    break
+            elif not isinstance(layer, keras.layers.Dropout):
+                x = layer(x)
+        return keras.Model(inp, outputs)
+    except Exception:  # any layer that will not rebuild: recalibrate eagerly
+        return None
 
 
 def _groups(tracks) -> list[np.ndarray]:

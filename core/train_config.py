@@ -8,6 +8,9 @@ from typing import Any
 
 from core.errors import GenreLabError
 
+#: the names of core.models.ARCHS (here so that validating a config imports no Keras; a test keeps them equal)
+ARCH_NAMES = ("standard", "lean", "keras_bn")
+
 
 class TrainError(GenreLabError):
     """A problem with a run folder, its dataset or its settings; the message is for the user."""
@@ -48,7 +51,7 @@ class TrainConfig:
     snippets_per_track: int = 0  # training snippets per track and epoch (0 = every snippet in the dataset)
     snippet_selection: str = "first"  # "first" (the same ones every epoch) or "random" (re-drawn every epoch)
     full_crop: str = "first"  # 30 s model: "first" 30 s, or "random" crop re-drawn every epoch
-    arch: str = "standard"  # CRNN architecture (core.models.ARCHS): "standard" or "lean"
+    arch: str = "standard"  # CRNN architecture (core.models.ARCHS): "standard", "lean" or "keras_bn"
     bn_recalibrate: int = 0  # after each epoch, re-estimate batch-norm statistics on this many training samples
     full_batch_size: int = 0  # batch size of the 30 s model (0 = batch_size): it has ~14x fewer samples per epoch
 
@@ -83,8 +86,8 @@ class TrainConfig:
             raise TrainError("snippet_selection must be 'first' or 'random'")
         if self.full_crop not in ("first", "random"):
             raise TrainError("full_crop must be 'first' or 'random'")
-        if self.arch not in ("standard", "lean"):
-            raise TrainError("arch must be 'standard' or 'lean'")
+        if self.arch not in ARCH_NAMES:
+            raise TrainError(f"arch must be one of {', '.join(map(repr, ARCH_NAMES))}")
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting; those added after state version 1 only when they differ from their default, so the

@@ -46,11 +46,58 @@ def test_count_flops_matches_hand_count():
     assert describe(m, (130, 100))["params"] == m.count_params()
 
 
+def test_arch_names_are_the_models_archs():
+    from core.models import ARCHS
+    from core.train_config import ARCH_NAMES
+
+    assert tuple(ARCHS) == ARCH_NAMES
+
+
 def test_too_few_mels_is_a_clear_error():
     from core.models import build_snippet_crnn
 
     with pytest.raises(ValueError, match="n_mels"):
         build_snippet_crnn(4, n_mels=4)
+
+
+def test_fast_batchnorm_is_keras_batchnorm_with_a_cheaper_gradient(tmp_path):
+    """core.models.FastBatchNormalization (the CRNNs' batch norm) writes the training step out by hand: the
+    output, the gradients of the input, gamma and beta, and the moving statistics must be Keras' own."""
+    import keras
+    import tensorflow as tf
+
+    from core.models import FastBatchNormalization
+
+    rng = np.random.default_rng(0)
+    x = tf.constant((rng.standard_normal((6, 11, 9, 5)) * 3 + 2).astype(np.float32))
+    dy = tf.constant(rng.standard_normal((6, 11, 9, 5)).astype(np.float32))
+    out = []
+    for layer in (keras.layers.BatchNormalization(momentum=0.9), FastBatchNormalization(momentum=0.9)):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2, 5))
+        layer.beta.assign(np.linspace(-1, 1, 5))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * dy)
+        grads = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+        out.append([y, *grads, layer.moving_mean, layer.moving_variance, layer(x, training=False)])
+    for name, ref, got in zip(["y", "dx", "dgamma", "dbeta", "moving mean", "moving var", "inference y"], *out):
+        ref, got = np.asarray(ref), np.asarray(got)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+    assert np.abs(np.asarray(out[0][1])).max() > 0.1  # the gradient is not trivially zero
+    # a training step inside model.fit (graph mode) and a save / load round trip
+    from core.models import build_snippet_crnn
+
+    m = build_snippet_crnn(3, n_mels=16)
+    assert sum(isinstance(layer, FastBatchNormalization) for layer in m.layers) == 4
+    m.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    xb = rng.random((8, 24, 16, 1)).astype(np.float32)
+    m.fit(xb, np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)], epochs=2, verbose=0)
+    m.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert type(again.get_layer("block1_bn")) is FastBatchNormalization
+    np.testing.assert_allclose(again.predict_on_batch(xb), m.predict_on_batch(xb), atol=1e-6)
 
 
 _STEP = """

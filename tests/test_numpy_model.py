@@ -12,8 +12,10 @@ from core.predictor import Predictor
 
 def _randomise_batchnorm(model, rng) -> None:
     """Fresh models have identity BN statistics: give them real ones so the comparison means something."""
+    import keras
+
     for layer in model.layers:
-        if layer.__class__.__name__ == "BatchNormalization":
+        if isinstance(layer, keras.layers.BatchNormalization):  # core.models' FastBatchNormalization too
             g, b, m, v = (w.shape for w in layer.get_weights())
             layer.set_weights([rng.normal(1, 0.2, g), rng.normal(0, 0.2, b), rng.normal(0, 0.5, m),
                                rng.random(v) + 0.5])

@@ -151,6 +151,36 @@ def test_batchnorm_recalibration_sets_the_population_statistics_with_dropout_off
     assert m.get_layer("block1_drop").rate == 0.5 and bn.momentum == 0.9  # restored
 
 
+@pytest.mark.parametrize("arch", ["standard", "keras_bn", "lean"])
+def test_compiled_batchnorm_recalibration_equals_the_eager_forward_passes(arch):
+    """recalibrate_batchnorm runs a compiled model of the layers up to the last batch norm (core.train.
+    _batch_stats_model); it must set what the eager training-mode passes with the running-average momentum set."""
+    import keras
+
+    import core.train as train
+    from core.models import build_model
+
+    m = build_model("snippet", 3, 16, None, 0.3, arch)
+    train.compile_model(m, 1e-2)
+    rng = np.random.default_rng(1)
+    m.fit(rng.random((16, 40, 16, 1)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 16)],
+          epochs=2, verbose=0)  # trained weights: the later layers' statistics depend on the earlier ones
+    batches = [(rng.random((8, 40, 16, 1)) * 3 - 1).astype(np.float32) for _ in range(3)]
+    bns = [layer for layer in m.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    before = m.get_weights()
+    stats_before = np.concatenate(bns[0].get_weights()[2:])
+    train.recalibrate_batchnorm(m, batches)
+    assert train._STATS_MODELS[m] is not None  # the compiled path ran
+    compiled = [np.concatenate(b.get_weights()[2:]) for b in bns]
+    m.set_weights(before)
+    train._STATS_MODELS[m] = None  # force the eager path
+    train.recalibrate_batchnorm(m, batches)
+    eager = [np.concatenate(b.get_weights()[2:]) for b in bns]
+    for c, e in zip(compiled, eager):
+        np.testing.assert_allclose(c, e, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(compiled[0], stats_before)  # the statistics did change
+
+
 def test_random_full_crops_stay_inside_each_track_and_validation_uses_the_first(tmp_path):
     from core.dataset import SplitConfig, build_dataset, load_dataset
     from core.features import FeatureParams
