@@ -199,19 +199,20 @@ class _BatchStats(keras.layers.Layer):
     statistics repeated over the batch (a model's outputs keep the batch axis)."""
 
     def __init__(self, bn, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(dtype="float32", **kwargs)  # statistics in float32 under a mixed-precision policy too
         self.bn = bn
 
     def call(self, x):
         bn = self.bn
+        x = ops.cast(x, "float32")
         axes = tuple(range(len(x.shape) - 1))
         mean = ops.mean(x, axis=axes)
         var = ops.mean(ops.square(x - mean), axis=axes)
         y = (x - mean) * ops.rsqrt(var + bn.epsilon)
         if bn.scale:
-            y = y * bn.gamma
+            y = y * ops.cast(bn.gamma, "float32")
         if bn.center:
-            y = y + bn.beta
+            y = y + ops.cast(bn.beta, "float32")
         per_row = ops.zeros_like(ops.reshape(x, (ops.shape(x)[0], -1))[:, :1])  # (batch, 1)
         return y, per_row + mean, per_row + var
 
