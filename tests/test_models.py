@@ -86,6 +86,13 @@ def test_fast_batchnorm_is_keras_batchnorm_with_a_cheaper_gradient(tmp_path):
         ref, got = np.asarray(ref), np.asarray(got)
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max(), err_msg=name)
     assert np.abs(np.asarray(out[0][1])).max() > 0.1  # the gradient is not trivially zero
+    # a mean far above the spread: the variance must not cancel out (E[x^2] - mean^2 in float32 would)
+    far = tf.constant((rng.standard_normal((16, 40, 30, 3)) + 300).astype(np.float32))
+    fast = FastBatchNormalization(momentum=0.0)  # momentum 0: the moving statistics are this batch's
+    fast.build(far.shape)
+    fast(far, training=True)
+    np.testing.assert_allclose(np.asarray(fast.moving_variance), np.asarray(far, np.float64).var(axis=(0, 1, 2)),
+                               rtol=1e-3)
     # a training step inside model.fit (graph mode) and a save / load round trip
     from core.models import build_snippet_crnn
 
