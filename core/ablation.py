@@ -43,7 +43,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
                 "D + batch-norm statistics re-estimated each epoch"),
     "K_recal_lean": ("snippet", {**_REC, "bn_recalibrate": 1024, "arch": "lean"}, "J + lean CRNN"),
     "L_fast_bn": ("snippet", {**_REC, "bn_recalibrate": 1024},
-                  "J with the written-out batch norm (FastBatchNormalization; J and the rows above: Keras' layer)"),
+                  "J with the written-out batch norm (FastBatchNormalization; every other row: Keras' layer)"),
     "H_all": ("snippet", {**_REC, "snippets_per_track": 0}, "C + every snippet of each track every epoch"),
     "full_first": ("full", {"lr": 1e-3, "patience": 100, "lr_patience": 3, "batch_size": 16},
                    "30 s model: first 30 s, plateau, best epoch by val loss"),
