@@ -10,6 +10,7 @@ CLI: ``python -m core run-experiment DATASET --store DIR ...`` and ``python -m c
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -596,6 +597,16 @@ def _quiet_backend_logs() -> None:
 # ---------------------------------------------------------------------------------------------------------
 # an experiment job seen from outside: its plan (command line), its progress (events), the store's experiments
 # ---------------------------------------------------------------------------------------------------------
+@functools.cache
+def _job_parser():
+    """The CLI parser of this module's commands (built once: the experiment page reads job plans on every rerun)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    register_cli(parser.add_subparsers(dest="command"))
+    return parser
+
+
 def experiment_plan(command: list[str]) -> dict[str, Any]:
     """Dataset, seeds, models, preset and epochs of a ``run-experiment`` job from its command line
     (``job.json``), read with the command's own parser; empty lists when it is not one."""
@@ -603,8 +614,7 @@ def experiment_plan(command: list[str]) -> dict[str, Any]:
 
     from core.jobs import job_args
 
-    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    register_cli(parser.add_subparsers(dest="command"))
+    parser = _job_parser()
     plan: dict[str, Any] = {"seeds": [], "models": [], "n_runs": 0, "dataset": "", "preset": None, "epochs": None}
     try:
         a, _ = parser.parse_known_args(job_args(command))
