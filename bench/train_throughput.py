@@ -7,15 +7,15 @@ Both use the same snippet CRNN (16/32/64/128 filters, 130 x 100 inputs, batch 32
                dataset's ``.npy`` memmap, normalising each batch on the fly, shuffled per epoch, with the
                stop-request callback, using the default ``TrainConfig`` (float32, no XLA).
 
-After one warm-up epoch each (tracing), timed epochs alternate between the variants (plain, default, plain,
-...) so that load from other processes on a shared machine hits both alike; medians are reported, with the
-process CPU time per sample (robust to such load). Each epoch is timed from the end of its first batch to the end
-of its last (the steady training steps); what each fit() call spends outside them (start-up and the data
-iterator's tear-down, now and then ~0.4 s: what made short epochs look "bimodal" in earlier runs) is printed
-apart. A third line, always, is the plain fit of the same CRNN
-built with Keras' own ``BatchNormalization`` layers (``--arch keras_bn``) instead of ``core.models.FastBatchNormalization`` (the same
-function with a written-out training step): the ratio printed for it is what that layer saves. ``--extra`` adds bf16 mixed precision, XLA and 2 loader
-threads for the default path; ``--wide`` adds a plain fit of a wide-filter variant (64/128/128/128).
+After one warm-up epoch each (tracing), timed epochs alternate between the variants (plain, default, plain, ...) so
+that load from other processes on a shared machine hits both alike; medians are reported, with the process CPU time
+per sample (robust to such load). Each epoch is timed from the end of its first batch to the end of its last (the
+steady training steps); what each fit() call spends outside them (start-up and the data iterator's tear-down,
+0.15-0.35 s and now and then up to ~1 s: what made short epochs look "bimodal" in earlier runs) is printed apart. A
+third line, always, is the plain fit of the same CRNN built with Keras' own ``BatchNormalization`` layers
+(``--arch keras_bn``) instead of ``core.models.FastBatchNormalization`` (the same function with a written-out training step):
+the ratio printed for it is what that layer saves. ``--extra`` adds bf16 mixed precision, XLA and 2 loader threads
+for the default path; ``--wide`` adds a plain fit of a wide-filter variant (64/128/128/128).
 
 Every line also gives the achieved GFLOP/s (samples/s x 3 x the forward FLOPs of one snippet: forward + backward)
 and its fraction of the fp32 matmul peak measured at the start of the same run. ``--arch`` adds the architecture
@@ -140,7 +140,7 @@ def main() -> None:
         variants["plain model.fit, wide filters 64/128/128/128"] = plain(w)
 
     peak = matmul_peak_gflops()
-    np_peak = numpy_matmul_peak_gflops()
+    np_peak = matmul_peak_gflops(repeats=5, backend="numpy")
     flops = {name: 3 * count_flops(arch_models.get(name, m), (p.snippet_frames, p.n_mels))["flops"]
              for name in variants}  # one training sample: forward + backward ~ 3 x the forward FLOPs
     print(f"fp32 matmul peak measured now (2048 x 2048, {os.cpu_count()} threads): {peak:.0f} GFLOP/s; training "
@@ -254,32 +254,27 @@ def profile_variant(n_classes: int, n_mels: int, norm: bool = True, activation: 
     return keras.Model(inputs, layers.Dense(n_classes, activation="softmax")(x))
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 8) -> float:
-    """fp32 matmul throughput of the Keras backend on this machine now (best of ``repeats``), in GFLOP/s."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 8, backend: str = "keras") -> float:
+    """fp32 ``n x n`` matmul throughput on this machine now (best of ``repeats``, after a warm-up), in GFLOP/s:
+    of the Keras backend, or of NumPy's BLAS (``backend="numpy"``: OpenBLAS in the wheels, the figure a quick
+    ``a @ b`` check gives)."""
     import keras
 
     rng = np.random.default_rng(0)
-    x = keras.ops.convert_to_tensor(rng.standard_normal((n, n)).astype(np.float32))
-    y = keras.ops.convert_to_tensor(rng.standard_normal((n, n)).astype(np.float32))
-    keras.ops.convert_to_numpy(keras.ops.matmul(x, y))  # warm-up
+    x, y = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    if backend == "numpy":
+        def matmul():
+            return x @ y
+    else:
+        xt, yt = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+
+        def matmul():
+            return keras.ops.convert_to_numpy(keras.ops.matmul(xt, yt))
+    matmul()  # warm-up
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
-        keras.ops.convert_to_numpy(keras.ops.matmul(x, y))
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
-
-
-def numpy_matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """The same for NumPy's BLAS (OpenBLAS in the wheels): the figure a quick ``a @ b`` check gives."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, n)).astype(np.float32)
-    y = rng.standard_normal((n, n)).astype(np.float32)
-    x @ y
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x @ y
+        matmul()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 

@@ -39,7 +39,7 @@ ARCHS = {"standard": {}, "lean": {"pool_first": True, "bn_first": False}, "keras
 @keras.saving.register_keras_serializable(package="genrelab")
 class FastBatchNormalization(layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` (same weights, config and inference) whose training step is written
-    out: the batch mean and variance as two reductions, the output as one ``x * s + t``, and the closed-form gradient
+    out: the batch statistics from ``keras.ops.moments``, the output as one ``x * s + t``, and the closed-form gradient
 
     ``dx = s * dy + k1 * x + k0``,  ``dgamma = inv_std * (sum(dy * x) - mean * sum(dy))``,  ``dbeta = sum(dy)``
 
@@ -59,9 +59,8 @@ class FastBatchNormalization(layers.BatchNormalization):
         for d in ops.shape(x)[:-1]:
             count = count * d
         n = ops.cast(count, x.dtype)
-        mean = ops.sum(x, axis=axes) / n
-        # two passes (not E[x^2] - mean^2, which loses the variance when |mean| >> std in float32)
-        var = ops.sum(ops.square(x - mean), axis=axes) / n
+        # Keras' own two-pass statistics (E[x^2] - mean^2 would lose the variance when |mean| >> std in float32)
+        mean, var = ops.moments(x, axes)
         inv = ops.rsqrt(var + self.epsilon)
         # "* 1": tensors, not the variables themselves (TensorFlow's custom gradient refuses to read variables)
         gamma = ops.cast(self.gamma, x.dtype) * 1 if self.scale else ops.ones_like(mean)

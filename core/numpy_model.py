@@ -1,13 +1,13 @@
 """The NumPy forward pass: the CRNNs (and the linear baseline) of a ``.keras`` file without TensorFlow.
 
-Importing TensorFlow alone takes about 650 MB of resident memory, more than half of what Streamlit Community
-Cloud gives an app; the dashboard's demo and ``python -m core predict`` only need forward passes of small,
-known models. :func:`load_numpy_model` reads a ``.keras`` archive (``config.json`` + ``model.weights.h5``, read
-with h5py) and evaluates the layer chain with NumPy: Conv2D (each BatchNormalization after a linear Conv2D folded
-into it), BatchNormalization (and core.models' FastBatchNormalization), ELU / activations, MaxPooling2D, Dropout (identity), Reshape, GRU (Keras'
-``reset_after`` formulation), Dense, Normalization and the baseline's ``MelStats``. Anything else raises
-:class:`UnsupportedModel`; :class:`core.predictor.Predictor` (``backend="auto"``) then runs the model with Keras.
-The tests check both give the same scores (to ~1e-5).
+Importing TensorFlow alone takes about 650 MB of resident memory, more than half of what Streamlit Community Cloud
+gives an app; the dashboard's demo and ``python -m core predict`` only need forward passes of small, known models.
+:func:`load_numpy_model` reads a ``.keras`` archive (``config.json`` + ``model.weights.h5``, read with h5py) and
+evaluates the layer chain with NumPy: Conv2D (each BatchNormalization after a linear Conv2D folded into it),
+BatchNormalization (and core.models' FastBatchNormalization), ELU / activations, MaxPooling2D, Dropout (identity),
+Reshape, GRU (Keras' ``reset_after`` formulation), Dense, Normalization and the baseline's ``MelStats``. Anything
+else raises :class:`UnsupportedModel`; :class:`core.predictor.Predictor` (``backend="auto"``) then runs the model
+with Keras. The tests check both give the same scores (to ~1e-5).
 
 This module imports neither Keras nor TensorFlow (nor anything of the engine but :mod:`core.errors`).
 """
