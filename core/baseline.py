@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.models import MelStats, build_linear  # noqa: F401 (the baseline's layer and model: the registry's)
+from core.models import build_linear  # the baseline's model (and its MelStats layer): the registry's
 from core.train import TrainResult
 from core.utils import atomic_write_json
 

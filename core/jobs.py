@@ -508,19 +508,18 @@ class JobReport:
         self.emit(done=done, total=total, message=message,
                   fraction=None if frac is None else round(min(max(frac, 0.0), 1.0), 4))
 
-    def run(self, work: Callable[[], tuple[str, Any]], *, stopped: tuple[type[BaseException], ...] = (Stopped,),
-            failed: tuple[type[BaseException], ...] = (GenreLabError,), failed_code: int = 1) -> int:
+    def run(self, work: Callable[[], tuple[str, Any]], *, failed_code: int = 1) -> int:
         """Run ``work()`` (returning ``(message, result)``) and end with one final event; returns the exit code:
         0 done, 130 stopped (on request: run again to resume), ``failed_code`` for an error with a message for
         the user (printed as ``error: ...``), 1 for anything unexpected (traceback to the log when run as a job,
         raised otherwise)."""
         try:
             message, result = work()
-        except stopped as exc:
+        except Stopped as exc:
             self.emit("stopped", message=str(exc))
             print(f"stopped: {exc}; run the same command again to resume", file=sys.stderr)
             return 130
-        except failed as exc:
+        except GenreLabError as exc:
             self.emit("failed", message=str(exc))
             print(f"error: {exc}", file=sys.stderr)
             return failed_code

@@ -102,18 +102,13 @@ INPUT_PARAMS = {
 # =========================================================================================================
 # front end (NumPy)
 # =========================================================================================================
+@functools.cache
 def mel_filterbank(sr: int = SR, n_fft: int = N_FFT, n_mels: int = N_MELS) -> np.ndarray:
     """musicnn's mel filter bank, ``librosa.filters.mel(sr=16000, n_fft=512, n_mels=96)`` (Slaney scale and
     area normalisation), float32 ``(96, 257)``: :func:`core.features.mel_filterbank`, cached."""
     from core.features import mel_filterbank as fb
 
-    key = (sr, n_fft, n_mels)
-    if key not in _FB:
-        _FB[key] = fb(sr, n_fft, n_mels)
-    return _FB[key]
-
-
-_FB: dict[tuple, np.ndarray] = {}
+    return fb(sr, n_fft, n_mels)
 
 
 def log_mel(y: np.ndarray, sr: int = SR) -> np.ndarray:
@@ -489,11 +484,16 @@ def mel_pooled_conv(conv, bn, name: str | None = None):
     once); backend-neutral (``keras.ops``); inference only, not a training layer.
     """
     kernel, bias = (np.asarray(w, np.float32) for w in conv.get_weights())
-    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
-    scale = gamma / np.sqrt(var + bn.epsilon)
-    shift = beta - mean * scale
+    scale, shift = _bn_scale_shift(bn)
     return _mel_pooled_conv_class()(kernel, bias, scale.astype(np.float32), shift.astype(np.float32),
                                     name=name or f"{conv.name}_fused")
+
+
+def _bn_scale_shift(bn) -> tuple[np.ndarray, np.ndarray]:
+    """An inference-mode BatchNormalization layer as ``x * scale + shift`` (per channel, computed in float64)."""
+    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    return scale, beta - mean * scale
 
 
 @functools.cache
@@ -521,14 +521,12 @@ def _mel_pooled_conv_class():
     return MelPooledConv
 
 
-def front_branch(model, name: str, x, fused: bool = True):
+def front_branch(model, name: str, x):
     """The output ``(T, filters)`` of one front-end branch of ``model`` (``"timbral74"``, ``"timbral77"``,
-    ``"temporal128"``, ...) applied to ``x`` = the padded, input-normalised ``(T, mels, 1)`` tensor: fused
-    (:func:`mel_pooled_conv`, inference) or through the model's own layers."""
+    ``"temporal128"``, ...) applied to ``x`` = the padded, input-normalised ``(T, mels, 1)`` tensor, fused
+    (:func:`mel_pooled_conv`, inference)."""
     g = model.get_layer
-    if fused:
-        return mel_pooled_conv(g(f"{name}_conv"), g(f"{name}_bn"))(x)
-    return g(f"{name}_squeeze")(g(f"{name}_pool")(g(f"{name}_bn")(g(f"{name}_conv")(x))))
+    return mel_pooled_conv(g(f"{name}_conv"), g(f"{name}_bn"))(x)
 
 
 def inference_model(model):
@@ -584,16 +582,14 @@ class OverlappingWindows:
       mid end and the back end run per patch, fed batch by batch (no full copy of the per-patch maps).
     """
 
-    def __init__(self, model, chunk_frames: int = 1024, chunk_batch: int = 1):
+    def __init__(self, model, chunk_frames: int = 1024):
         import keras
 
         g = model.get_layer
-        self.chunk, self.chunk_batch = chunk_frames, chunk_batch
+        self.chunk = chunk_frames
         n_mels = int(model.input_shape[-1])
-        gamma, beta, mean, var = (np.asarray(w, np.float64) for w in g("input_bn").get_weights())
-        scale = gamma / np.sqrt(var + g("input_bn").epsilon)
-        self.in_scale = np.float32(scale[0])
-        self.in_shift = np.float32((beta - mean * scale)[0])
+        scale, shift = _bn_scale_shift(g("input_bn"))
+        self.in_scale, self.in_shift = np.float32(scale[0]), np.float32(shift[0])
 
         # timbral: normalised, zero-padded input (any length) -> (length - 6, 408)
         xin = keras.Input(shape=(None, n_mels), name="mel_normalised_padded")
@@ -631,7 +627,7 @@ class OverlappingWindows:
         padded = np.zeros((n_chunks * L + 2 * c, mel.shape[1]), np.float32)
         padded[c:c + T] = self._normalise(mel)  # the frames beyond the track only reach patch edges (recomputed)
         chunks = np.stack([padded[i * L:i * L + L + 2 * c] for i in range(n_chunks)])
-        out = self._fixed_batches(self.timbral.predict_on_batch, chunks, self.chunk_batch)
+        out = self._fixed_batches(self.timbral.predict_on_batch, chunks, 1)
         return np.concatenate(out).reshape(-1, self.timbral_width)[:T]
 
     def _edges(self, mel: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
