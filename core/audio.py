@@ -34,6 +34,27 @@ class AudioError(GenreLabError):
     """A file that cannot be used as audio; ``str(err)`` is a short reason for the user."""
 
 
+#: The reason every decoder gives for NaN or infinite samples (a damaged float file, or one written by a faulty
+#: program): such a file is refused, never "repaired" (NaN -> 0 hid it, and +-Inf poisoned a dataset's
+#: normalisation and every score).
+NON_FINITE = "non-finite samples (NaN or infinity)"
+
+
+def check_finite(y: np.ndarray, sr: int, offset: int = 0) -> np.ndarray:
+    """``y`` unchanged when every sample is finite, else :class:`AudioError` ("non-finite samples ... at T s").
+
+    The one check of every decoder's output (:func:`load_audio`, :func:`load_audio_prefix`, :func:`stream_audio`
+    and the uploads' :func:`decode_clip`), applied to the samples as decoded, before mixing to mono or
+    resampling smear them; ``offset`` is the first sample's index in the file (blocks), ``sr`` its rate."""
+    ok = np.isfinite(y)
+    if not ok.all():
+        first = int(np.flatnonzero(~ok.reshape(ok.shape[0], -1).all(axis=1))[0]) if ok.ndim > 1 else \
+            int(np.flatnonzero(~ok)[0])
+        raise AudioError(f"{NON_FINITE} from {(offset + first) / sr:.2f} s: the file is damaged or was written "
+                         "by a faulty program; export it again")
+    return y
+
+
 def ffmpeg_exe() -> str | None:
     """Path of an ffmpeg binary: the one imageio-ffmpeg ships, else one on PATH, else None."""
     try:
@@ -51,7 +72,7 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     data, sr = sf.read(path, dtype="float32", always_2d=True)
-    return data.mean(axis=1), int(sr)
+    return data.mean(axis=1), int(sr)  # checked by the caller (outside its fallback to ffmpeg)
 
 
 def _read_ffmpeg(path: str, sr: int) -> tuple[np.ndarray, int]:
@@ -64,7 +85,7 @@ def _read_ffmpeg(path: str, sr: int) -> tuple[np.ndarray, int]:
         msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = msg[-1] if msg else f"ffmpeg exit code {proc.returncode}"
         raise AudioError(f"not a readable audio file ({detail[:160]})")
-    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32), sr
+    return check_finite(np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32), sr), sr
 
 
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -104,6 +125,8 @@ def load_audio(path: str | os.PathLike, sr: int = 22050, *, max_seconds: float |
         except Exception as exc:  # libsndfile's own errors are terse; keep one for the message
             first_error = type(exc).__name__
             y = None
+        if y is not None:
+            check_finite(y, orig_sr)
     if y is None:
         try:
             y, orig_sr = _read_ffmpeg(str(p), sr)
@@ -115,8 +138,6 @@ def load_audio(path: str | os.PathLike, sr: int = 22050, *, max_seconds: float |
             raise AudioError(f"could not run the decoder: {exc}") from exc
     if y.size == 0:
         raise AudioError("contains no audio samples (zero length)")
-    if not np.all(np.isfinite(y)):
-        y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
     if max_seconds is not None:
         y = y[: int(round(max_seconds * orig_sr))]
     y = resample(np.ascontiguousarray(y, dtype=np.float32), orig_sr, sr)
@@ -236,13 +257,14 @@ def load_audio_prefix(path: str | os.PathLike, sr: int, n_samples: int) -> tuple
                 margin = 0 if orig == sr else orig  # the resampler's look-ahead at the cut
                 want = min(frames, int(np.ceil(n_samples * orig / sr)) + margin)
                 data = f.read(want, dtype="float32", always_2d=True)
-            y = data.mean(axis=1)
             duration = _samples_at(frames, orig, sr) / sr
-            if y.size == 0 and frames:
+            if data.size == 0 and frames:
                 raise RuntimeError("no frames decoded")
-            y = resample(np.ascontiguousarray(np.nan_to_num(y), dtype=np.float32), orig, sr)[:n_samples]
         except Exception as exc:  # noqa: BLE001 - libsndfile's errors are terse
-            first_error, y = type(exc).__name__, None
+            first_error, data = type(exc).__name__, None
+        if data is not None:
+            y = check_finite(data, orig).mean(axis=1)
+            y = resample(np.ascontiguousarray(y, dtype=np.float32), orig, sr)[:n_samples]
     if y is None:
         proc, read = _ffmpeg_stream(str(p), sr)
         y = read(n_samples)
@@ -253,7 +275,7 @@ def load_audio_prefix(path: str | os.PathLike, sr: int, n_samples: int) -> tuple
                 raise AudioError("not a readable audio file (corrupt, truncated or not audio)")
             raise _ffmpeg_error(text, rc)
         duration = y.size / sr if complete else _ffmpeg_duration(text)
-        y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        check_finite(y, sr)
     if y.size == 0:
         raise AudioError("contains no audio samples (zero length)")
     return np.ascontiguousarray(y, dtype=np.float32), duration
@@ -289,7 +311,7 @@ def stream_audio(path: str | os.PathLike, sr: int, block_s: float = 60.0):
                     except Exception as exc:  # noqa: BLE001
                         raise AudioError("not a readable audio file (corrupt or truncated)") from exc
                     last = data.shape[0] < block or f.tell() >= frames
-                    x = np.nan_to_num(data.mean(axis=1)).astype(np.float32)
+                    x = check_finite(data, orig, n_in).mean(axis=1).astype(np.float32)
                     n_in += x.size
                     if rs is not None:
                         x = np.asarray(rs.resample_chunk(x, last=last), dtype=np.float32)
@@ -307,13 +329,16 @@ def stream_audio(path: str | os.PathLike, sr: int, block_s: float = 60.0):
             return
     proc, read = _ffmpeg_stream(str(p), sr)
     finished = False
+    n_in = 0
     try:
         block = max(1, int(block_s * sr))
         while True:
             x = read(block)
+            check_finite(x, sr, n_in)
+            n_in += x.size
             if x.size:
                 any_out = True
-                yield np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+                yield x
             if x.size < block:
                 break
         finished = True
@@ -409,12 +434,18 @@ def decode_clip(data: bytes, name: str, sr: int, *, max_seconds: float = MAX_CLI
 
             info = sf.info(str(path))
             total_s = info.frames / info.samplerate if info.samplerate and info.frames > 0 else None
+            raw = None
             if total_s and total_s > max_seconds:
                 raw, orig_sr = sf.read(str(path), frames=int(max_seconds * info.samplerate), dtype="float32",
                                        always_2d=True)
-                y = resample(np.ascontiguousarray(raw.mean(axis=1)), int(orig_sr), sr)
         except Exception:  # soundfile cannot tell: the normal decoder below decides
-            y = None
+            raw = None
+        if raw is not None:
+            try:
+                check_finite(raw, int(orig_sr))
+            except AudioError as exc:
+                raise UploadError(f"“{name}” could not be read: {exc}") from None
+            y = resample(np.ascontiguousarray(raw.mean(axis=1)), int(orig_sr), sr)
         if y is None:
             if total_s is None and len(data) > MAX_FFMPEG_BYTES:
                 raise UploadError(f"“{name}” is {len(data) / 1e6:.0f} MB; files in this format are limited to "

@@ -286,6 +286,8 @@ def process_track(abs_path: str, relpath: str, label: str, params_dict: dict[str
             starts = np.zeros(1)
         else:
             X, starts = track_snippets(y, params, key=relpath)
+        if not np.isfinite(X).all():  # finite samples far outside [-1, 1] can still overflow the power spectrum
+            raise AudioError("non-finite features: sample values far outside [-1, 1] overflow the spectrogram")
         rec["n_snippets"] = int(X.shape[0])
         npz_tmp = Path(work_dir) / f".{name}.npz.tmp"
         with open(npz_tmp, "wb") as fh:
@@ -785,6 +787,9 @@ def _norm_stats(out: Path, params: FeatureParams, chunk: int = 512) -> dict[str,
     mean = s1 / max(count, 1)
     std = np.sqrt(np.maximum(s2 / max(count, 1) - mean**2, 0.0))
     std = np.where(std < 1e-6, 1.0, std)
+    if not (math.isfinite(lo) and math.isfinite(hi) and np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise DatasetError("the training features hold non-finite values (NaN or infinity), so no normalisation "
+                           "can be computed; this should not happen (bad tracks are skipped): please report it")
     return {"min": lo, "max": hi, "mean": mean.tolist(), "std": std.tolist(), "source_split": "train",
             "n_frames": count}
 

@@ -195,8 +195,9 @@ def stft_power(y: np.ndarray, n_fft: int, hop_length: int, *, workers: int = 1,
     out = []
     for a in range(0, frames.shape[0], _STFT_BLOCK):
         spec = scipy.fft.rfft(window * frames[a:a + _STFT_BLOCK], axis=-1, workers=workers)
-        spec = spec.astype(np.complex64)
-        power = spec.real ** 2 + spec.imag ** 2
+        with np.errstate(over="ignore", invalid="ignore"):  # samples far outside [-1, 1]: inf, which the
+            spec = spec.astype(np.complex64)                 # callers refuse (dataset builds, Predictor)
+            power = spec.real ** 2 + spec.imag ** 2
         if consume is None:
             out.append(power)
         else:

@@ -472,7 +472,11 @@ class Predictor:
 
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         """Softmax scores of raw windows ``(k, frames, n_mels)``: normalised, then predicted in batches of up to
-        ``batch_size``."""
+        ``batch_size``. Non-finite features (samples far outside [-1, 1]) raise :class:`core.audio.AudioError`."""
+        if not np.isfinite(X).all():
+            from core.audio import AudioError
+
+            raise AudioError("non-finite features: sample values far outside [-1, 1] overflow the spectrogram")
         X = apply_norm(X, self.norm, self.norm_method)
         if len(self.model.input_shape) == 4:  # the CRNNs and the baseline take one channel
             X = X[..., None]
