@@ -153,34 +153,95 @@ def _check_tar_member(member: tarfile.TarInfo, root: Path) -> tuple[str, ...]:
     return parts
 
 
-def extract_tar_safely(archive: str | os.PathLike, into: str | os.PathLike) -> int:
+#: A zip member may expand to at most this many times its compressed size (audio compresses 1-3x; a zero-filled
+#: file 1000x): checked on the declared sizes before anything is written. Members under 1 MB are exempt, but the
+#: whole zip (and a tar, as a whole) is held to the same ratio once it unpacks to more than 1 MB (many small
+#: members of silence).
+MAX_COMPRESSION_RATIO = 100
+_RATIO_EXEMPT_BYTES = 1 << 20
+#: Limits of a tar (GTZAN's ``genres.tar.gz``: 1000 clips of 1.3 MB, 1.2 GB compressed, 1.3 GB unpacked), checked
+#: on each member's declared size before it is written (a tar member writes exactly its declared size).
+MAX_TAR_MEMBER_BYTES = 10**9
+MAX_TAR_TOTAL_BYTES = 4 * 10**9
+MAX_TAR_FILES = 20000
+
+
+def _ratio_cap(compressed: int, max_ratio: float) -> int:
+    """Bytes an archive of ``compressed`` bytes may unpack to: ``max_ratio`` times that, at least 1 MB (a tiny
+    archive may hold a little silence)."""
+    return int(max(max_ratio * max(compressed, 1), _RATIO_EXEMPT_BYTES))
+
+
+def _check_free_space(folder: Path, need: int, what: str) -> None:
+    """:class:`core.errors.DiskFullError` (an ``OSError``) when ``folder``'s disk has less than ``need`` bytes free."""
+    from core.errors import DiskFullError
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if need > free:
+        raise DiskFullError(f"not enough disk space in {folder} for {what}: {_fmt_bytes(need)} needed, "
+                            f"{_fmt_bytes(free)} free")
+
+
+def extract_tar_safely(archive: str | os.PathLike, into: str | os.PathLike, *,
+                       max_total_bytes: int = MAX_TAR_TOTAL_BYTES, max_member_bytes: int = MAX_TAR_MEMBER_BYTES,
+                       max_files: int = MAX_TAR_FILES, max_ratio: float = MAX_COMPRESSION_RATIO) -> int:
     """Extract a (gzip) tar into the existing folder ``into``, member by member after safety checks
     (plus tarfile's ``filter='data'`` when available). Returns the number of files extracted.
 
-    :class:`ArchiveError` for an unreadable/damaged archive or an unsafe member; ``OSError`` (disk full ...)
-    passes through. The caller extracts into a temporary folder and removes it on error.
+    Bombs are refused before the member that crosses a limit is written, from the sizes the tar declares: a
+    member over ``max_member_bytes``, more than ``max_files`` files or ``max_total_bytes`` in all, or more than
+    ``max_ratio`` times the archive's own size in all (at least 1 MB
+    is always allowed). What this call extracted is removed again on any error, so nothing is left behind.
+
+    :class:`ArchiveError` for an unreadable/damaged archive, an unsafe member or a bomb; ``OSError`` (disk
+    full: :class:`core.errors.DiskFullError` when a member would not fit) passes through.
     """
     into = Path(into)
     use_filter = hasattr(tarfile, "data_filter")
-    n_files = 0
+    archive_bytes = os.path.getsize(archive)
+    ratio_cap = _ratio_cap(archive_bytes, max_ratio)
+    before = set(os.listdir(into))
+    n_files = total = 0
     try:
         with tarfile.open(archive, mode="r|*") as tf:  # streamed: one pass over the compressed data
             for member in tf:
                 parts = _check_tar_member(member, into)
                 if not parts:
                     continue
+                if member.isfile():
+                    n_files += 1
+                    total += member.size
+                    if member.size > max_member_bytes:
+                        raise ArchiveError(f"the archive member {member.name!r} is {_fmt_bytes(member.size)}, more than "
+                                           f"the limit of {_fmt_bytes(max_member_bytes)} per file (tar bomb?)")
+                    if n_files > max_files:
+                        raise ArchiveError(f"the archive holds more than {max_files} files, the limit")
+                    if total > max_total_bytes:
+                        raise ArchiveError(f"the archive would unpack to more than {_fmt_bytes(max_total_bytes)}, "
+                                           "the limit (tar bomb, or not the data set expected)")
+                    if total > ratio_cap:
+                        raise ArchiveError(
+                            f"the archive would expand more than {max_ratio:g} times ({_fmt_bytes(archive_bytes)} -> "
+                            f"{_fmt_bytes(total)} by {member.name!r}), the limit (tar bomb, or files of silence)")
+                    _check_free_space(into, member.size, f"{member.name!r}")
                 if use_filter:
                     tf.extract(member, into, set_attrs=False, filter="data")
                 else:  # pragma: no cover - Python < 3.11.4
                     tf.extract(member, into, set_attrs=False)
-                n_files += member.isfile()
-    except tarfile.FilterError as e:  # pragma: no cover - our own checks come first
-        raise ArchiveError(f"unsafe archive: {e}") from None
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise ArchiveError(f"not a readable .tar.gz archive (damaged or incomplete download?): "
-                           f"{e or type(e).__name__}") from None
+    except BaseException as exc:
+        for name in set(os.listdir(into)) - before:  # nothing of this extraction stays behind
+            p = into / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        if isinstance(exc, tarfile.FilterError):  # pragma: no cover - our own checks come first
+            raise ArchiveError(f"unsafe archive: {exc}") from None
+        if isinstance(exc, (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)):
+            raise ArchiveError(f"not a readable .tar.gz archive (damaged or incomplete download?): "
+                               f"{exc or type(exc).__name__}") from None
+        raise
     return n_files
-
 
 
 # ----------------------------------------------------------------------------------------------- zip
@@ -211,10 +272,6 @@ def _open_zip(src) -> zipfile.ZipFile:
         raise DatasetArchiveError(f"cannot read the zip archive: {e.strerror or e}") from None
 
 
-#: A member may expand to at most this many times its compressed size (audio compresses 1-3x; a zero-filled
-#: file 1000x): checked on the declared sizes before anything is written. Members under 1 MB are exempt.
-MAX_COMPRESSION_RATIO = 100
-_RATIO_EXEMPT_BYTES = 1 << 20
 #: Default quota of the data home for unpacked uploads (``$GENRELAB_HOME_QUOTA_GB`` overrides it).
 DATA_HOME_QUOTA_BYTES = 10 * 10**9
 QUOTA_ENV = "GENRELAB_HOME_QUOTA_GB"
@@ -245,9 +302,11 @@ def folder_bytes(root: str | os.PathLike) -> int:
 def _plan_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int,
               max_ratio: float = MAX_COMPRESSION_RATIO) -> list[tuple[zipfile.ZipInfo, tuple]]:
     """Members to extract with their safe path parts; rejects escapes, links, encryption and bombs (more than
-    ``max_total_bytes`` in all, or a member over 1 MB expanding more than ``max_ratio`` times)."""
+    ``max_total_bytes`` in all, a member over 1 MB expanding more than ``max_ratio`` times, or the members
+    together expanding more than ``max_ratio`` times their compressed bytes once over 1 MB: many small
+    members of silence)."""
     plan = []
-    n_files = declared = 0
+    n_files = declared = compressed = 0
     for info in zf.infolist():
         try:
             parts = _safe_parts(_zip_name(info))
@@ -262,6 +321,7 @@ def _plan_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int,
                 raise DatasetArchiveError("password-protected zip files are not supported")
             n_files += 1
             declared += info.file_size
+            compressed += info.compress_size
             if info.file_size > _RATIO_EXEMPT_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
                 raise DatasetArchiveError(
                     f"the zip member {_zip_name(info)!r} would expand {info.file_size / max(info.compress_size, 1):.0f} "
@@ -273,6 +333,11 @@ def _plan_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int,
                 raise DatasetArchiveError(f"the zip would unpack to more than {_fmt_bytes(max_total_bytes)}, "
                                           "the limit (zip bomb, or dataset too large)")
         plan.append((info, parts))
+    if declared > _ratio_cap(compressed, max_ratio):
+        raise DatasetArchiveError(
+            f"the zip's {n_files} files would expand {declared / max(compressed, 1):.0f} times together "
+            f"({_fmt_bytes(compressed)} -> {_fmt_bytes(declared)}), more than the limit of {max_ratio:g} (zip bomb, "
+            "or files of silence): nothing was unpacked")
     return plan
 
 

@@ -10,7 +10,7 @@ This module imports nothing, so any module (and the dashboard, which must not lo
 
 from __future__ import annotations
 
-__all__ = ["GenreLabError", "Stopped"]
+__all__ = ["DiskFullError", "GenreLabError", "Stopped", "is_disk_full"]
 
 
 class GenreLabError(Exception):
@@ -19,3 +19,16 @@ class GenreLabError(Exception):
 
 class Stopped(GenreLabError):
     """A long job (build, download, embedding, training) stopped because the user asked it to."""
+
+
+class DiskFullError(GenreLabError, OSError):
+    """The disk is full (or would be): what was being written is removed again, and the message says how much
+    space is needed where. Also an ``OSError``, so code that handles a failed write keeps handling it."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a :class:`DiskFullError` and for an ``OSError`` with ``errno`` ENOSPC or EDQUOT (a full disk or a
+    quota), wherever it was raised."""
+    import errno
+
+    return isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))

@@ -102,3 +102,115 @@ def test_predict_refuses_non_finite_audio_clearly(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stdout.strip() == f"{p}\terror: " + r.stdout.strip().split("error: ", 1)[1]
     assert "non-finite samples" in r.stdout and "0.250" not in r.stdout
+
+
+# --- 2. archive bombs -------------------------------------------------------------------------------------------
+class _Zeros(io.RawIOBase):
+    def __init__(self, n: int):
+        self.n = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.n)
+        b[:k] = bytes(k)
+        self.n -= k
+        return k
+
+
+def _tar_gz(path: Path, members: dict[str, int | bytes]) -> Path:
+    """A tar.gz of members given as bytes or as a number of zero bytes (streamed: nothing big in memory)."""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = data if isinstance(data, int) else len(data)
+            tf.addfile(info, io.BufferedReader(_Zeros(data)) if isinstance(data, int) else io.BytesIO(data))
+    return path
+
+
+def _noise_au(seed: int, seconds: float = 0.5) -> bytes:
+    buf = io.BytesIO()
+    y = np.random.default_rng(seed).uniform(-0.5, 0.5, int(22050 * seconds)).astype(np.float32)
+    sf.write(buf, y, 22050, format="AU", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_tar_bomb_is_refused_before_it_is_written_and_nothing_is_left(tmp_path):
+    from core.archives import ArchiveError, extract_tar_safely
+
+    bomb = _tar_gz(tmp_path / "bomb.tar.gz", {"genres/blues/blues.00000.wav": 30_000_000,
+                                               "genres/rock/rock.00000.wav": 30_000_000})
+    assert bomb.stat().st_size < 200_000
+    into = tmp_path / "into"
+    into.mkdir()
+    with pytest.raises(ArchiveError, match=r"would expand more than 100 times .*blues\.00000\.wav"):
+        extract_tar_safely(bomb, into)
+    assert list(into.iterdir()) == []
+    # a real (incompressible) archive passes; the limits are parameters
+    ok = _tar_gz(tmp_path / "ok.tar.gz", {f"genres/{g}/{g}.{i:05d}.au": _noise_au(10 * k + i)
+                                          for k, g in enumerate(("blues", "rock")) for i in range(2)})
+    assert extract_tar_safely(ok, into) == 4
+    for kwargs, message in (({"max_member_bytes": 10_000}, r"more than the limit of 10.00 KB per file"),
+                            ({"max_total_bytes": 50_000}, r"unpack to more than 50.00 KB"),
+                            ({"max_files": 3}, r"more than 3 files")):
+        again = tmp_path / f"again-{len(message)}"
+        again.mkdir()
+        with pytest.raises(ArchiveError, match=message):
+            extract_tar_safely(ok, again, **kwargs)
+        assert list(again.iterdir()) == []  # what was extracted before the refusal is removed
+
+
+def test_download_gtzan_refuses_a_tar_bomb_served_over_http(tmp_path):
+    """The issue's repro, scaled down: a tar.gz of zero-filled WAVs served by ``python3 -m http.server``."""
+    serve = tmp_path / "www"
+    serve.mkdir()
+    _tar_gz(serve / "bomb.tar.gz", {"genres/blues/blues.00000.wav": 20_000_000,
+                                    "genres/rock/rock.00000.wav": 20_000_000})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=serve,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        dest = tmp_path / "D"
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        r = subprocess.run([sys.executable, "-m", "core", "download-gtzan", str(dest), "--url",
+                            f"http://127.0.0.1:{port}/bomb.tar.gz", "--quiet"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, env=env)
+    finally:
+        server.kill()
+        server.wait()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "GTZAN is ready" not in r.stdout
+    assert "would expand more than 100 times" in r.stderr, r.stderr
+    assert sorted(p.name for p in dest.iterdir()) == []  # no genres/, no temporary folder, no archive
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_zip_of_many_small_zero_members_is_refused_as_a_whole(tmp_path):
+    from core.archives import DatasetArchiveError, extract_zip_dataset
+
+    # each member under the 1 MB per-member exemption; together 12 MB from ~30 KB
+    data = _zip({f"d/{'ab'[i % 2]}/{i}.wav": bytes(200_000) for i in range(60)})
+    assert len(data) < 60_000
+    (tmp_path / "sources").mkdir()
+    with pytest.raises(DatasetArchiveError, match=r"60 files would expand \d+ times together .*limit of 100"):
+        extract_zip_dataset(io.BytesIO(data), tmp_path / "sources" / "up")
+    assert list((tmp_path / "sources").iterdir()) == []
+    # a little silence in a small zip stays allowed (1 MB floor), and so does real audio
+    ok = _zip({"d/a/1.au": _noise_au(1), "d/b/1.au": _noise_au(2), "d/b/quiet.wav": bytes(500_000)})
+    assert extract_zip_dataset(io.BytesIO(ok), tmp_path / "sources" / "ok").is_dir()
