@@ -32,11 +32,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from core import __version__
-from core.errors import GenreLabError, Stopped
+from core.errors import DiskFullError, GenreLabError, Stopped, is_disk_full
 from core.audio import AUDIO_EXTENSIONS, AudioError, is_silent, load_audio, load_audio_prefix
 from core.features import FeatureParams, apply_norm, full_clip, track_snippets  # apply_norm: Dataset.normalize
 from core.jobs import OSLock, add_job_args
-from core.utils import atomic_save_npy, atomic_write_json, read_json, sha256_file, stable_hash
+from core.utils import (NpyWriter, atomic_save_npy, atomic_write_json, fmt_bytes, read_json, sha256_file,
+                        stable_hash)
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
@@ -290,14 +291,20 @@ def process_track(abs_path: str, relpath: str, label: str, params_dict: dict[str
             raise AudioError("non-finite features: sample values far outside [-1, 1] overflow the spectrogram")
         rec["n_snippets"] = int(X.shape[0])
         npz_tmp = Path(work_dir) / f".{name}.npz.tmp"
-        with open(npz_tmp, "wb") as fh:
-            np.savez(fh, X=X.astype(np.float32), start=starts.astype(np.float64))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(npz_tmp, Path(work_dir) / f"{name}.npz")
+        try:
+            with open(npz_tmp, "wb") as fh:
+                np.savez(fh, X=X.astype(np.float32), start=starts.astype(np.float64))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(npz_tmp, Path(work_dir) / f"{name}.npz")
+        except BaseException:
+            npz_tmp.unlink(missing_ok=True)
+            raise
     except AudioError as exc:
         rec.update(skipped=True, reason=str(exc), n_snippets=0)
-    except Exception as exc:  # never abort a build for one file
+    except Exception as exc:  # never abort a build for one file (a full disk is not the file's fault: it stops it)
+        if is_disk_full(exc):
+            raise
         rec.update(skipped=True, reason=f"could not process: {type(exc).__name__}: {exc}"[:300], n_snippets=0)
     if rec["skipped"]:
         stem = track_key(relpath).rsplit("/", 1)[-1]
@@ -435,8 +442,39 @@ def build_dataset(
     try:
         return _build_locked(src, out, params, split, custom, tracks, skipped, classes, left_out, need, fhash,
                              build_key, limit_per_class, workers, progress, should_stop)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise _disk_full_error(out, exc) from None
     finally:
         lock.release()
+
+
+def _remove_partial_files(out: Path) -> None:
+    """Half-written files of a failed build: array temps in ``out``, temps in its work folders. The finished
+    per-track results stay (the next run resumes from them)."""
+    for p in out.glob(".*.npy.tmp"):
+        p.unlink(missing_ok=True)
+    for w in out.glob(".work-*"):
+        for p in w.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+    from core.utils import clean_stale_temps
+
+    clean_stale_temps(out, force=True)
+
+
+def _disk_full_error(out: Path, exc: BaseException) -> DiskFullError:
+    """One clear error for a full disk anywhere in a build (per-track results, arrays, JSON files): the
+    partial files are removed, the finished tracks kept."""
+    _remove_partial_files(out)
+    if isinstance(exc, DiskFullError) and str(exc).startswith("not enough disk space"):
+        return exc  # the check before the arrays: already says how much is needed
+    work = sum(p.stat().st_size for w in out.glob(".work-*") for p in w.iterdir() if p.is_file())
+    free = shutil.disk_usage(out).free
+    return DiskFullError(f"the disk holding {out} is full ({fmt_bytes(free)} free): the build stopped and removed "
+                         f"its half-written files; the tracks finished so far ({fmt_bytes(work)}) are kept. Free "
+                         "some space (a build needs about twice its arrays' size while it runs) and run the same "
+                         "command again: it resumes")
 
 
 def _read_card(card_path: Path) -> dict | None:
@@ -739,31 +777,43 @@ def _check_after_processing(manifest: list[dict], classes: list[str], custom: bo
     return counts
 
 
+#: room kept free beside the arrays for the JSON files (manifest, split, norm, card) and the file system
+_JSON_MARGIN_BYTES = 4 << 20
+
+
 def _assemble(out: Path, work: Path, manifest: list[dict], classes: list[str], params: FeatureParams) -> None:
-    """Write the per-split arrays (memory-bounded: one track at a time into memmaps), atomically per file."""
+    """Write the per-split arrays (memory-bounded: one track at a time, ordinary file writes), atomically per
+    file. Their size is known, so the free space is checked first: :class:`DiskFullError` before anything is
+    written when they would not fit (a memory map on a full tmpfs would die of SIGBUS instead)."""
     cidx = {c: i for i, c in enumerate(classes)}
     T, M = params.stored_frames, params.n_mels
+    plan = {}
     for s in SPLITS:
         rows = [(i, r) for i, r in enumerate(manifest) if r["split"] == s and not r["skipped"]]
-        n = int(sum(r["n_snippets"] for _, r in rows))
-        tmp = out / f".{s}_X.npy.tmp"
-        X = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, T, M))
+        plan[s] = (rows, int(sum(r["n_snippets"] for _, r in rows)))
+    n_all = sum(n for _, n in plan.values())
+    need = n_all * (T * M * 4 + 3 * 8) + 4 * 128 * len(SPLITS) + _JSON_MARGIN_BYTES + 1024 * len(manifest)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise DiskFullError(f"not enough disk space in {out} for the dataset's arrays: {fmt_bytes(need)} needed, "
+                            f"{fmt_bytes(free)} free. The tracks are computed and kept in {work.name}: free at least "
+                            f"{fmt_bytes(need - free)} and run the same command again (it resumes)")
+    for s in SPLITS:
+        rows, n = plan[s]
         y = np.empty(n, dtype=np.int64)
         tr = np.empty(n, dtype=np.int64)
         st = np.empty(n, dtype=np.float64)
         pos = 0
-        for i, r in rows:
-            with np.load(work / f"{_work_name(r['path'])}.npz") as z:
-                x, starts = z["X"], z["start"]
-            k = x.shape[0]
-            X[pos:pos + k] = x
-            y[pos:pos + k] = cidx[r["class"]]
-            tr[pos:pos + k] = i
-            st[pos:pos + k] = starts
-            pos += k
-        X.flush()
-        del X
-        os.replace(tmp, out / f"{s}_X.npy")
+        with NpyWriter(out / f"{s}_X.npy", np.float32, (n, T, M)) as X:
+            for i, r in rows:
+                with np.load(work / f"{_work_name(r['path'])}.npz") as z:
+                    x, starts = z["X"], z["start"]
+                k = x.shape[0]
+                X.write(x)
+                y[pos:pos + k] = cidx[r["class"]]
+                tr[pos:pos + k] = i
+                st[pos:pos + k] = starts
+                pos += k
         atomic_save_npy(out / f"{s}_y.npy", y)
         atomic_save_npy(out / f"{s}_track.npy", tr)
         atomic_save_npy(out / f"{s}_start.npy", st)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import GenreLabError, Stopped
-from core.utils import atomic_write_json, read_json
+from core.utils import atomic_write_json, pid_alive, read_json  # pid_alive: also for callers of core.jobs
 
 LOCK_NAME = ".lock"
 EVENTS_NAME = "events.jsonl"
@@ -49,23 +49,6 @@ class JobError(GenreLabError):
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with ``pid`` exists on this host (zombies count as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) holds nothing
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 # ---------------------------------------------------------------------------------------------------------

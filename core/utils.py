@@ -1,33 +1,190 @@
-"""Small helpers shared by the engine: atomic writes, hashing, JSON."""
+"""Small helpers shared by the engine: atomic writes (and their stale temporary files), streamed ``.npy``
+writes, hashing, JSON."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.errors import DiskFullError, is_disk_full
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with ``pid`` exists on this host (zombies count as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) holds nothing
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def host_id() -> str:
+    """A short id of this host (8 hex digits of its name's hash) for names of temporary files."""
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+#: ``.NAME.<pid>@<host id>.<random>.tmp``: the temporary file of an atomic write, named after its writer so a
+#: later write into the same folder can tell a killed writer's leftover from a write in progress.
+_TMP_RE = re.compile(r"^\..+\.(\d+)@([0-9a-f]{8})\.[A-Za-z0-9_]+\.tmp$")
+#: the temporary files of older versions (``mkstemp``'s 8 random characters, no writer in the name)
+_OLD_TMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+STALE_TMP_SECONDS = 24 * 3600  # another host's (or an older version's) temporary file: stale after a day
+_CLEANED: set[str] = set()
+
+
+def clean_stale_temps(folder: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Remove the temporary files that killed atomic writes left in ``folder`` (``.model_card.json.*.tmp`` ...):
+    those of a dead process on this host, and those of another host or an older version after a day. A write
+    in progress (live writer) is never touched. Runs once per folder and process unless ``force``; returns
+    what was removed."""
+    folder = Path(folder)
+    key = str(folder.resolve()) if folder.exists() else str(folder)
+    if key in _CLEANED and not force:
+        return []
+    _CLEANED.add(key)
+    removed = []
+    me = host_id()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        if not (e.name.startswith(".") and e.name.endswith(".tmp")):
+            continue
+        m = _TMP_RE.match(e.name)
+        try:
+            if m:
+                stale = (not pid_alive(int(m.group(1)))) if m.group(2) == me else \
+                    now - e.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
+            else:
+                stale = bool(_OLD_TMP_RE.match(e.name)) and \
+                    now - e.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
+            if stale and e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
+    try:
+        free = fmt_bytes(__import__("shutil").disk_usage(path.parent).free) + " free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(f"the disk is full: {path} could not be written ({free}); free some space and run "
+                         "again")
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename). The temp file names
+    its writer (:data:`_TMP_RE`), and killed writers' leftovers in the folder are removed
+    (:func:`clean_stale_temps`). A full disk raises :class:`core.errors.DiskFullError` (nothing is left)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{host_id()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise _disk_full(path, exc) from exc
         raise
+
+
+class NpyWriter:
+    """Write a ``.npy`` file of known dtype and shape piece by piece (``write`` rows in order, then ``close``),
+    with ordinary file writes into ``.NAME.tmp`` renamed over ``path`` when complete.
+
+    Unlike a memory map (``np.lib.format.open_memmap``), a full disk fails a write with ``OSError`` (ENOSPC:
+    here :class:`core.errors.DiskFullError`) instead of killing the process with SIGBUS when a page of a sparse
+    file cannot be backed (tmpfs). On any error the temporary file is removed. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, dtype, shape: tuple[int, ...]):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(x) for x in shape)
+        self.row_items = int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
+        self.rows = 0
+        self._fh = open(self.tmp, "wb")
+        try:
+            np.lib.format.write_array_header_1_0(self._fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                            "fortran_order": False, "shape": self.shape})
+        except BaseException as exc:
+            self.abort()
+            raise self._error(exc) from exc
+
+    def _error(self, exc: BaseException) -> BaseException:
+        return _disk_full(self.path, exc) if is_disk_full(exc) and not isinstance(exc, DiskFullError) else exc
+
+    def write(self, rows: np.ndarray) -> None:
+        a = np.ascontiguousarray(rows, dtype=self.dtype)
+        if a.shape[1:] != self.shape[1:] or self.rows + a.shape[0] > self.shape[0]:
+            self.abort()
+            raise ValueError(f"{self.path}: rows of shape {a.shape} do not fit {self.shape} after {self.rows} rows")
+        try:
+            self._fh.write(memoryview(a).cast("B"))
+        except BaseException as exc:
+            self.abort()
+            raise self._error(exc) from exc
+        self.rows += a.shape[0]
+
+    def close(self) -> Path:
+        """Flush, check that every row was written, rename into place; returns the path."""
+        try:
+            if self.rows != self.shape[0]:
+                raise ValueError(f"{self.path}: {self.rows} of {self.shape[0]} rows written")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self.tmp, self.path)
+        except BaseException as exc:
+            self.abort()
+            raise self._error(exc) from exc
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file (nothing is renamed)."""
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "NpyWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _json_default(obj: Any) -> Any:

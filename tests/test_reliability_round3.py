@@ -214,3 +214,138 @@ def test_zip_of_many_small_zero_members_is_refused_as_a_whole(tmp_path):
     # a little silence in a small zip stays allowed (1 MB floor), and so does real audio
     ok = _zip({"d/a/1.au": _noise_au(1), "d/b/1.au": _noise_au(2), "d/b/quiet.wav": bytes(500_000)})
     assert extract_zip_dataset(io.BytesIO(ok), tmp_path / "sources" / "ok").is_dir()
+
+
+# --- 3. full disk ---------------------------------------------------------------------------------------------------
+def _arrays(path: Path) -> dict:
+    return {f: (path / f).read_bytes() for f in sorted(os.listdir(path)) if f.endswith(".npy") or f == "norm.json"}
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.name.endswith(".tmp"))
+
+
+def test_build_checks_free_space_before_the_arrays_and_resumes(tmp_path, monkeypatch):
+    import core.dataset as d
+    from core.errors import DiskFullError
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=4, seconds=6.0)
+    ref = d.build_dataset(src, tmp_path / "ref", workers=1)
+    out = tmp_path / "ds"
+    real = shutil.disk_usage
+    monkeypatch.setattr(d.shutil, "disk_usage", lambda p: real(p)._replace(free=1_000_000))
+    with pytest.raises(DiskFullError, match=r"not enough disk space in .* for the dataset's arrays: .* needed, "
+                                            r"1\.00 MB free.*run the same command again"):
+        d.build_dataset(src, out, workers=1)
+    assert not (out / "card.json").exists() and not list(out.glob("*.npy")) and _leftovers(out) == []
+    assert len(list(next(out.glob(".work-*")).glob("*.npz"))) == 8  # the finished tracks are kept
+    monkeypatch.setattr(d.shutil, "disk_usage", real)
+    calls = []
+    d.build_dataset(src, out, workers=1, progress=lambda done, total, m: calls.append(m))
+    assert calls[0] == "8 of 8 tracks already done"
+    assert _arrays(out) == _arrays(ref)
+
+
+def test_enospc_while_writing_tracks_stops_the_build_clearly_and_it_resumes(tmp_path, monkeypatch):
+    import core.dataset as d
+    from core.errors import DiskFullError
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=4, seconds=6.0)
+    ref = d.build_dataset(src, tmp_path / "ref", workers=1)
+    out = tmp_path / "ds"
+    real_savez, calls = np.savez, []
+
+    def savez(fh, **arrays):
+        calls.append(1)
+        if len(calls) == 4:
+            fh.write(b"x" * 1000)  # a partial file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(fh, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez)
+    with pytest.raises(DiskFullError, match=r"the disk holding .* is full .*tracks finished so far .* are kept.*"
+                                            r"run the same command again: it resumes"):
+        d.build_dataset(src, out, workers=1)
+    assert _leftovers(out) == []
+    work = next(out.glob(".work-*"))
+    assert len(list(work.glob("*.npz"))) == 3 and len(list(work.glob("*.json"))) == 4  # params.json + 3 tracks
+    monkeypatch.setattr(np, "savez", real_savez)
+    d.build_dataset(src, out, workers=1)
+    assert _arrays(out) == _arrays(ref)
+    assert all(not r["skipped"] for r in json.loads((out / "manifest.json").read_text()))
+
+
+def test_enospc_in_array_and_atomic_writes_becomes_one_clear_error(tmp_path, monkeypatch):
+    import core.utils as u
+    from core.errors import DiskFullError
+
+    class Full(io.FileIO):
+        limit = 3000
+
+        def write(self, b):
+            if self.tell() + len(b) > self.limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(b)
+
+    monkeypatch.setattr(u, "open", lambda p, mode: Full(p, mode), raising=False)
+    with pytest.raises(DiskFullError, match=r"the disk is full: .*X\.npy could not be written"):
+        with u.NpyWriter(tmp_path / "X.npy", np.float32, (10, 100)) as w:
+            for _ in range(10):
+                w.write(np.ones((1, 100)))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(u.os, "fsync", fsync)
+    with pytest.raises(DiskFullError, match=r"the disk is full: .*card\.json could not be written"):
+        u.atomic_write_json(tmp_path / "card.json", {"a": 1})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 6 MB tmpfs (needs root and mount; skipped, saying why, otherwise); unmounted afterwards."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs (the unit tests above cover the same paths)")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_build_on_a_really_full_tmpfs_fails_clearly_then_resumes(tmp_path, tmpfs):
+    """The issue's repro, scaled: a tmpfs too small for the build gave SIGBUS (exit 135, no message) in the
+    memory-mapped array write, then an OSError traceback on the next run."""
+    from core.errors import DiskFullError
+    from core.synth import make_dataset_folder
+    from core.utils import NpyWriter
+
+    with pytest.raises(DiskFullError):  # ordinary writes: a full tmpfs is an error, not SIGBUS
+        with NpyWriter(tmpfs / "big.npy", np.float32, (2000, 1000)) as w:
+            for _ in range(2000):
+                w.write(np.ones((1, 1000)))
+    assert os.listdir(tmpfs) == []
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=5, seconds=30.0)
+    out = tmpfs / "ds"
+    cmd = [sys.executable, "-m", "core", "build-dataset", str(src), str(out), "--workers", "2"]
+    for _ in range(2):  # the first run and a rerun on the still too small disk: the same clear message
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-2000:])
+        assert "error: the disk holding" in r.stderr or "error: not enough disk space" in r.stderr, r.stderr[-800:]
+        assert _leftovers(out) == [] and not (out / "card.json").exists()
+    subprocess.run(["mount", "-o", "remount,size=40m", str(tmpfs)], check=True)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = subprocess.run(cmd[:5] + [str(tmp_path / "ref")] + cmd[6:], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0
+    assert _arrays(out) == _arrays(tmp_path / "ref")
