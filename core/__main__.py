@@ -18,6 +18,7 @@ CLI_MODULES = [
     "core.musicnn",
     "core.predictor",
     "core.reproduce",
+    "core.store",
     "core.synth",
 ]
 

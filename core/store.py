@@ -10,9 +10,15 @@ Tables (all writes in transactions; the database is in WAL mode so the dashboard
                    (val | test): accuracy, macro-F1 and a JSON ``extra`` (confusion matrix, per-class P/R);
 * ``predictions``  per run, level, split and item: track path, true and predicted class, scores.
 
-A run folder holds ``best.keras``, ``last.keras``, ``state.json``, ``history.json`` and ``model_card.json``.
+A run folder holds ``best.keras``, ``last.keras``, ``state.json``, ``history.json``, ``model_card.json`` and,
+once evaluated, ``results.json`` (the run's row, epochs, metrics and predictions: what the index holds about it).
 :func:`results_frame` / :func:`summary_frame` give pandas views; :func:`export_results` /
 :func:`import_results` move results through a JSON (full) or CSV (metrics only) file.
+
+The database is only the index of the run folders: opening a store runs SQLite's ``PRAGMA quick_check`` (once per
+version of the file and process) and refuses a damaged index, or a missing / empty one beside run folders, with a
+:class:`StoreError` naming the file; :func:`repair_store` (``python -m core repair-store STORE``) rebuilds the
+index from the run folders and keeps the old file beside it.
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ from core.utils import atomic_write_bytes, atomic_write_json, read_json, stable_
 
 SCHEMA_VERSION = 2  # 2: runs.monitor, runs.best_value, epochs.val_track_accuracy (added to v1 stores in place)
 DB_NAME = "experiments.sqlite"
+RUNS_NAME = "runs"
+RESULTS_NAME = "results.json"  # in each evaluated run folder: what the index holds about the run
+RESULTS_FORMAT = "genre-lab-run-results"
 EXPORT_FORMAT = "genre-lab-results"
 STATUSES = ("queued", "running", "done", "failed", "stopped")
 
@@ -55,6 +64,56 @@ CREATE INDEX IF NOT EXISTS predictions_run ON predictions (run_id, level, split)
 
 class StoreError(GenreLabError):
     """A store that cannot be used (newer schema, not a store, ...); the message is for the user."""
+
+
+class DamagedStoreError(StoreError):
+    """The store's index (``experiments.sqlite``) is damaged, empty or missing while run folders hold results; the
+    message names the file and says to run ``python -m core repair-store``."""
+
+
+def _repair_hint(path: Path) -> str:
+    return (f"The runs themselves are in {path / RUNS_NAME}: rebuild the index from them with "
+            f"`python -m core repair-store {path}` (the old file is kept beside it)")
+
+
+def run_folders(path: Path) -> list[Path]:
+    """The run folders of a store (``runs/<run_id>/``): their presence means the store had data."""
+    try:
+        return sorted(p for p in (path / RUNS_NAME).iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+_DAMAGE_WORDS = ("malformed", "not a database", "disk image", "corrupt", "file is encrypted")
+
+
+def _sqlite_error(db_path: Path, exc: sqlite3.DatabaseError) -> Exception:
+    """A SQLite error as the user should read it: a damaged index -> :class:`DamagedStoreError`, a full disk ->
+    :class:`core.errors.DiskFullError`; anything else is returned unchanged (to be re-raised)."""
+    text = str(exc)
+    if any(w in text.lower() for w in _DAMAGE_WORDS):
+        return DamagedStoreError(f"the experiment store's index {db_path} is damaged ({text}). "
+                                 + _repair_hint(db_path.parent))
+    if "disk is full" in text.lower():
+        from core.errors import DiskFullError
+
+        return DiskFullError(f"the disk holding {db_path} is full ({text}): free some space and run again")
+    return exc
+
+
+#: (db path) -> the file versions that passed quick_check in this process (checked once per version)
+_CHECKED: dict[str, tuple] = {}
+
+
+def _file_version(db_path: Path) -> tuple:
+    out = []
+    for suffix in ("", "-wal"):
+        try:
+            st = os.stat(f"{db_path}{suffix}")
+            out.append((st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def _now() -> str:
@@ -100,16 +159,31 @@ _INSERT_EPOCHS = f"INSERT OR REPLACE INTO epochs ({', '.join(EPOCH_COLUMNS)}) VA
 class Store:
     """An experiment store folder. ``Store(path)`` creates it when missing (``create=False`` refuses)."""
 
-    def __init__(self, path: str | os.PathLike, create: bool = True):
+    def __init__(self, path: str | os.PathLike, create: bool = True, *, _new_index: bool = False):
         self.path = Path(path)
         self.db_path = self.path / DB_NAME
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file, not a store folder")
+        runs = [] if _new_index else run_folders(self.path)
         if not self.db_path.exists():
+            if runs:  # never start a new index over a store that had data
+                raise DamagedStoreError(f"the experiment store {self.path} has {len(runs)} run folder(s) but no index "
+                                        f"({DB_NAME} is missing), so its results cannot be listed. "
+                                        + _repair_hint(self.path))
             if not create:
                 raise StoreError(f"no experiment store at {self.path} (no {DB_NAME})")
-            if self.path.exists() and not self.path.is_dir():
-                raise StoreError(f"{self.path} is a file, not a store folder")
             self.path.mkdir(parents=True, exist_ok=True)
-        if self._check_version() < SCHEMA_VERSION:  # a newer store is refused before any write
+        elif self.db_path.stat().st_size == 0 and runs:
+            raise DamagedStoreError(f"the experiment store's index {self.db_path} is empty (0 bytes) although "
+                                    f"{len(runs)} run folder(s) hold results: it was truncated or overwritten. "
+                                    + _repair_hint(self.path))
+        version = self._check_version()
+        if version == 0 and runs:
+            raise DamagedStoreError(f"the experiment store's index {self.db_path} holds no tables although "
+                                    f"{len(runs)} run folder(s) hold results. " + _repair_hint(self.path))
+        if runs and version:
+            self._check_listed(runs)
+        if version < SCHEMA_VERSION:  # a newer store is refused before any write
             con = self._connect()
             try:
                 con.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never wait for the writer
@@ -122,7 +196,7 @@ class Store:
                 _add_missing_columns(con)
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (_now(),))
-        (self.path / "runs").mkdir(exist_ok=True)
+        (self.path / RUNS_NAME).mkdir(exist_ok=True)
 
     # connection ------------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -130,22 +204,56 @@ class Store:
         con.row_factory = sqlite3.Row
         return con
 
+    def _damaged(self, detail: str) -> DamagedStoreError:
+        return DamagedStoreError(f"the experiment store's index {self.db_path} is damaged ({detail}). "
+                                 + _repair_hint(self.path))
+
+    def _check_listed(self, runs: list[Path]) -> None:
+        """Run folders with results that the index does not list mean the index was replaced (an empty one
+        started over a store that had data) or lost rows: :class:`DamagedStoreError` instead of showing a part."""
+        listed = {r["id"] for r in self.query("SELECT id FROM runs")}
+        missing = [f.name for f in runs if f.name not in listed
+                   and any((f / n).exists() for n in (RESULTS_NAME, "history.json", "state.json"))]
+        if missing:
+            raise DamagedStoreError(
+                f"the experiment store's index {self.db_path} lists {len(listed)} run(s), but {len(missing)} run "
+                f"folder(s) with results are not in it ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): "
+                "the index was replaced or lost rows. " + _repair_hint(self.path))
+
+    def integrity_problems(self, con: sqlite3.Connection) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` (structure of every page, record formats, NOT NULL): [] when sound."""
+        rows = [" ".join(str(r[0]).replace("*** in database main ***", "").split())
+                for r in con.execute("PRAGMA quick_check(20)").fetchall()]
+        return [] if rows == ["ok"] else rows
+
     def _check_version(self) -> int:
-        """The store's schema version (0 = new or empty); raises :class:`StoreError` for a newer one."""
-        if not self.db_path.exists():
+        """The store's schema version (0 = new or empty) after an integrity check of the file (``quick_check``,
+        once per version of the file in this process); raises :class:`DamagedStoreError` for a damaged index
+        and :class:`StoreError` for a newer one."""
+        if not self.db_path.exists() or self.db_path.stat().st_size == 0:
             return 0
+        key = str(self.db_path.resolve())
         try:
             con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
             try:
+                version_now = _file_version(self.db_path)
+                if _CHECKED.get(key) != version_now:
+                    problems = self.integrity_problems(con)
+                    if problems:
+                        raise self._damaged("; ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
+                    _CHECKED[key] = version_now
                 row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             finally:
                 con.close()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return 0  # an empty database file: set it up
+            err = _sqlite_error(self.db_path, exc)
+            if err is not exc:
+                raise err from exc
             raise StoreError(f"{self.db_path} is not a usable Genre Lab experiment store ({exc})") from exc
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.db_path} is not a Genre Lab experiment store ({exc})") from exc
+            raise self._damaged(str(exc)) from exc
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
             raise StoreError(f"the store {self.path} was written by a newer Genre Lab (schema {version}, this "
@@ -154,16 +262,26 @@ class Store:
 
     @contextmanager
     def transaction(self):
-        """A write transaction (``BEGIN IMMEDIATE``): all or nothing."""
+        """A write transaction (``BEGIN IMMEDIATE``): all or nothing. A damaged index or a full disk raise
+        :class:`DamagedStoreError` / :class:`core.errors.DiskFullError`."""
         con = self._connect()
         try:
-            con.execute("BEGIN IMMEDIATE")
             try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    try:
+                        con.execute("ROLLBACK")
+                    except sqlite3.DatabaseError:
+                        pass
+                    raise
+            except sqlite3.DatabaseError as exc:
+                err = _sqlite_error(self.db_path, exc)
+                if err is exc:
+                    raise
+                raise err from exc
         finally:
             con.close()
 
@@ -171,6 +289,11 @@ class Store:
         con = self._connect()
         try:
             return [dict(r) for r in con.execute(sql, tuple(args)).fetchall()]
+        except sqlite3.DatabaseError as exc:
+            err = _sqlite_error(self.db_path, exc)
+            if err is exc:
+                raise
+            raise err from exc
         finally:
             con.close()
 
@@ -227,8 +350,12 @@ class Store:
 
     def write_evaluation(self, run_id: str, results: dict[tuple[str, str], dict], status: str = "done") -> None:
         """Replace a run's metrics and predictions with ``results`` (from ``core.evaluate.evaluate_run``)
-        and set its status, in one transaction."""
+        and set its status, in one transaction; the same goes to the run folder's ``results.json`` (when the
+        folder exists), so the index can be rebuilt from the folders (:func:`repair_store`)."""
         now = _now()
+        run_dir = self.run_dir(run_id)
+        if run_dir.is_dir():
+            atomic_write_json(run_dir / RESULTS_NAME, self._results_doc(run_id, results, status, now))
         with self.transaction() as con:
             con.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
             con.execute("DELETE FROM predictions WHERE run_id=?", (run_id,))
@@ -244,6 +371,23 @@ class Store:
                       json.dumps(p.get("scores"))) for p in r.get("predictions", [])])
             con.execute("UPDATE runs SET status=?, updated_at=?, finished_at=? WHERE id=?",
                         (status, now, now, run_id))
+
+    def _results_doc(self, run_id: str, results: dict[tuple[str, str], dict], status: str, now: str) -> dict:
+        """``results.json`` of a run: its row (status and finish time as they are about to be), epochs,
+        metrics (with extras) and predictions."""
+        run = self.get_run(run_id) or {"id": run_id}
+        run.update(status=status, updated_at=now, finished_at=now)
+        metrics, preds = [], []
+        for (level, split), r in results.items():
+            m = r["metrics"]
+            metrics.append({"run_id": run_id, "level": level, "split": split, "accuracy": _num(m["accuracy"]),
+                            "macro_f1": _num(m["macro_f1"]), "n": m.get("n"),
+                            "extra": {k: v for k, v in m.items() if k not in ("accuracy", "macro_f1", "n")}})
+            preds += [{"run_id": run_id, "level": level, "split": split, "track": p["track"],
+                       "start_s": p.get("start_s"), "true_label": p["true"], "pred_label": p["pred"],
+                       "scores": p.get("scores")} for p in r.get("predictions", [])]
+        return {"format": RESULTS_FORMAT, "schema_version": SCHEMA_VERSION, "written_at": now, "run": run,
+                "epochs": self.epochs(run_id), "metrics": metrics, "predictions": preds}
 
     def runs(self) -> list[dict]:
         return self.query("SELECT * FROM runs ORDER BY kind, seed, created_at")
@@ -398,3 +542,240 @@ def import_results(path: str | os.PathLike, store=None):
                                 [(m["run_id"], m["level"], m["split"], m["accuracy"], m["macro_f1"], m.get("n"),
                                   json.dumps(m.get("extra") or {})) for m in doc["metrics"] if m["run_id"] == r["id"]])
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# repair: rebuild the index from the run folders
+# ---------------------------------------------------------------------------------------------------------
+_TABLES = ("runs", "epochs", "metrics", "predictions")
+
+
+def _salvage(db_path: Path) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """What can still be read of an old index: ``({table: rows}, {table: problem})``; a table with a problem
+    was read only in part (or not at all) and is not trusted for runs whose folder lacks ``results.json``."""
+    rows: dict[str, list[dict]] = {t: [] for t in _TABLES}
+    problems: dict[str, str] = {}
+    if not db_path.exists() or db_path.stat().st_size == 0:
+        return rows, {t: "no index" for t in _TABLES}
+    try:
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.DatabaseError as exc:
+        return rows, {t: str(exc) for t in _TABLES}
+    con.row_factory = sqlite3.Row
+    try:
+        for t in _TABLES:
+            try:
+                for r in con.execute(f"SELECT * FROM {t}"):
+                    rows[t].append(dict(r))
+            except sqlite3.DatabaseError as exc:
+                problems[t] = str(exc)
+    finally:
+        con.close()
+    return rows, problems
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _run_from_folder(folder: Path) -> tuple[dict | None, list[dict], str]:
+    """``(run row, epoch records, note)`` rebuilt from an older run folder (no ``results.json``): the row from
+    ``model_card.json`` and ``state.json``, the epochs from ``history.json`` (or the state's history). ``None``
+    when the folder does not say which run it is."""
+    card = _read_json_or_none(folder / "model_card.json")
+    state = _read_json_or_none(folder / "state.json")
+    history = _read_json_or_none(folder / "history.json")
+    card = card if isinstance(card, dict) else {}
+    state = state if isinstance(state, dict) else {}
+    if not isinstance(history, list):
+        history = state.get("history") if isinstance(state.get("history"), list) else []
+    kind = card.get("kind") or state.get("kind")
+    seed = card.get("seed", state.get("seed"))
+    ds = state.get("dataset") if isinstance(state.get("dataset"), dict) else {}
+    dataset = card.get("dataset") or ds.get("path")
+    if not kind or seed is None or not dataset:
+        return None, [], "no readable model_card.json or state.json naming its model kind, seed and dataset"
+    config = card.get("config") if isinstance(card.get("config"), dict) else state.get("config")
+    epochs = [r for r in history if isinstance(r, dict) and "epoch" in r]
+    best = [r for r in epochs if r.get("best")]
+    monitor = best[-1].get("monitor") if best else None
+    row = {"id": folder.name, "dataset": str(dataset), "build_id": card.get("dataset_build_id") or ds.get("build_id"),
+           "kind": str(kind), "seed": int(seed), "config": config if isinstance(config, dict) else {},
+           "status": "stopped", "created_at": state.get("started_at"), "updated_at": _now(), "finished_at": None,
+           "epochs": max([int(r["epoch"]) for r in epochs] or [0]), "best_epoch": best[-1]["epoch"] if best else None,
+           "source": "local", "monitor": monitor, "best_value": _num(best[-1].get(monitor)) if monitor else None}
+    note = "" if isinstance(config, dict) else "its training settings were not recorded (config left empty)"
+    return row, epochs, note
+
+
+def _insert_run(con, run: dict, epochs: list[dict], metrics: list[dict], predictions: list[dict]) -> None:
+    cfg = run.get("config")
+    cfg = cfg if isinstance(cfg, str) else json.dumps(cfg or {}, sort_keys=True)
+    con.execute("INSERT OR REPLACE INTO runs (id, dataset, build_id, kind, seed, config, status, created_at,"
+                " updated_at, finished_at, epochs, best_epoch, message, source, monitor, best_value)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run["id"], str(run.get("dataset") or ""), run.get("build_id"), run["kind"], int(run["seed"]), cfg,
+                 run.get("status") if run.get("status") in STATUSES else "stopped", run.get("created_at"),
+                 run.get("updated_at"), run.get("finished_at"), int(run.get("epochs") or 0), run.get("best_epoch"),
+                 run.get("message"), run.get("source") or "local", run.get("monitor"), _num(run.get("best_value"))))
+    con.executemany(_INSERT_EPOCHS, _epoch_rows(run["id"], epochs))
+    con.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?,?)",
+                    [(run["id"], m["level"], m["split"], _num(m.get("accuracy")), _num(m.get("macro_f1")), m.get("n"),
+                      m["extra"] if isinstance(m.get("extra"), str) else json.dumps(m.get("extra") or {}))
+                     for m in metrics])
+    con.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?)",
+                    [(run["id"], p["level"], p["split"], p["track"], p.get("start_s"), p.get("true_label"),
+                      p.get("pred_label"), p["scores"] if isinstance(p.get("scores"), str) else json.dumps(p.get("scores")))
+                     for p in predictions])
+
+
+EVALUATE_AGAIN = ("index rebuilt by repair-store; its metrics were not in the run folder: run the same run-experiment "
+                  "command again to evaluate it (a CRNN whose training finished is not trained again)")
+
+
+def repair_store(path: str | os.PathLike, force: bool = False) -> dict[str, Any]:
+    """Rebuild ``STORE/experiments.sqlite`` from the run folders (``python -m core repair-store STORE``).
+
+    Each run folder gives its run: from ``results.json`` (runs evaluated by this version: row, epochs, metrics
+    and predictions, complete), else from ``model_card.json`` / ``state.json`` / ``history.json`` (the row and
+    its epochs) plus its metrics and predictions from the old index when those tables can still be read whole;
+    otherwise the run is listed as ``stopped`` with a message, and running the same ``run-experiment`` command
+    again evaluates it without training it again. Runs of the old index without a folder (imported results)
+    are kept when their rows can be read. The old file is renamed ``experiments.sqlite.before-repair-TIME``
+    (never deleted). Takes the store's lock (no experiment may write meanwhile). A sound index that lists every
+    run folder is left alone unless ``force``. Returns a report: ``rebuilt``, ``from_old_index``,
+    ``evaluate_again``, ``unreadable`` ({folder: why}), ``kept_from_old_index``, ``old_index`` (new name or
+    None), ``lost`` (what could not be recovered) and ``healthy``.
+    """
+    from core.jobs import StoreLock
+
+    path = Path(path)
+    if not path.is_dir():
+        raise StoreError(f"no experiment store at {path} (not a folder)")
+    db = path / DB_NAME
+    folders = run_folders(path)
+    if not folders and not db.exists():
+        raise StoreError(f"{path} is not an experiment store: it has neither {DB_NAME} nor run folders in "
+                         f"{RUNS_NAME}/")
+    report: dict[str, Any] = {"rebuilt": [], "from_old_index": [], "evaluate_again": [], "unreadable": {},
+                              "kept_from_old_index": [], "old_index": None, "lost": [], "healthy": False,
+                              "notes": {}}
+    with StoreLock(path, command="python -m core repair-store " + str(path)):
+        if not force:
+            try:
+                store = Store(path, create=False)
+                listed = {r["id"] for r in store.query("SELECT id FROM runs")}
+                if all(f.name in listed for f in folders):
+                    report["healthy"] = True
+                    return report
+            except StoreError:
+                pass
+        old, problems = _salvage(db)
+        old_runs = {r["id"]: r for r in old["runs"]}
+
+        def by_run(table: str) -> dict[str, list[dict]]:
+            out: dict[str, list[dict]] = {}
+            for r in old[table]:
+                out.setdefault(r["run_id"], []).append(r)
+            return out
+
+        old_epochs, old_metrics, old_preds = by_run("epochs"), by_run("metrics"), by_run("predictions")
+        plan: list[tuple[dict, list, list, list]] = []
+        for f in folders:
+            doc = _read_json_or_none(f / RESULTS_NAME)
+            if isinstance(doc, dict) and doc.get("format") == RESULTS_FORMAT and isinstance(doc.get("run"), dict):
+                run = dict(doc["run"], id=f.name)
+                plan.append((run, doc.get("epochs") or [], doc.get("metrics") or [], doc.get("predictions") or []))
+                report["rebuilt"].append(f.name)
+                continue
+            run, epochs, note = _run_from_folder(f)
+            if run is None:
+                if f.name in old_runs and "runs" not in problems:
+                    run = dict(old_runs[f.name])
+                    epochs = old_epochs.get(f.name, [])
+                else:
+                    report["unreadable"][f.name] = note
+                    continue
+            if note:
+                report["notes"][f.name] = note
+            prev = old_runs.get(f.name)
+            if prev and "runs" not in problems:  # the old row keeps the original timestamps, config and message
+                run = dict(run, **{k: prev[k] for k in ("created_at", "config", "source", "dataset", "build_id")
+                                   if prev.get(k)})
+            if f.name in old_metrics and not {"metrics", "predictions"} & set(problems):
+                run.update(status=(prev or {}).get("status") or "done", finished_at=(prev or {}).get("finished_at"),
+                           message=(prev or {}).get("message"))
+                plan.append((run, epochs, old_metrics[f.name], old_preds.get(f.name, [])))
+                report["from_old_index"].append(f.name)
+            else:
+                run.update(status="stopped", message=EVALUATE_AGAIN)
+                plan.append((run, epochs, [], []))
+                report["evaluate_again"].append(f.name)
+        in_folders = {f.name for f in folders}
+        for rid, r in old_runs.items():  # imported results (no folder): kept when readable
+            if rid in in_folders:
+                continue
+            if {"metrics", "epochs"} & set(problems):
+                report["lost"].append(f"run {rid} (no run folder; the old index is damaged where its results were)")
+                continue
+            plan.append((dict(r), old_epochs.get(rid, []), old_metrics.get(rid, []), old_preds.get(rid, [])))
+            report["kept_from_old_index"].append(rid)
+        if "runs" in problems and db.exists() and db.stat().st_size:
+            report["lost"].append(f"runs listed only in the old index could not be read ({problems['runs']})")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            p = path / f"{DB_NAME}{suffix}"
+            if p.exists():
+                target = path / f"{DB_NAME}.before-repair-{stamp}{suffix}"
+                os.replace(p, target)
+                if not suffix:
+                    report["old_index"] = str(target)
+        _CHECKED.pop(str(db.resolve()), None)
+        store = Store(path, _new_index=True)
+        with store.transaction() as con:
+            for run, epochs, metrics, preds in plan:
+                _insert_run(con, run, epochs, metrics, preds)
+    return report
+
+
+def _cli_repair(a) -> int:
+    rep = repair_store(a.store, force=a.force)
+    if rep["healthy"]:
+        print(f"the index of {a.store} passes its integrity check and lists every run folder: nothing to repair "
+              "(--force rebuilds it anyway)")
+        return 0
+    if rep["old_index"]:
+        print(f"the old index was kept as {rep['old_index']}")
+    print(f"rebuilt the index of {a.store}: {len(rep['rebuilt'])} run(s) complete from their results.json, "
+          f"{len(rep['from_old_index'])} with their metrics from the old index, {len(rep['evaluate_again'])} "
+          f"without metrics, {len(rep['kept_from_old_index'])} imported run(s) kept")
+    if rep["evaluate_again"]:
+        print("these runs have their training history but no metrics (evaluated before run folders kept results.json, "
+              "or never): run the same run-experiment command again to evaluate them (a CRNN whose training finished "
+              "is not trained again):")
+        for rid in rep["evaluate_again"]:
+            print(f"  {rid}")
+    for rid, why in rep["notes"].items():
+        print(f"note: {rid}: {why}")
+    for rid, why in rep["unreadable"].items():
+        print(f"could not rebuild {rid}: {why}")
+    for what in rep["lost"]:
+        print(f"lost: {what}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "repair-store", help="rebuild a damaged experiment store's index from its run folders",
+        description="Rebuild STORE/experiments.sqlite (the index of the runs) from the run folders in STORE/runs/: "
+                    "runs evaluated by this version come back complete (results.json), older ones with their "
+                    "training history (their metrics too when the old index still holds them readable; else run "
+                    "the same run-experiment command again to evaluate them without training again). The old "
+                    "file is kept as experiments.sqlite.before-repair-TIME. Stop any experiment writing the "
+                    "store first.")
+    p.add_argument("store", metavar="STORE", help="the store folder (holds experiments.sqlite and runs/)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the index looks sound")
+    p.set_defaults(func=_cli_repair)

@@ -349,3 +349,156 @@ def test_build_on_a_really_full_tmpfs_fails_clearly_then_resumes(tmp_path, tmpfs
                          timeout=300)
     assert ref.returncode == 0
     assert _arrays(out) == _arrays(tmp_path / "ref")
+
+
+# --- 4. damaged experiment stores ---------------------------------------------------------------------------------
+def _checkpointed_store(path: Path) -> Path:
+    import sqlite3
+
+    make_test_store(path, ["a", "b", "c", "d"], seeds=(0, 1))
+    con = sqlite3.connect(path / "experiments.sqlite")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return path
+
+
+def test_garbage_over_any_page_of_the_index_gives_a_clear_error(tmp_path):
+    from core.store import DamagedStoreError, Store, results_frame
+
+    base = _checkpointed_store(tmp_path / "base")
+    n_pages = (base / "experiments.sqlite").stat().st_size // 4096
+    rng = np.random.default_rng(3)
+    for page in range(1, n_pages + 1):
+        s = tmp_path / f"p{page}"
+        shutil.copytree(base, s)
+        with open(s / "experiments.sqlite", "r+b") as fh:
+            fh.seek((page - 1) * 4096)
+            fh.write(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        with pytest.raises(DamagedStoreError, match=rf"index {s / 'experiments.sqlite'} is damaged .*"
+                                                    rf"python -m core repair-store {s}"):
+            results_frame(Store(s, create=False))
+    r = subprocess.run([sys.executable, "-m", "core", "results", "--store", str(tmp_path / "p3")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "repair-store" in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory):
+    """A store with two real evaluated runs (the linear baseline, seeds 0 and 1) on a tiny dataset."""
+    from core.dataset import build_dataset
+    from core.experiment import preset_config, run_experiment
+    from core.synth import make_dataset_folder
+
+    root = tmp_path_factory.mktemp("real-store")
+    src = make_dataset_folder(root / "src", n_classes=2, per_class=5, seconds=6.0)
+    ds = build_dataset(src, root / "ds", workers=1)
+    run_experiment(ds, root / "store", seeds=[0, 1], models=["linear"], config=preset_config("fast"))
+    return root
+
+
+def _copy_store(real_store: Path, dst: Path) -> Path:
+    shutil.copytree(real_store / "store", dst, ignore=shutil.ignore_patterns(".lock*"))
+    return dst
+
+
+def _everything(store) -> dict:
+    from core.store import Store
+
+    s = Store(store, create=False)
+    keep = lambda rows: sorted(tuple(sorted((k, str(v)) for k, v in r.items() if k not in ("updated_at",)))
+                               for r in rows)
+    return {t: keep(s.query(f"SELECT * FROM {t}")) for t in ("runs", "epochs", "metrics", "predictions")}
+
+
+def test_an_empty_index_beside_run_folders_is_refused_and_repair_store_rebuilds_it(real_store, tmp_path):
+    from core.experiment import preset_config, run_experiment
+    from core.store import DamagedStoreError, Store, repair_store
+
+    store = _copy_store(real_store, tmp_path / "store")
+    before = _everything(store)
+    assert all((f / "results.json").is_file() for f in (store / "runs").iterdir())
+    history = {f.name: (f / "history.json").stat().st_mtime_ns for f in (store / "runs").iterdir()}
+    (store / "experiments.sqlite").write_bytes(b"")
+    for p in store.glob("experiments.sqlite-*"):
+        p.unlink()
+    with pytest.raises(DamagedStoreError, match=r"experiments\.sqlite is empty \(0 bytes\) although 2 run folder"):
+        Store(store, create=False)
+    with pytest.raises(DamagedStoreError, match="repair-store"):  # never a silent new store that retrains
+        run_experiment(real_store / "ds", store, seeds=[0, 1], models=["linear"], config=preset_config("fast"))
+    assert {f.name: (f / "history.json").stat().st_mtime_ns for f in (store / "runs").iterdir()} == history
+    r = subprocess.run([sys.executable, "-m", "core", "results", "--store", str(store)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no results yet" not in r.stdout and "repair-store" in r.stderr, r.stderr
+    # an empty but valid index (what the old code created over the 0-byte file) is refused too
+    sqlite_empty = tmp_path / "empty"
+    Store(sqlite_empty)
+    shutil.copy(sqlite_empty / "experiments.sqlite", store / "experiments.sqlite")
+    with pytest.raises(DamagedStoreError, match=r"lists 0 run\(s\), but 2 run folder\(s\) with results"):
+        Store(store, create=False)
+    r = subprocess.run([sys.executable, "-m", "core", "repair-store", str(store)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "2 run(s) complete from their results.json" in r.stdout
+    assert _everything(store) == before
+    assert list(store.glob("experiments.sqlite.before-repair-*"))  # the old file is kept
+    assert repair_store(store)["healthy"]
+
+
+def test_repair_store_rebuilds_older_runs_and_the_experiment_evaluates_them_again(real_store, tmp_path):
+    from core.experiment import preset_config, run_experiment
+    from core.store import EVALUATE_AGAIN, Store, repair_store
+
+    store = _copy_store(real_store, tmp_path / "store")
+    before = _everything(store)
+    for f in (store / "runs").iterdir():
+        (f / "results.json").unlink()  # a run folder written before results.json existed
+    with open(store / "experiments.sqlite", "r+b") as fh:  # and a damaged index
+        fh.seek(0)
+        fh.write(b"garbage" * 100)
+    rep = repair_store(store)
+    assert sorted(rep["evaluate_again"]) == sorted(f.name for f in (store / "runs").iterdir())
+    runs = Store(store, create=False).runs()
+    assert {r["status"] for r in runs} == {"stopped"} and {r["message"] for r in runs} == {EVALUATE_AGAIN}
+    assert {r["kind"] for r in runs} == {"linear"} and sorted(r["seed"] for r in runs) == [0, 1]
+    assert all(Store(store).epochs(r["id"]) for r in runs)  # the training history came back
+    run_experiment(real_store / "ds", store, seeds=[0, 1], models=["linear"], config=preset_config("fast"))
+    after = _everything(store)
+    for t in ("metrics", "predictions"):
+        assert after[t] == before[t], t
+    no_time = lambda rows: [tuple(kv for kv in r if kv[0] != "seconds") for r in rows]  # the baseline refits
+    assert no_time(after["epochs"]) == no_time(before["epochs"])
+    assert {r["status"] for r in Store(store).runs()} == {"done"}
+
+
+def test_repair_store_takes_metrics_from_a_readable_old_index(real_store, tmp_path):
+    from core.store import repair_store
+
+    store = _copy_store(real_store, tmp_path / "store")
+    before = _everything(store)
+    for f in (store / "runs").iterdir():
+        (f / "results.json").unlink()
+    rep = repair_store(store, force=True)
+    assert sorted(rep["from_old_index"]) == sorted(f.name for f in (store / "runs").iterdir())
+    after = _everything(store)
+    for t in ("metrics", "predictions", "epochs"):
+        assert after[t] == before[t], t
+
+
+def test_experiment_page_names_the_damaged_store_and_the_repair(tmp_path, monkeypatch):
+    from test_app import _bare_home, assert_clean, open_page, texts
+
+    home = _bare_home(tmp_path, monkeypatch, "home")
+    _checkpointed_store(home / "experiments")
+    (home / "experiments" / "runs" / "snippet-s0-x").mkdir(parents=True)
+    (home / "experiments" / "runs" / "snippet-s0-x" / "history.json").write_text("[]")
+    with open(home / "experiments" / "experiments.sqlite", "r+b") as fh:
+        fh.seek(3 * 4096)
+        fh.write(bytes(range(256)) * 16)
+    at = open_page("experiment")
+    assert_clean(at)
+    assert any("is damaged" in t and "repair-store" in t for t in texts(at.error)), texts(at.error)
+    # a lost index beside the run folders is reported, not taken for "no experiment yet"
+    (home / "experiments" / "experiments.sqlite").unlink()
+    at = open_page("experiment")
+    assert_clean(at)
+    assert any("no index" in t and "repair-store" in t for t in texts(at.error)), texts(at.error)

@@ -35,9 +35,12 @@ def store_stamp(path: Path) -> float:
 
 
 def store_exists(path: Path | None = None) -> bool:
-    from core.store import DB_NAME
+    """A store is there when its index is, or run folders are (an index lost beside them is reported, not
+    taken for "no experiment yet")."""
+    from core.store import DB_NAME, run_folders
 
-    return ((path or store_path()) / DB_NAME).is_file()
+    path = path or store_path()
+    return (path / DB_NAME).is_file() or bool(run_folders(path))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
