@@ -211,11 +211,12 @@ def run_experiment(
     from core.store import Store, make_run_id, results_frame
     from core.baseline import train_linear
     from core.train import TrainConfig, TrainError, train_run
+    from core.train_config import KINDS
 
     config = config or TrainConfig()
     seeds = parse_seeds(seeds) if not isinstance(seeds, (list, tuple)) else [int(s) for s in seeds]
     models = list(models)
-    bad = [m for m in models if m not in ("snippet", "full", "linear", "musicnn")]
+    bad = [m for m in models if m not in KINDS]
     if bad or not models:
         raise ExperimentError("models must be among snippet, full, linear and musicnn "
                               f"(got {', '.join(bad) or 'none'})")

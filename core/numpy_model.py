@@ -304,6 +304,9 @@ def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
         with zipfile.ZipFile(path) as z:
             cfg = json.loads(z.read("config.json"))
             weights_blob = z.read("model.weights.h5")
+    except RecursionError:  # a config.json nested too deeply for the parser
+        raise NumpyModelError(f"model file {path} is not a readable .keras archive (config.json nested too "
+                              "deeply)") from None
     except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
         raise NumpyModelError(f"model file {path} is not a readable .keras archive ({exc})") from exc
     if cfg.get("class_name") not in ("Functional", "Sequential", "Model"):

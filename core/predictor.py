@@ -35,6 +35,7 @@ from core import musicnn as mn
 from core.errors import GenreLabError
 from core.features import (FeatureParams, apply_norm, full_clip, mel_spectrogram, peak_offset_db,
                            track_snippets)
+from core.train_config import KIND_MODEL_NAMES, KINDS
 from core.utils import atomic_write_json, read_json
 
 AGGREGATIONS = ("sum", "vote", "logprob")
@@ -159,8 +160,8 @@ def validate_model_card(card: Any, path: str | os.PathLike = CARD_NAME) -> dict:
     missing = [k for k in ("kind", "classes", "params", "norm", "norm_method") if k not in card]
     if missing:
         raise PredictorError(f"model card {path} lacks {', '.join(missing)}")
-    if not isinstance(card["kind"], str) or not card["kind"]:
-        raise bad(f"kind is {card['kind']!r} (a model kind such as 'snippet' or 'full' is expected)")
+    if card["kind"] not in KINDS:
+        raise bad(f"kind is {card['kind']!r} (one of {', '.join(KINDS)} is expected)")
     classes = card["classes"]
     if not isinstance(classes, list) or not classes:
         raise bad(f"classes is a {_type_name(classes)}{'' if classes else ' (empty)'}, not a list of class names")
@@ -198,19 +199,21 @@ def validate_model_card(card: Any, path: str | os.PathLike = CARD_NAME) -> dict:
     norm = card["norm"]
     if not isinstance(norm, dict):
         raise bad(f"norm is a {_type_name(norm)}, not an object")
-    if method == "minmax":
-        for k in ("min", "max"):
-            if not _is_number(norm.get(k)):
-                raise bad(f"norm.{k} is {norm.get(k)!r} (a finite number is expected for minmax scaling)")
-        if norm["max"] < norm["min"]:
-            raise bad(f"norm.max ({norm['max']}) is below norm.min ({norm['min']})")
-    if method == "standard":
-        for k in ("mean", "std"):
-            v = norm.get(k)
-            if not isinstance(v, list) or len(v) != fp.n_mels or not all(_is_number(x) for x in v):
-                raise bad(f"norm.{k} must be a list of {fp.n_mels} finite numbers (one per mel band)")
-        if any(x <= 0 for x in norm["std"]):
-            raise bad("norm.std holds a value <= 0")
+    # the statistics the method uses must be there; any that are there (a card keeps both kinds) must be sound
+    for k in ("min", "max"):
+        if (method == "minmax" or k in norm) and not _is_number(norm.get(k)):
+            raise bad(f"norm.{k} is {norm.get(k)!r} (a finite number is expected"
+                      + (" for minmax scaling)" if method == "minmax" else ")"))
+    if "min" in norm and "max" in norm and not norm["max"] > norm["min"]:
+        raise bad(f"norm.max ({norm['max']}) is not above norm.min ({norm['min']}): min-max scaling would divide "
+                  "by zero or flip the features")
+    for k in ("mean", "std"):
+        v = norm.get(k)
+        if (method == "standard" or k in norm) and (
+                not isinstance(v, list) or len(v) != fp.n_mels or not all(_is_number(x) for x in v)):
+            raise bad(f"norm.{k} must be a list of {fp.n_mels} finite numbers (one per mel band)")
+    if "std" in norm and any(x <= 0 for x in norm["std"]):
+        raise bad("norm.std holds a value <= 0 (standardising would divide by zero or flip a band)")
     for k in ("name", "description", "model_file"):
         if k in card and card[k] is not None and not isinstance(card[k], str):
             raise bad(f"{k} is a {_type_name(card[k])}, not a string")
@@ -241,18 +244,37 @@ def check_model_file(path: str | os.PathLike) -> None:
         raise PredictorError(f"model file {path} is unreadable: the .keras archive lacks {', '.join(lacking)}")
 
 
+def model_kind(model_name: str | None) -> str | None:
+    """The kind a saved model's name says it is (:data:`core.train_config.KIND_MODEL_NAMES`: ``snippet_crnn``,
+    ``full_crnn``, ``linear_baseline``, ``musicnn_classifier``), or None for a name no builder gives."""
+    for kind, name in KIND_MODEL_NAMES.items():
+        if model_name == name:
+            return kind
+    return None
+
+
 def check_model_matches_card(input_shape: tuple, n_outputs: int, card: dict, params: FeatureParams,
                              path: str | os.PathLike, model_name: str | None = None) -> None:
-    """The model and its card must agree: outputs vs classes, mel bands, and the card's ``kind`` vs the frames
-    the model takes (a snippet model takes ``snippet_frames``, a full-clip model ``full_frames``), vs the
-    card's own ``input_shape`` and vs the architecture's name (``snippet_crnn`` / ``full_crnn``)."""
+    """The model and its card must agree: outputs vs classes, the card's ``kind`` vs the model's name
+    (:func:`model_kind`: a "linear" card on a CRNN is refused), mel bands, and the kind vs the frames the model
+    takes (a snippet model takes ``snippet_frames``, a full-clip model ``full_frames``) and vs the card's own
+    ``input_shape``."""
     where = f"model card {Path(path).parent / CARD_NAME if Path(path).suffix == '.keras' else path}"
     classes = card["classes"]
     if n_outputs != len(classes):
         raise ModelCardError(f"the model has {n_outputs} outputs but its card lists {len(classes)} classes "
                              f"({where})")
-    if len(input_shape) < 3:
-        return  # not a spectrogram model (e.g. an embedding classifier): nothing more to compare
+    if len(input_shape) >= 3:  # a spectrogram model (the CRNNs, the baseline; musicnn takes (frames, mels))
+        _check_frames(input_shape, card, params, where)
+    family = model_kind(model_name)
+    if family is not None and family != card["kind"]:
+        what = {"snippet": "a snippet CRNN", "full": "a 30 s CRNN", "linear": "the linear baseline",
+                "musicnn": "a musicnn classifier"}[family]
+        raise ModelCardError(f"{where} is not usable: kind {card['kind']!r}, but the model is {what} ({model_name})")
+
+
+def _check_frames(input_shape: tuple, card: dict, params: FeatureParams, where: str) -> None:
+    """A spectrogram model's mel bands and frames vs its card's ``params``, ``kind`` and ``input_shape``."""
     if input_shape[2] is not None and int(input_shape[2]) != params.n_mels:
         raise ModelCardError(f"the model takes {input_shape[2]} mel bands, its card says {params.n_mels} ({where})")
     frames = input_shape[1]
@@ -265,10 +287,6 @@ def check_model_matches_card(input_shape: tuple, n_outputs: int, card: dict, par
             if n is not None and int(n) != expect:
                 raise ModelCardError(f"{where} is not usable: kind {kind!r} means {expect}-frame inputs, but {what} "
                                      f"{int(n)} frames")
-        arch = (model_name or "").split("_crnn")[0] if (model_name or "").endswith("_crnn") else None
-        if arch in ("snippet", "full") and arch != kind:
-            raise ModelCardError(f"{where} is not usable: kind {kind!r}, but the model is a {arch} CRNN "
-                                 f"({model_name})")
     if declared is not None and frames is not None and int(declared) != int(frames):
         raise ModelCardError(f"{where} is not usable: input_shape says {declared} frames, the model takes "
                              f"{int(frames)}")

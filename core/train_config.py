@@ -10,6 +10,12 @@ from core.errors import GenreLabError
 
 #: the names of core.models.ARCHS (here so that validating a config imports no Keras; a test keeps them equal)
 ARCH_NAMES = ("standard", "lean", "keras_bn")
+#: every model kind: core.models.BUILDERS (snippet, full, linear) and the musicnn head (core.embeddings), with the
+#: name each kind's saved model carries; here so that checking a model card imports no Keras (a test keeps them
+#: equal to the registry and the builders)
+KIND_MODEL_NAMES = {"snippet": "snippet_crnn", "full": "full_crnn", "linear": "linear_baseline",
+                    "musicnn": "musicnn_classifier"}
+KINDS = tuple(KIND_MODEL_NAMES)
 
 
 class TrainError(GenreLabError):

@@ -204,8 +204,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file. Nesting too deep for Python's parser (``[[[[...``, a hostile or damaged file) raises
+    ``ValueError`` like any other bad JSON, never ``RecursionError``."""
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply to be read (damaged, or not a Genre Lab file)") from None
 
 
 def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:

@@ -502,3 +502,76 @@ def test_experiment_page_names_the_damaged_store_and_the_repair(tmp_path, monkey
     at = open_page("experiment")
     assert_clean(at)
     assert any("no index" in t and "repair-store" in t for t in texts(at.error)), texts(at.error)
+
+
+# --- 5. model cards: one schema -------------------------------------------------------------------------------------
+def _card_copy(dst: Path, tamper=None, text: str | None = None) -> Path:
+    shutil.copytree(_shipped_model(), dst)
+    if text is not None:
+        (dst / "model_card.json").write_text(text)
+    elif tamper is not None:
+        card = json.loads((dst / "model_card.json").read_text())
+        tamper(card)
+        (dst / "model_card.json").write_text(json.dumps(card))
+    return dst
+
+
+def test_a_deeply_nested_card_is_a_clear_error_not_a_recursion_error(tmp_path):
+    from core.predictor import Predictor, PredictorError
+    from core.synth import synth_clip
+
+    folder = _card_copy(tmp_path / "m", text="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PredictorError, match="model_card.json is not a readable model card: JSON nested too deeply"):
+        Predictor(folder)
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, synth_clip(0, 4.0), 22050)
+    r = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(folder), str(clip)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "RecursionError" not in r.stderr, r.stderr
+    assert "nested too deeply" in r.stderr
+
+
+CARD_ATTACKS = [
+    ("bogus_kind", lambda c: c.update(kind="bogus"), r"kind is 'bogus' \(one of snippet, full, linear, musicnn"),
+    ("kind_list", lambda c: c.update(kind=["snippet"]), r"kind is \['snippet'\]"),
+    ("linear_on_crnn", lambda c: c.update(kind="linear"), r"kind 'linear', but the model is a snippet CRNN"),
+    ("musicnn_on_crnn", lambda c: c.update(kind="musicnn"), r"kind 'musicnn', but the model is a snippet CRNN"),
+    ("min_equals_max", lambda c: c["norm"].update(max=c["norm"]["min"]), r"norm\.max .* is not above norm\.min"),
+    ("max_below_min", lambda c: c["norm"].update(max=-200.0), r"norm\.max .* is not above norm\.min"),
+    ("inf_max", lambda c: c["norm"].update(max=float("inf")), r"norm\.max is inf"),
+    ("nan_mean", lambda c: c["norm"]["mean"].__setitem__(3, float("nan")), r"norm\.mean must be a list of 100 finite"),
+    ("zero_std", lambda c: c["norm"]["std"].__setitem__(5, 0.0), r"norm\.std holds a value <= 0"),
+    ("short_std", lambda c: c["norm"].update(std=[1.0] * 3), r"norm\.std must be a list of 100 finite"),
+]
+
+
+@pytest.mark.parametrize("name,tamper,message", CARD_ATTACKS, ids=[a[0] for a in CARD_ATTACKS])
+def test_cards_are_checked_against_the_registry_and_the_model(tmp_path, name, tamper, message):
+    from core.predictor import ModelCardError, Predictor
+
+    folder = _card_copy(tmp_path / "m", tamper)
+    with pytest.raises(ModelCardError, match=message) as err:
+        Predictor(folder)
+    assert "model_card.json" in str(err.value)
+
+
+def test_the_card_kinds_are_the_model_registry(real_store, tmp_path):
+    """The Keras-free list of kinds (``core.train_config.KINDS``) is the registry (``core.models.BUILDERS``) plus
+    the musicnn head, with the names their models carry; a card naming the wrong kind for a real linear
+    baseline is refused, and each shipped card passes."""
+    from core.models import BUILDERS, build_model
+    from core.predictor import ModelCardError, Predictor, read_model_card
+    from core.train_config import KIND_MODEL_NAMES, KINDS
+
+    assert set(KINDS) == set(BUILDERS) | {"musicnn"}
+    for kind in BUILDERS:
+        assert build_model(kind, 3, 32, 130 if kind == "full" else None).name == KIND_MODEL_NAMES[kind]
+    for card in sorted((ROOT / "models").glob("*/model_card.json")):
+        assert read_model_card(card)["kind"] in KINDS
+    run = next((real_store / "store" / "runs").iterdir())
+    folder = shutil.copytree(run, tmp_path / "linear")
+    Predictor(folder)  # its own card fits
+    card = json.loads((folder / "model_card.json").read_text())
+    (folder / "model_card.json").write_text(json.dumps(dict(card, kind="snippet")))
+    with pytest.raises(ModelCardError, match=r"kind 'snippet', but the model is the linear baseline"):
+        Predictor(folder)
