@@ -131,22 +131,42 @@ def _skip(relpath: str, abs_path: str, label: str, reason: str) -> dict[str, Any
             "n_snippets": 0, "sha256": None, "skipped": True, "reason": reason}
 
 
+def _link_reason(link: Path, src_real: Path) -> str:
+    """Why a symbolic link in the source is not followed (it points outside the source folder, or inside it,
+    where its files would be counted twice)."""
+    target = Path(os.path.realpath(link))
+    inside = target == src_real or src_real in target.parents
+    where = "inside the source folder: its files would count twice" if inside else "outside the source folder"
+    return (f"symbolic link to {target} ({where}): not followed; move or copy what it points to into the source "
+            "folder instead")
+
+
 def scan_source(src: str | os.PathLike) -> tuple[list[Track], list[dict[str, Any]], list[str]]:
     """List the audio tracks of a class-folder tree.
 
-    Returns ``(tracks, skipped_records, classes)``; hidden files, files outside class folders and files
-    without an audio extension are returned as skipped records with a reason.
+    Returns ``(tracks, skipped_records, classes)``; hidden files, files outside class folders, files without an
+    audio extension and symbolic links (class folders, sub-folders or files: never followed, whether they point
+    outside the source or back into it) are returned as skipped records with a reason; a linked class folder's
+    record has ``link_class`` set (the build lists it among the left-out classes).
     """
     src = Path(src)
     if not src.exists():
         raise DatasetError(f"source folder not found: {src}")
     if not src.is_dir():
         raise DatasetError(f"source is not a folder: {src}")
+    src_real = src.resolve()
     tracks: list[Track] = []
     skipped: list[dict[str, Any]] = []
     classes: list[str] = []
     for entry in sorted(src.iterdir(), key=lambda p: p.name):
         rel = entry.name
+        if entry.is_symlink() and not rel.startswith("."):
+            is_dir = entry.is_dir()
+            rec = _skip(rel, str(entry), rel if is_dir else "", _link_reason(entry, src_real))
+            if is_dir:
+                rec["link_class"] = True
+            skipped.append(rec)
+            continue
         if entry.is_file():
             reason = "hidden file" if rel.startswith(".") else "file outside a class folder"
             skipped.append(_skip(rel, str(entry), "", reason))
@@ -154,13 +174,20 @@ def scan_source(src: str | os.PathLike) -> tuple[list[Track], list[dict[str, Any
         if not entry.is_dir() or rel.startswith(".") or rel == "__MACOSX":
             continue
         n_audio = 0
-        for root, dirs, files in os.walk(entry):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        for root, dirs, files in os.walk(entry):  # never descends into linked folders: they are listed below
+            for d in sorted(dirs):
+                dp = Path(root) / d
+                if dp.is_symlink() and not d.startswith("."):
+                    skipped.append(_skip(dp.relative_to(src).as_posix(), str(dp), entry.name, _link_reason(dp, src_real)))
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX"
+                             and not (Path(root) / d).is_symlink())
             for name in sorted(files):
                 ap = Path(root) / name
                 rp = ap.relative_to(src).as_posix()
                 if name.startswith("."):
                     skipped.append(_skip(rp, str(ap), entry.name, "hidden file"))
+                elif ap.is_symlink():
+                    skipped.append(_skip(rp, str(ap), entry.name, _link_reason(ap, src_real)))
                 elif ap.suffix.lower() not in AUDIO_EXTENSIONS:
                     skipped.append(_skip(rp, str(ap), entry.name, f"not an audio file extension ({ap.suffix or 'none'})"))
                 else:
@@ -424,6 +451,9 @@ def build_dataset(
     _check_classes(tracks, classes)
     need = _min_tracks(split, custom, min_tracks_per_class)
     tracks, classes, left_out = _leave_out_small_classes(tracks, classes, need, skipped)
+    for r in skipped:  # a linked class folder: said in the warnings, not only in the manifest
+        if r.get("link_class"):
+            left_out[r["class"]] = f"class left out: its folder is a {r['reason']}"
 
     fhash = feature_hash(params)
     request = {"features": fhash, "split": {"val": split.val_share, "test": split.test_share,

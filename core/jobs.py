@@ -75,13 +75,52 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_in_child)
 
 
+def _process_info(pid: int) -> dict:
+    """pid, host, start time and command line of a live process on this host (from ``/proc``; what can be
+    read)."""
+    info: dict[str, Any] = {"pid": pid, "host": socket.gethostname(), "started_at": "?", "command": "?"}
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            info["command"] = " ".join(fh.read().replace(b"\0", b" ").decode("utf-8", "replace").split()) or "?"
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as fh:
+            btime = next(int(ln.split()[1]) for ln in fh if ln.startswith("btime"))
+        start = btime + ticks / os.sysconf("SC_CLK_TCK")
+        info["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    return info
+
+
+def _holds_deleted(pid: int, path: Path) -> bool | None:
+    """True when process ``pid`` has ``path`` open although the file was deleted (``/proc/PID/fd`` shows
+    ``PATH (deleted)``), False when it has not, None when this cannot be seen (no ``/proc``, no permission)."""
+    gone = f"{path} (deleted)"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == gone:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 class OSLock:
     """Exclusive lock of a folder held with the kernel (``fcntl.flock`` on ``FOLDER/NAME``).
 
     The kernel releases it when the holder exits, SIGKILL included, so there is no stale lock to detect and no
-    window where two processes both believe they hold it. The lock file itself is never deleted (deleting a
-    locked file would let a newcomer lock a fresh inode beside the old holder); the holder's pid, host, start
-    time and command go to a side file ``NAME.json`` for the messages only.
+    window where two processes both believe they hold it. The lock file is never deleted by Genre Lab, and its
+    messages never ask anyone to delete it: they name the live holder (pid, host, start time, command, from the
+    side file ``NAME.json``). Should the file be deleted (or replaced) anyway while its holder lives, a newcomer
+    would lock a fresh inode beside the old holder; so after taking the kernel lock, :meth:`acquire` checks that
+    the path still is the file it locked (else it retries on the new file) and that no live process on this host
+    still holds a deleted lock file of this folder (from the side file's inode, then ``/proc``): if one does,
+    the newcomer gives the lock up and names it.
     """
 
     error: type[GenreLabError] = GenreLabError
@@ -105,12 +144,39 @@ class OSLock:
         except (OSError, ValueError):
             return None
 
+    def _real_path(self) -> Path:
+        return Path(os.path.realpath(self.path.parent)) / self.path.name
+
+    def _deleted_file_holder(self, inode: tuple[int, int] | None) -> dict | None:
+        """A live process on this host (not this one) that still holds a lock on a deleted (or replaced) lock
+        file of this folder, or None. ``inode``: (st_dev, st_ino) of the file at the path now, if any."""
+        me, host = os.getpid(), socket.gethostname()
+        real = self._real_path()
+        info = self._record()
+        if info and info.get("host") == host and isinstance(info.get("pid"), int) and info["pid"] != me \
+                and pid_alive(info["pid"]):
+            recorded = info.get("lock_inode")
+            if isinstance(recorded, list) and inode is not None and tuple(recorded) != tuple(inode):
+                if _holds_deleted(info["pid"], real) is not False:
+                    return info
+        try:  # the side file may be gone too: ask the kernel which processes hold flocks
+            with open("/proc/locks", encoding="ascii") as fh:
+                pids = {int(parts[4]) for parts in (ln.split() for ln in fh)
+                        if len(parts) > 5 and parts[1] == "FLOCK" and parts[3] == "WRITE" and parts[4].isdigit()}
+        except OSError:
+            return None
+        for pid in sorted(pids - {me}):
+            if _holds_deleted(pid, real):
+                rec = info if info and info.get("pid") == pid and info.get("host") == host else _process_info(pid)
+                return rec
+        return None
+
     def holder(self) -> dict | None:
         """The holder's record (pid, host, started_at, command), or None when nobody holds the lock."""
         if self.held:
             return self._record()
         if not self.path.exists():
-            return None
+            return self._deleted_file_holder(None)
         import fcntl
 
         fd = self._open()
@@ -124,19 +190,23 @@ class OSLock:
                     # the holder has just taken the lock and not yet written its record
                     return {"pid": -1, "host": "?", "started_at": "?", "command": "(a process starting up)"}
                 return info
+            st = os.fstat(fd)
             fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
+            return self._deleted_file_holder((st.st_dev, st.st_ino))
         finally:
             os.close(fd)
 
     def message(self, info: dict | None) -> str:
         """Who holds the lock, from its side file: the job (when a :func:`start_job` job), pid, host, start time
-        and command."""
+        and command. Never advice to delete the lock file (that would let two processes write at once)."""
         info = info or {}
         job = job_name_of(str(info.get("command") or ""))
         who = (f"job {job!r}, " if job else "") + f"pid {info.get('pid')}"
+        where = "" if info.get("host") in (None, "?", socket.gethostname()) else \
+            " (on another machine: stop it there)"
         return (f"the {self.what} {self.path.parent} is in use by {who} on {info.get('host')} "
-                f"since {info.get('started_at')} (command: {info.get('command')}). Stop that job or wait for it.")
+                f"since {info.get('started_at')} (command: {info.get('command')}){where}. Stop that job or wait for "
+                "it; the lock goes when that process ends.")
 
     def acquire(self, timeout: float = 1.0) -> "OSLock":
         """Take the lock; waits up to ``timeout`` seconds, then raises ``self.error`` naming the holder."""
@@ -149,7 +219,6 @@ class OSLock:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
@@ -158,12 +227,31 @@ class OSLock:
                         raise self.error(f"this process already holds the lock of {self.path.parent}") from None
                     raise self.error(self.message(self.holder())) from None
                 time.sleep(0.02)
+                continue
+            st = os.fstat(fd)
+            try:
+                now = os.stat(self.path)
+                same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+            except FileNotFoundError:
+                same = False
+            if not same:  # deleted or replaced between our open and our lock: lock the file that is there now
+                os.close(fd)
+                fd = self._open()
+                continue
+            other = self._deleted_file_holder((st.st_dev, st.st_ino))
+            if other is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise self.error(self.message(other) + f" (Its lock file {self.path} was deleted while it ran; it "
+                                                       "still holds the folder.)")
+            break
         self._fd = fd
         _HELD.add(self)
         self.held = True
         try:
             atomic_write_json(self.info_path, {"pid": os.getpid(), "host": socket.gethostname(),
-                                               "started_at": _now(), "command": self.command})
+                                               "started_at": _now(), "command": self.command,
+                                               "lock_inode": [st.st_dev, st.st_ino]})
         except OSError:
             pass  # the record only feeds messages; the kernel lock is what counts
         return self
@@ -210,10 +298,6 @@ class StoreLock(OSLock):
 
     def __init__(self, store_path: str | os.PathLike, command: str | None = None):
         super().__init__(store_path, LOCK_NAME, command)
-
-    def message(self, info: dict | None) -> str:
-        return super().message(info) + (f" If that process is gone on another machine sharing this folder, "
-                                         f"delete {self.path}.")
 
 
 # ---------------------------------------------------------------------------------------------------------

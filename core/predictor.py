@@ -739,7 +739,7 @@ def _cli_predict(a) -> int:
             if a.json:
                 print(json.dumps({"file": f, "error": str(exc)}), flush=True)
             else:
-                print(f"{f}\terror: {exc}", flush=True)
+                print(f"{one_line(f)}\terror: {one_line(str(exc))}", flush=True)
             continue
         if a.json:
             d = r.to_dict()
@@ -747,11 +747,33 @@ def _cli_predict(a) -> int:
                 d.pop(k)
             print(json.dumps({"file": f, **d}), flush=True)
         else:
-            note = f"\t({'; '.join(r.notes)})" if r.notes else ""
-            print(f"{f}\t{r.predicted}\t{r.score:.3f}\t{r.n_windows} windows{note}", flush=True)
+            note = f"\t({one_line('; '.join(r.notes))})" if r.notes else ""
+            print(f"{one_line(f)}\t{one_line(r.predicted)}\t{r.score:.3f}\t{r.n_windows} windows{note}", flush=True)
     if failed:
         print(f"{failed} of {len(a.files)} files could not be classified", file=sys.stderr)
     return 1 if failed else 0
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control or line-breaking character escaped (``\\n``, ``\\t``, ``\\x1b``, ``\\u2028``
+    ...), so a file or class name can never break ``predict``'s one line per file and tab-separated columns
+    (the ``--json`` output is escaped by JSON itself)."""
+    import unicodedata
+
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class _ProgressLine:
@@ -767,7 +789,7 @@ class _ProgressLine:
             return
         self.last, self.shown = time.monotonic(), True
         of = f" of {total_s / 60:.1f}" if total_s else ""
-        print(f"{self.name}: {done_s / 60:.1f}{of} min classified", file=sys.stderr, flush=True)
+        print(f"{one_line(self.name)}: {done_s / 60:.1f}{of} min classified", file=sys.stderr, flush=True)
 
 
 def _predict_header(pred: "Predictor", a) -> str:
@@ -780,7 +802,8 @@ def _predict_header(pred: "Predictor", a) -> str:
     else:
         how = (f"{a.window or pred.params.snippet_s:g} s windows every {a.hop:g} s, "
                f"aggregation: {a.aggregation}")
-    return (f"# model {name} ({pred.model_path}), {len(pred.classes)} classes: {', '.join(pred.classes)}\n"
+    return (f"# model {one_line(str(name))} ({one_line(str(pred.model_path))}), {len(pred.classes)} classes: "
+            f"{', '.join(one_line(c) for c in pred.classes)}\n"
             f"# {how}; {backend} inference\n"
             "file\tclass\tscore\twindows")
 

@@ -23,6 +23,7 @@ import soundfile as sf
 from conftest import ROOT, make_test_store
 
 SHIPPED = ROOT / "models" / "emotify-crnn"
+PY = [sys.executable, "-c"]
 
 
 def _poisoned_wav(path: Path, seconds: float = 4.0, sr: int = 22050, value: float = np.inf) -> Path:
@@ -575,3 +576,132 @@ def test_the_card_kinds_are_the_model_registry(real_store, tmp_path):
     (folder / "model_card.json").write_text(json.dumps(dict(card, kind="snippet")))
     with pytest.raises(ModelCardError, match=r"kind 'snippet', but the model is the linear baseline"):
         Predictor(folder)
+
+
+# --- 6. smaller: links, control characters, temp files, locks ----------------------------------------------------
+def test_symbolic_links_in_the_source_are_not_followed_and_say_why(tmp_path):
+    from core.dataset import build_dataset, load_dataset
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(tmp_path / "src", n_classes=2, per_class=4, seconds=4.0)
+    other = make_dataset_folder(tmp_path / "elsewhere", n_classes=3, per_class=4, seconds=4.0)
+    (src / "pulse").symlink_to(other / "pulse", target_is_directory=True)  # a class folder outside the source
+    (src / "bass2").symlink_to(src / "bass", target_is_directory=True)  # the same files twice
+    (src / "tone" / "extra.wav").symlink_to(other / "pulse" / "pulse.00000.wav")
+    (src / "tone" / "sub").symlink_to(other / "bass", target_is_directory=True)
+    ds = load_dataset(build_dataset(src, tmp_path / "ds", workers=1))
+    assert ds.classes == ["bass", "tone"]
+    m = ds.manifest.set_index("path")
+    assert "outside the source folder): not followed" in m.loc["pulse", "reason"]
+    assert str((other / "pulse").resolve()) in m.loc["pulse", "reason"]
+    assert "inside the source folder: its files would count twice" in m.loc["bass2", "reason"]
+    assert "not followed" in m.loc["tone/extra.wav", "reason"] and "not followed" in m.loc["tone/sub", "reason"]
+    assert not any(str(p).startswith(("pulse/", "bass2/", "tone/sub/")) for p in m.index)
+    assert set(ds.card["left_out_classes"]) == {"pulse", "bass2"}
+    used = ds.manifest[~ds.manifest["skipped"].astype(bool)]
+    assert all(str(tmp_path / "src") in p and "elsewhere" not in p for p in used["abs_path"])
+    r = subprocess.run([sys.executable, "-m", "core", "build-dataset", str(src), str(tmp_path / "ds2"),
+                        "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "warning: pulse: class left out: its folder is a symbolic link" in r.stderr
+
+
+def test_control_characters_in_class_and_file_names_keep_one_line_per_file(tmp_path):
+    from core.synth import synth_clip
+
+    model = shutil.copytree(_shipped_model(), tmp_path / "m")
+    card = json.loads((model / "model_card.json").read_text())
+    card["classes"] = ["classical\nfake.wav\trock\t1.000", "electronic\r", "pop\x1b[2J", "rock\u2028x"]
+    (model / "model_card.json").write_text(json.dumps(card))
+    files = [tmp_path / "a.wav", tmp_path / "b\nc.wav"]
+    for i, f in enumerate(files):
+        sf.write(f, synth_clip(i, 4.0), 22050)
+    r = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(model)] + [str(f) for f in files],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == 3, r.stdout  # one line per file, nothing else
+    from core.predictor import one_line
+
+    for line, f in zip(lines, files):
+        cols = line.split("\t")
+        assert len(cols) == 4 and cols[0] == one_line(str(f)) and cols[1] in [one_line(c) for c in card["classes"]]
+        assert "\r" not in line and "\x1b" not in line and "\u2028" not in line
+    assert "classical\\nfake.wav\\trock" in r.stderr  # the header too
+    assert one_line("pop\x1b[2J") == "pop\\x1b[2J" and one_line("rock é") == "rock é"
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+real = os.replace
+def replace(a, b):
+    if str(b).endswith("model_card.json"):
+        os.kill(os.getpid(), signal.SIGKILL)  # killed between writing the temp file and renaming it
+    return real(a, b)
+os.replace = replace
+from core.predictor import write_model_card
+write_model_card({folder!r}, {{"kind": "snippet"}})
+"""
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    from core.predictor import write_model_card
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    r = subprocess.run(PY + [_KILLED_WRITER.format(root=str(ROOT), folder=str(folder))], timeout=60)
+    assert r.returncode == -signal.SIGKILL
+    assert [p.name for p in folder.glob(".model_card.json.*.tmp")], "the kill should leave a temp file"
+    write_model_card(folder, {"kind": "snippet", "classes": ["a"]})
+    assert sorted(p.name for p in folder.iterdir()) == ["model_card.json"]
+    from core.utils import clean_stale_temps, host_id
+
+    # only dead writers' files go: a live writer's (this process), another host's recent one stay
+    live = folder / f".x.json.{os.getpid()}@{host_id()}.abcdefgh.tmp"
+    dead = folder / f".x.json.999999999@{host_id()}.abcdefgh.tmp"
+    other_new = folder / ".x.json.123@0badf00d.abcdefgh.tmp"
+    other_old = folder / ".x.json.124@0badf00d.abcdefgh.tmp"
+    legacy_old = folder / ".x.json.k2j4h5g6.tmp"
+    for p in (live, dead, other_new, other_old, legacy_old):
+        p.write_text("partial")
+    for p in (other_old, legacy_old):
+        os.utime(p, (time.time() - 2 * 86400,) * 2)
+    removed = clean_stale_temps(folder, force=True)
+    assert sorted(p.name for p in removed) == sorted(p.name for p in (dead, other_old, legacy_old))
+    assert live.exists() and other_new.exists()
+
+
+_HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from core.jobs import StoreLock
+StoreLock({store!r}, command="python -m core run-experiment HOLDER").acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("delete", [(".lock",), (".lock", ".lock.json")], ids=["lock", "lock-and-record"])
+def test_deleting_a_held_lock_file_never_gives_two_holders(tmp_path, delete):
+    from core.jobs import LockError, StoreLock
+
+    store = tmp_path / "store"
+    holder = subprocess.Popen(PY + [_HOLDER.format(root=str(ROOT), store=str(store))], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockError) as err:
+            StoreLock(store).acquire(timeout=0.2)
+        msg = str(err.value)
+        assert f"pid {holder.pid}" in msg and "run-experiment HOLDER" in msg and "since 20" in msg
+        assert "delete" not in msg.lower()
+        for name in delete:
+            (store / name).unlink()
+        with pytest.raises(LockError, match=rf"pid {holder.pid} .*was deleted while it ran; it still holds"):
+            StoreLock(store).acquire(timeout=0.2)
+        assert StoreLock(store).holder()["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    with StoreLock(store, command="next") as lock:  # the holder is gone: the lock is free again
+        assert lock.held and StoreLock(store).holder()["command"] == "next"
