@@ -193,8 +193,8 @@ def extract_tar_safely(archive: str | os.PathLike, into: str | os.PathLike, *,
 
     Bombs are refused before the member that crosses a limit is written, from the sizes the tar declares: a
     member over ``max_member_bytes``, more than ``max_files`` files or ``max_total_bytes`` in all, or more than
-    ``max_ratio`` times the archive's own size in all (at least 1 MB
-    is always allowed). What this call extracted is removed again on any error, so nothing is left behind.
+    ``max_ratio`` times the archive's own size in all (at least 1 MB is always allowed). What this call
+    extracted is removed again on any error, so nothing is left behind.
 
     :class:`ArchiveError` for an unreadable/damaged archive, an unsafe member or a bomb; ``OSError`` (disk
     full: :class:`core.errors.DiskFullError` when a member would not fit) passes through.
@@ -215,8 +215,8 @@ def extract_tar_safely(archive: str | os.PathLike, into: str | os.PathLike, *,
                     n_files += 1
                     total += member.size
                     if member.size > max_member_bytes:
-                        raise ArchiveError(f"the archive member {member.name!r} is {_fmt_bytes(member.size)}, more than "
-                                           f"the limit of {_fmt_bytes(max_member_bytes)} per file (tar bomb?)")
+                        raise ArchiveError(f"the archive member {member.name!r} is {_fmt_bytes(member.size)}, more "
+                                           f"than the limit of {_fmt_bytes(max_member_bytes)} per file (tar bomb?)")
                     if n_files > max_files:
                         raise ArchiveError(f"the archive holds more than {max_files} files, the limit")
                     if total > max_total_bytes:
@@ -234,7 +234,10 @@ def extract_tar_safely(archive: str | os.PathLike, into: str | os.PathLike, *,
     except BaseException as exc:
         for name in set(os.listdir(into)) - before:  # nothing of this extraction stays behind
             p = into / name
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
         if isinstance(exc, tarfile.FilterError):  # pragma: no cover - our own checks come first
             raise ArchiveError(f"unsafe archive: {exc}") from None
         if isinstance(exc, (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)):

@@ -178,7 +178,8 @@ def scan_source(src: str | os.PathLike) -> tuple[list[Track], list[dict[str, Any
             for d in sorted(dirs):
                 dp = Path(root) / d
                 if dp.is_symlink() and not d.startswith("."):
-                    skipped.append(_skip(dp.relative_to(src).as_posix(), str(dp), entry.name, _link_reason(dp, src_real)))
+                    skipped.append(_skip(dp.relative_to(src).as_posix(), str(dp), entry.name,
+                                         _link_reason(dp, src_real)))
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX"
                              and not (Path(root) / d).is_symlink())
             for name in sorted(files):

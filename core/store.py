@@ -628,7 +628,8 @@ def _insert_run(con, run: dict, epochs: list[dict], metrics: list[dict], predict
                      for m in metrics])
     con.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?)",
                     [(run["id"], p["level"], p["split"], p["track"], p.get("start_s"), p.get("true_label"),
-                      p.get("pred_label"), p["scores"] if isinstance(p.get("scores"), str) else json.dumps(p.get("scores")))
+                      p.get("pred_label"),
+                      p["scores"] if isinstance(p.get("scores"), str) else json.dumps(p.get("scores")))
                      for p in predictions])
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -86,7 +87,7 @@ def clean_stale_temps(folder: str | os.PathLike, force: bool = False) -> list[Pa
 
 def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
     try:
-        free = fmt_bytes(__import__("shutil").disk_usage(path.parent).free) + " free"
+        free = fmt_bytes(shutil.disk_usage(path.parent).free) + " free"
     except OSError:
         free = "free space unknown"
     return DiskFullError(f"the disk is full: {path} could not be written ({free}); free some space and run "
