@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -11,7 +12,7 @@ from core.jobs import start_job
 from core.predictor import AGGREGATIONS
 from core.synth import DEMO_MODEL_NAME, demo_clip_wav
 from core.utils import sha256_bytes
-from core.workspace import home_dir, list_tagger_folders
+from core.workspace import REPO_ROOT, home_dir, list_tagger_folders
 from ui.charts import vote_figure
 from ui.common import guarded, show_error
 from ui.jobs_view import job_panel, job_running
@@ -330,9 +331,11 @@ def main() -> None:
     with right:  # one line here; the full card is full-width below everything, so it never pushes the clip down
         st.caption(model_summary(card))
     for t in list_tagger_folders():
+        where = Path(t["path"])
+        where = where.relative_to(REPO_ROOT) if where.is_relative_to(REPO_ROOT) else where
         st.caption(f"Not listed: `{t['name']}`, musicnn's {t.get('model') or ''} tagger (50 tags such as rock, "
                    "jazz, 80s, not genre classes): the musicnn models here are built on it. "
-                   f"`python -m core predict --model {t['path']} FILE` prints its tags.")
+                   f"`python -m core predict --model {where} FILE` prints its tags.")
 
     classify_section(model, card)
     with st.expander("Model card", icon=":material/badge:"):

@@ -176,8 +176,8 @@ class MusicnnNetwork:
     file) every feature but ``taggram`` is available.
     """
 
-    def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 16,
-                 timbral_chunk: int = 128):
+    def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 4,
+                 timbral_chunk: int = 128, threads: int | None = None):
         missing = [f"{layer}/{p}" for layer in mn.CHECKPOINT_MAP if layer != "tag_logits"
                    for p in _bn_parts(layer) if f"{layer}/{p}" not in weights]
         if missing:
@@ -187,6 +187,8 @@ class MusicnnNetwork:
         self.name = name
         self.batch = max(1, int(batch))
         self.timbral_chunk = max(8, int(timbral_chunk))
+        self.threads = max(1, int(threads or default_threads()))
+        self._pool = None
         self.digest = weights_digest(w)
         scale, shift = _bn_affine(w, "input_bn")
         self.in_scale, self.in_shift = _F32(scale[0]), _F32(shift[0])
@@ -236,6 +238,19 @@ class MusicnnNetwork:
         """From ``musicnn.weights.npz`` or a converted folder (:func:`load_weights`)."""
         return cls(load_weights(path), name=Path(path).stem, **kw)
 
+    # ----- threads ------------------------------------------------------------------------------------------------
+    def map(self, fn: Callable, items: Sequence) -> list:
+        """``[fn(x) for x in items]``, on ``threads`` threads when there is more than one item: each runs
+        single-threaded BLAS (:func:`compute`), so the copies and reductions around the products run in parallel
+        too (NumPy releases the GIL in both)."""
+        if self.threads == 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="musicnn")
+        return list(self._pool.map(fn, items))
+
     # ----- checks ---------------------------------------------------------------------------------------------
     def check_names(self, names: Iterable[str]) -> tuple[str, ...]:
         names = tuple(names)
@@ -273,23 +288,32 @@ class MusicnnNetwork:
             c0 += f
         return out
 
-    def timbral(self, x: np.ndarray) -> np.ndarray:
+    def timbral(self, x: np.ndarray, parallel: bool = True) -> np.ndarray:
         """The timbral front end of ``(B, F, 96)`` normalised, zero-padded inputs: ``(B, F - 6, 408)``, in
-        chunks of about ``timbral_chunk`` output frames (the im2col copy is ~120 kB per frame)."""
+        chunks of about ``timbral_chunk`` output frames (the im2col copy is ~120 kB per frame), on the threads
+        when ``parallel`` (not from inside a task that already runs on them)."""
+        run = self.map if parallel else (lambda fn, items: [fn(i) for i in items])
         B, F, _ = x.shape
         To = F - 2 * CONTEXT
         ch = self.timbral_chunk
         if To <= 0:
             return np.zeros((B, 0, self.timbral_width), _F32)
+        out = np.empty((B, To, self.timbral_width), _F32)
         if To >= ch:
-            out = np.empty((B, To, self.timbral_width), _F32)
-            for b in range(B):
-                for a in range(0, To, ch):
-                    e = min(To, a + ch)
-                    out[b, a:e] = self._timbral_block(x[b:b + 1, a:e + 2 * CONTEXT])[0]
-            return out
-        step = max(1, ch // To)
-        return np.concatenate([self._timbral_block(x[b:b + step]) for b in range(0, B, step)])
+            def one(job):
+                b, a = job
+                e = min(To, a + ch)
+                out[b, a:e] = self._timbral_block(x[b:b + 1, a:e + 2 * CONTEXT])[0]
+
+            run(one, [(b, a) for b in range(B) for a in range(0, To, ch)])
+        else:
+            step = max(1, ch // To)
+
+            def some(b):
+                out[b:b + step] = self._timbral_block(x[b:b + step])
+
+            run(some, list(range(0, B, step)))
+        return out
 
     def edges(self, xn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Timbral features of each window's first and last 3 frames, with the window's own zero padding:
@@ -299,7 +323,7 @@ class MusicnnNetwork:
         ex = np.zeros((2 * n, 3 * c, xn.shape[2]), _F32)  # 3 zero frames + 6 frames, or 6 frames + 3 zeros
         ex[:n, c:] = xn[:, :2 * c]
         ex[n:, :2 * c] = xn[:, -2 * c:]
-        t = self.timbral(ex)
+        t = self.timbral(ex, parallel=False)  # called from the window tasks
         return t[:n], t[n:]
 
     def _temporal(self, xn: np.ndarray) -> np.ndarray:
@@ -371,12 +395,14 @@ class MusicnnNetwork:
         X = np.asarray(X, _F32)
         if X.ndim != 3 or X.shape[1:] != (mn.PATCH_FRAMES, self.n_mels):
             raise MusicnnNumpyError(f"musicnn takes (n, {mn.PATCH_FRAMES}, {self.n_mels}) patches, not {X.shape}")
-        parts = []
-        for a in range(0, len(X), self.batch):
+        def one(a):
             xn = self.normalise(X[a:a + self.batch])
             padded = np.zeros((len(xn), mn.PATCH_FRAMES + 2 * CONTEXT, self.n_mels), _F32)
             padded[:, CONTEXT:-CONTEXT] = xn
-            parts.append(self.rest(xn, self.timbral(padded), names))
+            return self.rest(xn, self.timbral(padded, parallel=False), names)
+
+        with compute():
+            parts = self.map(one, list(range(0, len(X), self.batch)))
         return _concat(parts, names, self.feature_dim)
 
     def windows(self, mel: np.ndarray, start_frames, names: Sequence[str] = ("penultimate",)) -> dict[str, np.ndarray]:
@@ -393,10 +419,17 @@ class MusicnnNetwork:
         xn = self.normalise(mel[lo:hi])
         padded = np.zeros((hi - lo + 2 * CONTEXT, self.n_mels), _F32)
         padded[CONTEXT:-CONTEXT] = xn
-        tim = self.timbral(padded[None])[0]
-        parts = [self._window_batch(xn, tim, starts[a:a + self.batch] - lo, names)
-                 for a in range(0, len(starts), self.batch)]
+        with compute():
+            tim = self.timbral(padded[None])[0]
+            parts = self.window_batches(xn, tim, starts - lo, names)
         return _concat(parts, names, self.feature_dim)
+
+    def window_batches(self, xn: np.ndarray, tim: np.ndarray, rel_starts: np.ndarray, names) -> list[dict]:
+        """:meth:`_window_batch` on batches of ``batch`` windows, on the threads."""
+        return self.map(lambda a: self._window_batch(xn, tim, rel_starts[a:a + self.batch], names),
+                        list(range(0, len(rel_starts), self.batch)))
+
+
 
     def _window_batch(self, xn: np.ndarray, tim: np.ndarray, rel_starts: np.ndarray, names) -> dict:
         """Windows at ``rel_starts`` of a normalised log-mel ``xn`` whose timbral features are ``tim`` (the
@@ -410,6 +443,49 @@ class MusicnnNetwork:
             TIM[i, c:P - c] = tim[s + c:s + P - c]
         TIM[:, :c], TIM[:, P - c:] = self.edges(X)
         return self.rest(X, TIM, names)
+
+
+def default_threads() -> int:
+    """Threads for the network: the CPUs this process may use (at most 4), or ``$GENRELAB_THREADS``."""
+    env = os.environ.get("GENRELAB_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def compute():
+    """Context for the network's products: BLAS on one thread (the work is split across threads at the level of
+    chunks and window batches instead: on 2 shared cores a threaded BLAS spent ~1.8x the CPU time for the same
+    work). A no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def count_macs(n_frames: int, n_windows: int) -> dict[str, int]:
+    """Multiply-accumulates of :class:`WindowStream` on ``n_frames`` log-mel frames cut into ``n_windows``
+    windows, by part (as computed here: the temporal products include the block-Toeplitz zeros), and ``"one by
+    one"``: the same windows each run through the whole network (:func:`core.musicnn.count_macs`)."""
+    timbral_frame = sum((mn.N_MELS - int(f * mn.N_MELS) + 1) * 7 * int(f * mn.N_MELS) * 204 for _, f in TIMBRAL)
+    L = TOEPLITZ_BLOCK
+    blocks = -(-mn.PATCH_FRAMES // L)
+    temporal = mn.N_MELS * blocks * L * 51 * sum(L + k - 1 for k in mn.TEMPORAL_KERNELS)
+    midend = mn.PATCH_FRAMES * 7 * 64 * (561 + 64 + 64)
+    out = {"timbral (shared)": n_frames * timbral_frame, "timbral edges": n_windows * 6 * timbral_frame,
+           "temporal": n_windows * temporal, "mid end": n_windows * midend,
+           "back end": n_windows * (1506 * 200 + 200 * 50)}
+    out["total"] = sum(out.values())
+    out["one by one"] = n_windows * mn.count_macs()
+    return out
 
 
 def _concat(parts: list[dict], names: Sequence[str], dim_of: Callable) -> dict[str, np.ndarray]:
@@ -573,9 +649,8 @@ class WindowStream:
             xn = self.net.normalise(self.mel[starts[0] - self.m0:starts[-1] + mn.PATCH_FRAMES - self.m0])
             tim = self.tim[starts[0] - self.m0:]
             st = np.asarray(starts, np.int64)
-            for a in range(0, len(st), self.net.batch):
-                part = st[a:a + self.net.batch]
-                out.append((part, self.net._window_batch(xn, tim, part - st[0], self.names)))
+            feats = self.net.window_batches(xn, tim, st - st[0], self.names)
+            out = [(st[a:a + self.net.batch], f) for a, f in zip(range(0, len(st), self.net.batch), feats)]
             self.n_windows += len(st)
         if not eof:  # keep only what the next windows (and the next timbral frames) need
             keep = min(self._next_start(), self.m0 + self.tim.shape[0] - CONTEXT)
@@ -591,7 +666,10 @@ class WindowStream:
         frames = self.logmel.feed(y)
         if frames.shape[0]:
             self.mel = np.concatenate([self.mel, frames])
-        return self._ready(False) if self.n_frames >= mn.PATCH_FRAMES else []
+        if self.n_frames < mn.PATCH_FRAMES:
+            return []
+        with compute():
+            return self._ready(False)
 
     def finish(self) -> list[tuple[np.ndarray, dict]]:
         self._done = True
@@ -605,7 +683,8 @@ class WindowStream:
             self.padded = True
             self.n_windows = 1
             return [(np.zeros(1, np.int64), self.net.patches(x, self.names))]
-        return self._ready(True)
+        with compute():
+            return self._ready(True)
 
 
 # =========================================================================================================

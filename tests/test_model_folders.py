@@ -330,3 +330,16 @@ def test_a_keras_only_member_falls_back_to_keras_for_the_whole_ensemble(crnn_ens
     with pytest.raises(PredictorError, match=r"m1\.keras cannot run in NumPy \(not implemented there: layer "
                                              r"GlobalAveragePooling2D\)"):
         Predictor(folder, "numpy")
+
+
+def test_demo_says_why_the_musicnn_tagger_is_not_listed(tmp_path, monkeypatch):
+    from test_app import assert_clean, open_page, texts
+
+    _need(MSD)
+    monkeypatch.setenv("GENRELAB_HOME", str(tmp_path))  # a fresh clone: the shipped models only
+    at = open_page("demo")
+    assert_clean(at)
+    assert not any("msd-musicnn" in o for o in at.selectbox(key="demo_model").options)
+    assert any("Not listed: `msd-musicnn`, musicnn's MSD_musicnn tagger" in c
+               and "`python -m core predict --model models/msd-musicnn FILE` prints its tags" in c
+               for c in texts(at.caption)), texts(at.caption)
