@@ -17,7 +17,10 @@ The default clip is a generated one-minute 44.1 kHz stereo MP3 (ffmpeg, 128 kbit
 yours (e.g. an Emotify track). The machine's load average is printed before and after: compare ratios, and
 absolute figures only with the load they were measured at.
 
-Usage: ``python bench/musicnn_predict.py [--clip SONG.mp3] [--repeats 5] [--keras-repeats 2] [--long 7200]``
+``--all-models``: the same command for every folder in ``models/`` (the README's table of shipped models).
+
+Usage: ``python bench/musicnn_predict.py [--clip SONG.mp3] [--repeats 5] [--keras-repeats 2] [--all-models]
+[--long 7200]``
 """
 from __future__ import annotations
 
@@ -42,9 +45,24 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+#: ``python -m core ARGS`` that prints its peak resident memory (VmHWM) on exit: ``ru_maxrss`` of a child counts
+#: the parent's memory at the fork (1.4 GB once this process has imported TensorFlow for the score comparison)
+_CORE = ("import atexit, runpy, sys\n"
+         "def _hwm():\n"
+         "    kb = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+         "    print('VMHWM_KB', kb, file=sys.stderr)\n"
+         "atexit.register(_hwm)\n"
+         "sys.argv = ['core'] + sys.argv[1:]\n"
+         "runpy.run_module('core', run_name='__main__', alter_sys=True)\n")
+
+
+def core_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", _CORE, *args]
+
+
 def run_timed_streams(cmd: list[str], env: dict[str, str]) -> dict:
-    """One fresh process: wall and CPU seconds, peak RSS (MB), exit code, stdout, stderr (both pipes read on
-    threads; ``wait4`` reaps the child and gives its resource usage)."""
+    """One fresh process: wall and CPU seconds, peak RSS (MB: the process's own VmHWM when it prints it, as
+    :func:`core_cmd` does), exit code, stdout, stderr (both pipes read on threads; ``wait4`` reaps the child)."""
     import threading
 
     t0 = time.perf_counter()
@@ -63,16 +81,18 @@ def run_timed_streams(cmd: list[str], env: dict[str, str]) -> dict:
     for t in threads:
         t.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024,
-            "rc": proc.returncode, "out": bufs["out"].decode("utf-8", "replace"),
-            "err": bufs["err"].decode("utf-8", "replace")}
+    err = bufs["err"].decode("utf-8", "replace")
+    hwm = [ln.split()[1] for ln in err.splitlines() if ln.startswith("VMHWM_KB ")]
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
+            "rss": int(hwm[-1]) / 1024 if hwm else usage.ru_maxrss / 1024,
+            "rc": proc.returncode, "out": bufs["out"].decode("utf-8", "replace"), "err": err}
 
 
 def bench_cli(model: Path, clip: Path, repeats: int, keras: bool) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     if keras:
         env["GENRELAB_INFERENCE"] = "keras"
-    cmd = [sys.executable, "-m", "core", "predict", "--model", str(model), str(clip)]
+    cmd = core_cmd("predict", "--model", str(model), str(clip))
     runs = [run_timed_streams(cmd, env) for _ in range(1 + repeats)]
     bad = [r for r in runs if r["rc"] != 0]
     if bad:
@@ -147,7 +167,7 @@ def bench_long(seconds: float, keras: bool) -> None:
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
             if use_keras:
                 env["GENRELAB_INFERENCE"] = "keras"
-            r = run_timed_streams([sys.executable, "-m", "core", "predict", "--model", str(MODEL), str(flac)], env)
+            r = run_timed_streams(core_cmd("predict", "--model", str(MODEL), str(flac)), env)
             progress = [ln for ln in r["err"].splitlines() if "min classified" in ln]
             name = "Keras" if use_keras else "NumPy"
             print(f"{name}: exit {r['rc']}, {r['wall']:.0f} s wall, {r['cpu']:.0f} s CPU, peak {r['rss']:.0f} MB, "
@@ -167,6 +187,8 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=0.0, metavar="SECONDS", help="also a generated long FLAC")
     ap.add_argument("--long-keras", action="store_true", help="also the Keras path on the long FLAC (slow)")
     ap.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
+    ap.add_argument("--all-models", action="store_true",
+                    help="also every folder in models/ (the README's table of shipped models)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="genrelab-musicnn-bench-"))
     try:
@@ -188,6 +210,12 @@ def main() -> None:
             print(f"largest window-score difference NumPy - Keras: {score_difference(clip):.2e}")
         print(compute_rate(clip))
         print(f"load {_load()}")
+        if a.all_models:
+            print("\nevery folder in models/ (predict in a fresh process, NumPy unless a model needs Keras):")
+            for folder in sorted(p for p in (ROOT / "models").iterdir() if p.is_dir()):
+                r = bench_cli(folder, clip, max(1, a.repeats // 2), False)
+                print(f"{folder.name:24s} cold {r['cold']['wall']:5.2f} s, warm {r['wall']:5.2f} s, CPU {r['cpu']:5.2f} s, "
+                      f"peak {r['rss']:4.0f} MB [{r['backend']}]; load {_load()}")
         if a.long:
             bench_long(a.long, a.long_keras)
     finally:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -176,7 +177,7 @@ class MusicnnNetwork:
     file) every feature but ``taggram`` is available.
     """
 
-    def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 4,
+    def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 8,
                  timbral_chunk: int = 128, threads: int | None = None):
         missing = [f"{layer}/{p}" for layer in mn.CHECKPOINT_MAP if layer != "tag_logits"
                    for p in _bn_parts(layer) if f"{layer}/{p}" not in weights]
@@ -189,6 +190,7 @@ class MusicnnNetwork:
         self.timbral_chunk = max(8, int(timbral_chunk))
         self.threads = max(1, int(threads or default_threads()))
         self._pool = None
+        self._scratch: dict[int, dict[str, np.ndarray]] = {}  # per thread: work arrays reused between chunks
         self.digest = weights_digest(w)
         scale, shift = _bn_affine(w, "input_bn")
         self.in_scale, self.in_shift = _F32(scale[0]), _F32(shift[0])
@@ -213,6 +215,19 @@ class MusicnnNetwork:
                 T[i:i + k, i, :] = kern
             br = _pooled_branch(w, f"temporal{k}", T.reshape(L + k - 1, L * f), n_tiles=L)
             br.k = k  # type: ignore[attr-defined]
+            # the inputs just outside a window, as their contribution to its first / last output frames:
+            # left[j, t] = kernel[j - t] (t <= j < before), right[j, r] = kernel[before + after + j - r] (j <= r)
+            before, after = (k - 1) // 2, k // 2
+            ks = kern * br.sign
+            left = np.zeros((before, before, f), np.float32)
+            for t in range(before):
+                left[t:, t] = ks[:before - t]
+            right = np.zeros((after, after, f), np.float32)
+            for r in range(after):
+                right[:r + 1, r] = ks[before + after - r:before + after + 1]
+            br.before, br.after = before, after  # type: ignore[attr-defined]
+            br.left = left.reshape(before, before * f)  # type: ignore[attr-defined]
+            br.right = right.reshape(after, after * f)  # type: ignore[attr-defined]
             self.temporal_branches.append(br)
         # mid end: 1D convolutions of 7 frames as (C, 7 x 64) matrices (taps side by side)
         self.midend = []
@@ -251,6 +266,21 @@ class MusicnnNetwork:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="musicnn")
         return list(self._pool.map(fn, items))
 
+    def _buf(self, key: str, shape: tuple) -> np.ndarray:
+        """A float32 work array of ``shape`` (uninitialised), the calling thread's own, reused until
+        :meth:`release`: the large temporaries are allocated once per block instead of once per chunk (freshly
+        mapped memory costs a page fault per 4 kB: ~0.3 s of system time per minute of audio)."""
+        d = self._scratch.setdefault(threading.get_ident(), {})
+        n = int(np.prod(shape))
+        a = d.get(key)
+        if a is None or a.size < n:
+            a = d[key] = np.empty(n, _F32)
+        return a[:n].reshape(shape)
+
+    def release(self) -> None:
+        """Drop the work arrays (after a block: nothing of them is kept between calls)."""
+        self._scratch = {}
+
     # ----- checks ---------------------------------------------------------------------------------------------
     def check_names(self, names: Iterable[str]) -> tuple[str, ...]:
         names = tuple(names)
@@ -280,10 +310,13 @@ class MusicnnNetwork:
         out = np.empty((B, To, self.timbral_width), _F32)
         c0 = 0
         for br in self.timbral_branches:
-            cols = np.lib.stride_tricks.sliding_window_view(x, (2 * CONTEXT + 1, br.kw), axis=(1, 2))
-            P = cols.shape[2]  # (B, To, P, 7, kw)
-            z = np.ascontiguousarray(cols).reshape(B * To * P, -1) @ br.matrix
+            view = np.lib.stride_tricks.sliding_window_view(x, (2 * CONTEXT + 1, br.kw), axis=(1, 2))
+            P = view.shape[2]  # (B, To, P, 7, kw)
             f = br.matrix.shape[1]
+            cols = self._buf("timbral_cols", view.shape)
+            np.copyto(cols, view)  # im2col
+            z = self._buf("timbral_z", (B * To * P, f))
+            np.matmul(cols.reshape(B * To * P, -1), br.matrix, out=z)
             out[:, :, c0:c0 + f] = br.finish(z.reshape(B, To, P, f).max(axis=2))
             c0 += f
         return out
@@ -352,7 +385,9 @@ class MusicnnNetwork:
         mids = [front]
         h = front
         for i, (wmat, taps, f, bias, s, t) in enumerate(self.midend):
-            y = (h.reshape(n * T, -1) @ wmat).reshape(n, T, taps, f)
+            y = self._buf("midend_y", (n * T, taps * f))
+            np.matmul(h.reshape(n * T, -1), wmat, out=y)
+            y = y.reshape(n, T, taps, f)
             half = taps // 2
             c = np.empty((n, T, f), _F32)
             c[:] = bias
@@ -367,10 +402,65 @@ class MusicnnNetwork:
             mids.append(h)
         return np.concatenate(mids, axis=-1)
 
-    def rest(self, xn: np.ndarray, tim: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named outputs of windows given their normalised log-mel ``(n, 187, 96)`` and their timbral
-        features ``(n, 187, 408)``."""
-        front = np.concatenate([tim, self._temporal(xn)], axis=-1)
+    def _temporal_shared(self, xc: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The temporal branches of windows of one normalised log-mel ``xc`` (``(F, 96)``: every window inside)
+        at ``starts``: ``(n, 187, 153)``, the same as :meth:`_temporal` on the windows cut out.
+
+        Each window zero-pads its own input, so a frame's convolution differs from the whole log-mel's only by
+        the inputs outside the window: the convolution runs once over ``xc``; its max over the bands is the
+        answer for a window's inner frames, and the first ``before`` / last ``after`` frames (63 / 64 for the
+        128-frame kernel) subtract what the ``before`` / ``after`` frames just outside the window contributed
+        (one product with a triangular kernel matrix per side) before their max over the bands. For windows 1 s
+        apart this is ~1.7x fewer multiply-accumulates than running every window on its own."""
+        F, M = xc.shape
+        P, L = mn.PATCH_FRAMES, TOEPLITZ_BLOCK
+        n = len(starts)
+        nb = -(-F // L)
+        xt = xc.T  # (bands, frames)
+        outs = []
+        for br in self.temporal_branches:
+            k, before, after = br.k, br.before, br.after
+            f = br.sign.size
+            xp = self._buf("temporal_x", (M, nb * L + k - 1))
+            xp[:, :before] = 0
+            xp[:, before + F:] = 0
+            xp[:, before:before + F] = xt
+            view = np.lib.stride_tricks.sliding_window_view(xp, L + k - 1, axis=1)[:, ::L]  # (M, nb, L+k-1)
+            cols = self._buf("temporal_cols", view.shape)
+            np.copyto(cols, view)
+            z = self._buf("temporal_z", (M * nb, L * f))
+            np.matmul(cols.reshape(-1, L + k - 1), br.matrix, out=z)
+            z = z.reshape(M, nb * L, f)[:, :F]
+            pooled = z.max(axis=0)  # (F, f): the inner frames of every window
+            out = np.empty((n, P, f), _F32)
+            xl = self._buf("temporal_xl", (n, M, before))  # the frames just before / after each window
+            xr = self._buf("temporal_xr", (n, M, after))
+            xl[:] = 0  # zeros beyond xc
+            xr[:] = 0
+            for i, s in enumerate(starts):
+                out[i] = pooled[s:s + P]
+                lo = max(0, s - before)
+                xl[i, :, lo - (s - before):] = xt[:, lo:s]
+                hi = min(F, s + P + after)
+                xr[i, :, :hi - s - P] = xt[:, s + P:hi]
+            zl = self._buf("temporal_zl", (n * M, before * f))  # what the outside frames contributed ...
+            np.matmul(xl.reshape(-1, before), br.left, out=zl)
+            zr = self._buf("temporal_zr", (n * M, after * f))
+            np.matmul(xr.reshape(-1, after), br.right, out=zr)
+            zl, zr = zl.reshape(n, M, before, f), zr.reshape(n, M, after, f)
+            for i, s in enumerate(starts):  # ... taken from the whole log-mel's convolution
+                np.subtract(z[:, s:s + before], zl[i], out=zl[i])
+                np.subtract(z[:, s + P - after:s + P], zr[i], out=zr[i])
+            out[:, :before] = zl.max(axis=1)
+            out[:, P - after:] = zr.max(axis=1)
+            outs.append(br.finish(out))
+        return np.concatenate(outs, axis=-1)
+
+    def rest(self, xn: np.ndarray, tim: np.ndarray, names: Sequence[str],
+             temporal: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The named outputs of windows given their normalised log-mel ``(n, 187, 96)``, their timbral features
+        ``(n, 187, 408)`` and, when already computed (:meth:`_temporal_shared`), their temporal ones."""
+        front = np.concatenate([tim, self._temporal(xn) if temporal is None else temporal], axis=-1)
         mid = self._midend(front)
         out: dict[str, np.ndarray] = {}
         mx, mean = mid.max(axis=1), mid.mean(axis=1, dtype=_F32)
@@ -403,6 +493,7 @@ class MusicnnNetwork:
 
         with compute():
             parts = self.map(one, list(range(0, len(X), self.batch)))
+        self.release()
         return _concat(parts, names, self.feature_dim)
 
     def windows(self, mel: np.ndarray, start_frames, names: Sequence[str] = ("penultimate",)) -> dict[str, np.ndarray]:
@@ -422,6 +513,7 @@ class MusicnnNetwork:
         with compute():
             tim = self.timbral(padded[None])[0]
             parts = self.window_batches(xn, tim, starts - lo, names)
+        self.release()
         return _concat(parts, names, self.feature_dim)
 
     def window_batches(self, xn: np.ndarray, tim: np.ndarray, rel_starts: np.ndarray, names) -> list[dict]:
@@ -442,7 +534,8 @@ class MusicnnNetwork:
             X[i] = xn[s:s + P]
             TIM[i, c:P - c] = tim[s + c:s + P - c]
         TIM[:, :c], TIM[:, P - c:] = self.edges(X)
-        return self.rest(X, TIM, names)
+        a, b = int(rel_starts[0]), int(rel_starts[-1]) + P
+        return self.rest(X, TIM, names, self._temporal_shared(xn[a:b], np.asarray(rel_starts) - a))
 
 
 def default_threads() -> int:
@@ -668,8 +761,11 @@ class WindowStream:
             self.mel = np.concatenate([self.mel, frames])
         if self.n_frames < mn.PATCH_FRAMES:
             return []
-        with compute():
-            return self._ready(False)
+        try:
+            with compute():
+                return self._ready(False)
+        finally:
+            self.net.release()
 
     def finish(self) -> list[tuple[np.ndarray, dict]]:
         self._done = True
@@ -683,8 +779,11 @@ class WindowStream:
             self.padded = True
             self.n_windows = 1
             return [(np.zeros(1, np.int64), self.net.patches(x, self.names))]
-        with compute():
-            return self._ready(True)
+        try:
+            with compute():
+                return self._ready(True)
+        finally:
+            self.net.release()
 
 
 # =========================================================================================================
