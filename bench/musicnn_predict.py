@@ -146,7 +146,7 @@ def compute_rate(clip: Path) -> str:
     t0, c0 = time.perf_counter(), time.process_time()
     wf = mnp.window_features(y, weights=net)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    macs = mnp.count_macs(1 + y.size // 256, wf.n_windows)
+    macs = mnp.count_macs(1 + y.size // 256, wf.start_frames, net.batch)
     parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in macs.items() if k not in ("total", "one by one"))
     return (f"network on {wf.n_windows} windows of {y.size / 16000:.0f} s: {wall:.2f} s wall, {cpu:.2f} s CPU "
             f"({net.threads} threads); {macs['total'] / 1e9:.1f} G multiply-accumulates ({parts}; one window at a "

@@ -564,20 +564,28 @@ def compute():
         return contextlib.nullcontext()
 
 
-def count_macs(n_frames: int, n_windows: int) -> dict[str, int]:
-    """Multiply-accumulates of :class:`WindowStream` on ``n_frames`` log-mel frames cut into ``n_windows``
-    windows, by part (as computed here: the temporal products include the block-Toeplitz zeros), and ``"one by
-    one"``: the same windows each run through the whole network (:func:`core.musicnn.count_macs`)."""
-    timbral_frame = sum((mn.N_MELS - int(f * mn.N_MELS) + 1) * 7 * int(f * mn.N_MELS) * 204 for _, f in TIMBRAL)
-    L = TOEPLITZ_BLOCK
-    blocks = -(-mn.PATCH_FRAMES // L)
-    temporal = mn.N_MELS * blocks * L * 51 * sum(L + k - 1 for k in mn.TEMPORAL_KERNELS)
-    midend = mn.PATCH_FRAMES * 7 * 64 * (561 + 64 + 64)
-    out = {"timbral (shared)": n_frames * timbral_frame, "timbral edges": n_windows * 6 * timbral_frame,
-           "temporal": n_windows * temporal, "mid end": n_windows * midend,
-           "back end": n_windows * (1506 * 200 + 200 * 50)}
+def count_macs(n_frames: int, start_frames: Sequence[int], batch: int = 8) -> dict[str, int]:
+    """Multiply-accumulates of :class:`WindowStream` on ``n_frames`` log-mel frames with windows at
+    ``start_frames`` in batches of ``batch``, by part, as computed here (the block-Toeplitz and triangular
+    products' zeros included), and ``"one by one"``: the same windows each run through the whole network
+    (:func:`core.musicnn.count_macs`)."""
+    starts = np.asarray(start_frames, np.int64)
+    n = len(starts)
+    P, L, M, f = mn.PATCH_FRAMES, TOEPLITZ_BLOCK, mn.N_MELS, 51
+    timbral_frame = sum((M - int(r * M) + 1) * 7 * int(r * M) * 204 for _, r in TIMBRAL)
+    temporal = 0
+    for a in range(0, n, batch):
+        span = int(starts[min(n, a + batch) - 1] - starts[a]) + P
+        nb = -(-span // L)
+        for k in mn.TEMPORAL_KERNELS:
+            before, after = (k - 1) // 2, k // 2
+            temporal += M * nb * (L + k - 1) * L * f  # the span's convolution
+            temporal += min(batch, n - a) * M * f * (before * before + after * after)  # the windows' edges
+    out = {"timbral (shared)": n_frames * timbral_frame, "timbral edges": n * 6 * timbral_frame,
+           "temporal": temporal, "mid end": n * P * 7 * 64 * (561 + 64 + 64),
+           "back end": n * (1506 * 200 + 200 * 50)}
     out["total"] = sum(out.values())
-    out["one by one"] = n_windows * mn.count_macs()
+    out["one by one"] = n * mn.count_macs()
     return out
 
 
