@@ -535,6 +535,8 @@ class MusicnnNetwork:
             TIM[i, c:P - c] = tim[s + c:s + P - c]
         TIM[:, :c], TIM[:, P - c:] = self.edges(X)
         a, b = int(rel_starts[0]), int(rel_starts[-1]) + P
+        if b - a >= n * P:  # windows that do not overlap (a hop of 3 s or more): nothing to share
+            return self.rest(X, TIM, names)
         return self.rest(X, TIM, names, self._temporal_shared(xn[a:b], np.asarray(rel_starts) - a))
 
 
@@ -575,12 +577,15 @@ def count_macs(n_frames: int, start_frames: Sequence[int], batch: int = 8) -> di
     timbral_frame = sum((M - int(r * M) + 1) * 7 * int(r * M) * 204 for _, r in TIMBRAL)
     temporal = 0
     for a in range(0, n, batch):
-        span = int(starts[min(n, a + batch) - 1] - starts[a]) + P
-        nb = -(-span // L)
+        m = min(batch, n - a)
+        span = int(starts[a + m - 1] - starts[a]) + P
         for k in mn.TEMPORAL_KERNELS:
             before, after = (k - 1) // 2, k // 2
-            temporal += M * nb * (L + k - 1) * L * f  # the span's convolution
-            temporal += min(batch, n - a) * M * f * (before * before + after * after)  # the windows' edges
+            if span >= m * P:  # windows that do not overlap: each on its own
+                temporal += m * M * (-(-P // L)) * (L + k - 1) * L * f
+                continue
+            temporal += M * -(-span // L) * (L + k - 1) * L * f  # the span's convolution
+            temporal += m * M * f * (before * before + after * after)  # the windows' edges
     out = {"timbral (shared)": n_frames * timbral_frame, "timbral edges": n * 6 * timbral_frame,
            "temporal": temporal, "mid end": n * P * 7 * 64 * (561 + 64 + 64),
            "back end": n * (1506 * 200 + 200 * 50)}
