@@ -13,11 +13,13 @@ Full-clip models predict once on the first ``full_clip_s`` seconds (zero-padded)
 One :class:`Predictor` serves every model kind and every caller (``python -m core predict``, the evaluation, the
 dashboard's demo): the model card says which feature front end the model takes (the CRNNs' and the baseline's
 mel windows from :mod:`core.features`, or musicnn's 16 kHz log-mel patches for kind ``"musicnn"``), and
-``backend`` which runtime runs it: NumPy (:mod:`core.numpy_model`, no TensorFlow import) when the model's layers
-allow it, else Keras.
+``backend`` which runtime runs it: NumPy (:mod:`core.numpy_model`, :mod:`core.musicnn_numpy`: no TensorFlow
+import) when the models' layers allow it (every shipped kind), else Keras.
 
-Every model folder has a ``model_card.json`` next to the ``.keras`` file: classes, feature parameters,
-normalisation statistics and method, model kind; :func:`write_model_card` writes it.
+Every model folder has a ``model_card.json`` next to its model files: classes, feature parameters,
+normalisation statistics and method, model kind; optionally an ensemble's ``members``, musicnn heads'
+``embedding`` and the model's default ``aggregation`` / ``hop_s`` (:class:`Predictor`, ``docs/musicnn.md``);
+:func:`write_model_card` writes it, :func:`validate_model_card` checks it.
 """
 from __future__ import annotations
 
