@@ -178,7 +178,7 @@ class MusicnnNetwork:
     """
 
     def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 8,
-                 timbral_chunk: int = 128, threads: int | None = None):
+                 timbral_chunk: int = 64, threads: int | None = None):
         missing = [f"{layer}/{p}" for layer in mn.CHECKPOINT_MAP if layer != "tag_logits"
                    for p in _bn_parts(layer) if f"{layer}/{p}" not in weights]
         if missing:

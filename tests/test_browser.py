@@ -382,6 +382,7 @@ def test_demo_musicnn_model_runs_in_numpy_within_a_small_hosts_memory(page, serv
         pytest.skip("the shipped model models/emotify-musicnn is absent")
     pid = SERVER.get("pid")
     before_rss = sum(_status_kb(p, "VmRSS") for p in _tree_pids(pid)) / 1e3
+    before_peak = _status_kb(pid, "VmHWM") / 1e3  # the earlier pages' peak (the 4-minute clip's, with the CRNN)
     clip = tmp_path / "one-minute.wav"  # a minute of generated music-like sound, 44.1 kHz stereo
     sf.write(clip, np.stack([synth_clip(0, 60.0, 44100, seed=1), synth_clip(2, 60.0, 44100, seed=2)], 1) * 0.5,
              44100)
@@ -408,7 +409,8 @@ def test_demo_musicnn_model_runs_in_numpy_within_a_small_hosts_memory(page, serv
     peak = _status_kb(pid, "VmHWM") / 1e3 + sum(_status_kb(p, "VmHWM") for p in pids[1:]) / 1e3
     tf_loaded = any("tensorflow" in Path(f"/proc/{p}/maps").read_text() for p in pids if Path(f"/proc/{p}/maps").exists())
     (ARTIFACTS / "server-memory-musicnn.txt").write_text(
-        f"streamlit server tree ({len(pids)} processes) before the musicnn page: {before_rss:.0f} MB resident; "
+        f"streamlit server tree ({len(pids)} processes) before the musicnn page: {before_rss:.0f} MB resident "
+        f"(peak so far {before_peak:.0f} MB); "
         f"after classifying a one-minute clip with emotify-musicnn: {rss:.0f} MB resident, peak {peak:.0f} MB "
         f"(bound {SERVER_MEMORY_BOUND_MB} MB); TensorFlow loaded: {tf_loaded}\n")
     assert not tf_loaded, "the demo path imported TensorFlow"
