@@ -177,7 +177,7 @@ class MusicnnNetwork:
     file) every feature but ``taggram`` is available.
     """
 
-    def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 8,
+    def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 4,
                  timbral_chunk: int = 64, threads: int | None = None):
         missing = [f"{layer}/{p}" for layer in mn.CHECKPOINT_MAP if layer != "tag_logits"
                    for p in _bn_parts(layer) if f"{layer}/{p}" not in weights]
@@ -277,9 +277,12 @@ class MusicnnNetwork:
             a = d[key] = np.empty(n, _F32)
         return a[:n].reshape(shape)
 
-    def release(self) -> None:
-        """Drop the work arrays (after a block: nothing of them is kept between calls)."""
+    def release(self, trim: bool = False) -> None:
+        """Drop the work arrays (after a block: nothing of them is kept between calls); with ``trim`` (after a
+        whole signal) also hand the freed memory back to the system (:func:`trim_heap`)."""
         self._scratch = {}
+        if trim:
+            trim_heap()
 
     # ----- checks ---------------------------------------------------------------------------------------------
     def check_names(self, names: Iterable[str]) -> tuple[str, ...]:
@@ -493,7 +496,7 @@ class MusicnnNetwork:
 
         with compute():
             parts = self.map(one, list(range(0, len(X), self.batch)))
-        self.release()
+        self.release(trim=True)
         return _concat(parts, names, self.feature_dim)
 
     def windows(self, mel: np.ndarray, start_frames, names: Sequence[str] = ("penultimate",)) -> dict[str, np.ndarray]:
@@ -513,7 +516,7 @@ class MusicnnNetwork:
         with compute():
             tim = self.timbral(padded[None])[0]
             parts = self.window_batches(xn, tim, starts - lo, names)
-        self.release()
+        self.release(trim=True)
         return _concat(parts, names, self.feature_dim)
 
     def window_batches(self, xn: np.ndarray, tim: np.ndarray, rel_starts: np.ndarray, names) -> list[dict]:
@@ -538,6 +541,25 @@ class MusicnnNetwork:
         if b - a >= n * P:  # windows that do not overlap (a hop of 3 s or more): nothing to share
             return self.rest(X, TIM, names)
         return self.rest(X, TIM, names, self._temporal_shared(xn[a:b], np.asarray(rel_starts) - a))
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """glibc's ``malloc_trim(0)``: memory the worker threads freed stays in their malloc arenas (resident) until
+    trimmed; a long-running server (the demo) would keep ~100 MB after each musicnn classification. A no-op
+    elsewhere."""
+    lib = _libc()
+    if lib is not None and hasattr(lib, "malloc_trim"):
+        lib.malloc_trim(0)
 
 
 def default_threads() -> int:
@@ -566,7 +588,7 @@ def compute():
         return contextlib.nullcontext()
 
 
-def count_macs(n_frames: int, start_frames: Sequence[int], batch: int = 8) -> dict[str, int]:
+def count_macs(n_frames: int, start_frames: Sequence[int], batch: int = 4) -> dict[str, int]:
     """Multiply-accumulates of :class:`WindowStream` on ``n_frames`` log-mel frames with windows at
     ``start_frames`` in batches of ``batch``, by part, as computed here (the block-Toeplitz and triangular
     products' zeros included), and ``"one by one"``: the same windows each run through the whole network
@@ -796,7 +818,7 @@ class WindowStream:
             with compute():
                 return self._ready(True)
         finally:
-            self.net.release()
+            self.net.release(trim=True)
 
 
 # =========================================================================================================
