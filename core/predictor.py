@@ -602,7 +602,7 @@ class Predictor:
             backend = "keras"
         if backend != "keras":
             from core.musicnn_numpy import MusicnnNumpyError
-            from core.numpy_model import NumpyModelError, UnsupportedModel
+            from core.numpy_model import NumpyModelError
 
             try:
                 self._load_numpy()
