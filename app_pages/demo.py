@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -11,7 +12,7 @@ from core.jobs import start_job
 from core.predictor import AGGREGATIONS
 from core.synth import DEMO_MODEL_NAME, demo_clip_wav
 from core.utils import sha256_bytes
-from core.workspace import home_dir
+from core.workspace import REPO_ROOT, home_dir, list_tagger_folders
 from ui.charts import vote_figure
 from ui.common import guarded, show_error
 from ui.jobs_view import job_panel, job_running
@@ -102,6 +103,17 @@ def model_card_view(card: dict) -> None:
                     f"FFT {p.get('n_fft')}, hop {p.get('hop_length')}",
         "scaling": card.get("norm_method", "–"),
     }
+    members = card.get("members") or []
+    if members:
+        facts["ensemble"] = (f"{len(members)} members, the mean of their class scores: "
+                             + ", ".join(f"`{m.get('file')}`" for m in members))
+    emb = card.get("embedding") or {}
+    if emb:
+        facts["embedding"] = f"musicnn {emb.get('network')} features: {' + '.join(emb.get('features') or [])}"
+    defaults = [f"{k} {v}" for k, v in (("hop", f"{card['hop_s']:g} s" if card.get("hop_s") else None),
+                                        ("aggregation", card.get("aggregation"))) if v]
+    if defaults:
+        facts["defaults"] = ", ".join(defaults) + " (the model's own test-time settings)"
     if card.get("seed") is not None:
         facts["seed"] = str(card["seed"])
     if card.get("n_params"):
@@ -194,10 +206,16 @@ def pick_input(sr: int):
     return up.name, up.getvalue()
 
 
-def settings(card: dict) -> tuple[float | None, float, str]:
+def settings(card: dict, model_key: str = "") -> tuple[float | None, float, str]:
     p = card.get("params", {})
     snippet = float(p.get("snippet_s", 3.0))
     full = card.get("kind") == "full"
+    hop_default = float(card.get("hop_s") or 1.0)
+    agg_default = card.get("aggregation") or "sum"
+    if st.session_state.get("_demo_settings_for") != model_key:  # another model: start from its own defaults
+        st.session_state["_demo_settings_for"] = model_key
+        st.session_state["demo_hop_s"] = min(5.0, max(0.25, round(hop_default * 4) / 4))
+        st.session_state["demo_agg"] = agg_default
     with st.expander("Inference settings", icon=":material/tune:"):
         if full:
             st.caption(f"A 30 s model looks once at the first {p.get('full_clip_s', 30):g} s; "
@@ -206,11 +224,15 @@ def settings(card: dict) -> tuple[float | None, float, str]:
         window = c1.slider("Window (s)", 1.0, 10.0, snippet, 0.5, disabled=full, key="demo_window_s",
                            help=f"Length of each window. The model was trained on {snippet:g} s snippets (the "
                                 "article's setting); other lengths work but are outside its training.")
-        hop = c2.slider("Hop (s)", 0.25, 5.0, 1.0, 0.25, disabled=full, key="demo_hop_s",
-                        help="Step between window starts. 1 s (the default) means 3 s windows overlap by 2 s.")
+        own = " (this model's default)" if card.get("hop_s") else ""
+        hop = c2.slider("Hop (s)", 0.25, 5.0, step=0.25, disabled=full, key="demo_hop_s",
+                        help=f"Step between window starts; {hop_default:g} s{own} starts with this model. 1 s means "
+                             "3 s windows overlap by 2 s.")
         agg = c3.selectbox("Aggregation", AGGREGATIONS, format_func=AGG_LABELS.get, key="demo_agg",
                            help="How window scores become one answer: summed scores (the article), a majority "
-                                "vote of the windows' top classes, or the mean log-probability.")
+                                "vote of the windows' top classes, or the mean log-probability; "
+                                f"{AGG_LABELS[agg_default]}" + (" (this model's default)" if card.get("aggregation")
+                                                                else "") + " starts with this model.")
     return (None if full or abs(window - snippet) < 1e-9 else window), hop, agg
 
 
@@ -308,6 +330,12 @@ def main() -> None:
         card = model["card"]
     with right:  # one line here; the full card is full-width below everything, so it never pushes the clip down
         st.caption(model_summary(card))
+    for t in list_tagger_folders():
+        where = Path(t["path"])
+        where = where.relative_to(REPO_ROOT) if where.is_relative_to(REPO_ROOT) else where
+        st.caption(f"Not listed: `{t['name']}`, musicnn's {t.get('model') or ''} tagger (50 tags such as rock, "
+                   "jazz, 80s, not genre classes): the musicnn models here are built on it. "
+                   f"`python -m core predict --model {where} FILE` prints its tags.")
 
     classify_section(model, card)
     with st.expander("Model card", icon=":material/badge:"):
@@ -319,6 +347,8 @@ def model_summary(card: dict) -> str:
     classes = card.get("classes", [])
     bits = [KIND_DESCRIPTIONS.get(card.get("kind"), str(card.get("kind"))).split(" (")[0].split(":")[0],
             f"{len(classes)} classes"]
+    if card.get("members"):
+        bits.insert(1, f"ensemble of {len(card['members'])}")
     td = card.get("training_data") or {}
     if td.get("source") or card.get("trained_on"):
         bits.append(f"trained on {td.get('source') or card.get('trained_on')}")
@@ -336,7 +366,7 @@ def classify_section(model: dict, card: dict) -> None:
     except UploadError as exc:
         show_error(exc)
         return
-    window_s, hop_s, agg = settings(card)
+    window_s, hop_s, agg = settings(card, model["key"])
     if picked is None:
         st.caption("Waiting for a clip ...")
         return

@@ -7,8 +7,9 @@ decoded once beforehand): the log-mel front end, and the network on 3 s patches 
 * every 1 s (Genre Lab's track-level windows: 178 patches on 3 minutes), patch by patch and with the timbral
   front end shared between overlapping windows (``core.musicnn.OverlappingWindows``, same result);
 
-and the whole classifier (``core.predictor.Predictor`` on a musicnn model folder: log-mel, 178 windows, musicnn +
-head, sum).
+the same 1 s windows with the network in NumPy (``core.musicnn_numpy``, what ``predict`` and the demo run), and
+the whole classifier (``core.predictor.Predictor`` on a musicnn model folder: log-mel, 178 windows, musicnn +
+head, sum) with the NumPy and the Keras backend.
 
 Reports the median of ``--repeats`` runs (and the fastest: the CPU may be shared), wall and CPU time. Usage:
 ``python bench/embedding_latency.py [--seconds 180] [--repeats 5] [--batch 32] [--clip FILE]``.
@@ -89,6 +90,14 @@ def main() -> None:
             print(f"network, {len(x)} patches {label}, shared timbral front end (OverlappingWindows): "
                   f"{w_f * 1000:.0f} ms wall (min {_time.min_wall * 1000:.0f}), {c_f * 1000:.0f} ms CPU; "
                   f"mel + network = {(w_mel + w_f) * 1000:.0f} ms")
+            from core import musicnn_numpy as mnp
+
+            net = mnp.network(mn.default_model_dir())
+            net.windows(mel, idx[:8])  # warm-up
+            w_n, c_n, _ = _time(lambda: net.windows(mel, idx, ["penultimate"]), a.repeats)
+            print(f"network in NumPy (core.musicnn_numpy, {net.threads} threads), {len(x)} patches {label}, shared "
+                  f"timbral front end: {w_n * 1000:.0f} ms wall (min {_time.min_wall * 1000:.0f}), "
+                  f"{c_n * 1000:.0f} ms CPU; mel + network = {(w_mel + w_n) * 1000:.0f} ms")
 
     # the classifier a user runs: musicnn + a head (random weights: latency does not depend on them)
     import tempfile
@@ -99,10 +108,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         combined_model(model, build_head(4)).save(Path(tmp) / "best.keras")
         write_model_card(tmp, musicnn_card(["a", "b", "c", "d"], card))
-        pred = Predictor(tmp, batch_size=a.batch)
-        w_p, c_p, r = _time(lambda: pred.predict_array(y, mn.SR, hop_s=1.0), a.repeats)
-        print(f"Predictor.predict_array (musicnn + head, {r.n_windows} windows every 1 s, sum): "
-              f"{w_p * 1000:.0f} ms wall (min {_time.min_wall * 1000:.0f}), {c_p * 1000:.0f} ms CPU")
+        for backend in ("numpy", "keras"):
+            pred = Predictor(tmp, backend)
+            w_p, c_p, r = _time(lambda: pred.predict_array(y, mn.SR, hop_s=1.0), a.repeats)
+            print(f"Predictor.predict_array, {backend} backend (musicnn + head, {r.n_windows} windows every 1 s, "
+                  f"sum): {w_p * 1000:.0f} ms wall (min {_time.min_wall * 1000:.0f}), {c_p * 1000:.0f} ms CPU")
 
 
 if __name__ == "__main__":

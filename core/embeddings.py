@@ -30,7 +30,8 @@ window scores of val/test, from which :func:`embedding_results` computes segment
 the format of :func:`core.evaluate.evaluate_run`. Saves ``best.keras``: musicnn and the head as ONE Keras
 model (input: ``(187, 96)`` log-mel patches, output: class scores) with a ``model_card.json`` of kind
 ``"musicnn"`` that carries musicnn's input parameters, from which :class:`core.predictor.Predictor` takes
-musicnn's front end (Keras backend) and classifies any audio with it, windows and aggregation as for the CRNNs.
+musicnn's front end and classifies any audio with it (in NumPy: :mod:`core.musicnn_numpy` reads the file
+without Keras), windows and aggregation as for the CRNNs.
 """
 from __future__ import annotations
 

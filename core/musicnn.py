@@ -226,6 +226,21 @@ def embedding_model(model):
     return keras.Model(model.input, model.get_layer("penultimate").output, name=model.name + "_embedding")
 
 
+def feature_model(model, names=("penultimate",)):
+    """A view of a :func:`build_musicnn` model whose outputs are the named per-window features
+    (:data:`core.musicnn_numpy.FEATURES`: ``max_pool`` / ``mean_pool``, the back end's temporal max / mean of the
+    mid-end concatenation, 753 each; ``penultimate``, 200; ``taggram``, 50): the Keras reference of
+    :mod:`core.musicnn_numpy`, patch by patch."""
+    import keras
+
+    layer = {"max_pool": "max_pool", "mean_pool": "mean_pool", "penultimate": "penultimate", "taggram": "taggram"}
+    unknown = [n for n in names if n not in layer]
+    if unknown:
+        raise ValueError(f"unknown musicnn feature {unknown[0]!r} (known: {', '.join(layer)})")
+    return keras.Model(model.input, {n: model.get_layer(layer[n]).output for n in names},
+                       name=model.name + "_features")
+
+
 def count_macs(frames: int = PATCH_FRAMES, n_mels: int = N_MELS) -> int:
     """Multiply-accumulates of one forward pass on one patch (convolutions and dense layers)."""
     t = frames
@@ -721,13 +736,15 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_tag(args) -> int:
-    from core.audio import load_audio
+    """musicnn's extractor (patches every 187 frames, mean likelihood per tag), run in NumPy
+    (:mod:`core.musicnn_numpy`: no TensorFlow)."""
+    from core import musicnn_numpy as mnp
 
-    model, card = load_musicnn(args.model_dir)
+    net = mnp.network(args.model_dir)
+    labels = json.loads((Path(args.model_dir) / CARD_FILE).read_text())["labels"]
     for f in args.files:
-        y = load_audio(f, SR)
-        _, top = tag_audio(model, y, card["labels"], top=args.top)
-        print(f"{f}: " + ", ".join(f"{t} {p:.2f}" for t, p in top))
+        mean = mnp.file_window_features(f, ["taggram"], weights=net, hop_frames=PATCH_FRAMES).features["taggram"].mean(0)
+        print(f"{f}: " + ", ".join(f"{labels[i]} {mean[i]:.2f}" for i in np.argsort(-mean)[:args.top]))
     return 0
 
 
@@ -741,7 +758,7 @@ def register_cli(sub) -> None:
     p.add_argument("--download", action="store_true", help="fetch the wheel with pip download first")
     p.add_argument("--model", default="MSD_musicnn", choices=MODELS)
     p.set_defaults(func=_cmd_convert)
-    t = sub.add_parser("musicnn-tags", help="musicnn's top tags of audio files (converted model)")
+    t = sub.add_parser("musicnn-tags", help="musicnn's top tags of audio files (converted model, run in NumPy)")
     t.add_argument("files", nargs="+")
     t.add_argument("--model-dir", default=str(default_model_dir()))
     t.add_argument("--top", type=int, default=5)

@@ -295,9 +295,10 @@ def _fold_batchnorm(specs: list[tuple[str, dict, list]]) -> list[tuple[str, dict
     return out
 
 
-def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
-    """Read a ``.keras`` file into a :class:`NumpyModel` (raises :class:`UnsupportedModel`, or
-    :class:`NumpyModelError` for a file that is not a readable archive)."""
+def read_keras_model(path: str | os.PathLike) -> tuple[dict, dict[str, list[np.ndarray]]]:
+    """``(config, weights)`` of a ``.keras`` archive without Keras: ``config.json`` and every layer's weights
+    from ``model.weights.h5`` (read with h5py), keyed by layer name; a nested model's layers as
+    ``"<model layer>/<layer>"``. Raises :class:`NumpyModelError` for a file that is not a readable archive."""
     import h5py
 
     try:
@@ -309,6 +310,50 @@ def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
                               "deeply)") from None
     except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
         raise NumpyModelError(f"model file {path} is not a readable .keras archive ({exc})") from exc
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("config"), dict):
+        raise NumpyModelError(f"model file {path} has no model configuration")
+    weights: dict[str, list[np.ndarray]] = {}
+    try:
+        with h5py.File(io.BytesIO(weights_blob), "r") as h5:
+            _read_weights(cfg["config"].get("layers") or [], h5, "", weights)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise NumpyModelError(f"model file {path}: its weights cannot be read ({exc})") from exc
+    return cfg, weights
+
+
+def _read_weights(layers: list[dict], group, prefix: str, out: dict[str, list[np.ndarray]]) -> None:
+    """The weights of ``layers`` (a model config's layer list) in an h5 group: Keras names each layer's group
+    after its class, numbered in the order of the layers (``conv2d``, ``conv2d_1``, ...)."""
+    counters: dict[str, int] = {}
+    for layer in layers:
+        if layer.get("class_name") == "InputLayer":
+            continue
+        base = _snake(layer["class_name"])  # the weight file names the layer's own class
+        k = counters.get(base, 0)
+        counters[base] = k + 1
+        path = f"layers/{base}" + (f"_{k}" if k else "")
+        name = prefix + layer["config"]["name"]
+        w: list[np.ndarray] = []
+        if path in group:
+            g = group[path]
+            vars_group = g["cell/vars"] if "cell" in g else g.get("vars")
+            if vars_group is not None:
+                w = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
+            if isinstance(layer["config"].get("layers"), list):  # a nested model
+                _read_weights(layer["config"]["layers"], g, name + "/", out)
+        out[name] = w
+
+
+def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
+    """Read a ``.keras`` file into a :class:`NumpyModel` (raises :class:`UnsupportedModel`, or
+    :class:`NumpyModelError` for a file that is not a readable archive)."""
+    cfg, weights = read_keras_model(path)
+    return numpy_model_from_config(cfg, weights)
+
+
+def numpy_model_from_config(cfg: dict, weights: dict[str, list[np.ndarray]], prefix: str = "") -> NumpyModel:
+    """A :class:`NumpyModel` from a model's config (``{"class_name", "config": {"layers", ...}}``) and its
+    weights by layer name (:func:`read_keras_model`; ``prefix`` for a model nested in another)."""
     if cfg.get("class_name") not in ("Functional", "Sequential", "Model"):
         raise UnsupportedModel(f"model class {cfg.get('class_name')!r}")
     layers = cfg["config"]["layers"]
@@ -325,23 +370,11 @@ def load_numpy_model(path: str | os.PathLike) -> NumpyModel:
     shape = first["config"].get("batch_shape") or first["config"].get("batch_input_shape")
     input_shape = tuple(shape)
     specs: list[tuple[str, dict, list[np.ndarray]]] = []
-    counters: dict[str, int] = {}
-    with h5py.File(io.BytesIO(weights_blob), "r") as h5:
-        for layer in layers[1:]:
-            base = _snake(layer["class_name"])  # the weight file names the layer's own class
-            cls = ALIASES.get(layer["class_name"], layer["class_name"])
-            if cls not in LAYERS:
-                raise UnsupportedModel(f"layer {cls}")
-            k = counters.get(base, 0)
-            counters[base] = k + 1
-            group = f"layers/{base}" + (f"_{k}" if k else "")
-            w: list[np.ndarray] = []
-            if group in h5:
-                g = h5[group]
-                vars_group = g["cell/vars"] if "cell" in g else g.get("vars")
-                if vars_group is not None:
-                    w = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
-            specs.append((cls, layer["config"], w))
+    for layer in layers[1:]:
+        cls = ALIASES.get(layer["class_name"], layer["class_name"])
+        if cls not in LAYERS:
+            raise UnsupportedModel(f"layer {cls}")
+        specs.append((cls, layer["config"], weights.get(prefix + layer["config"]["name"], [])))
     steps = [(cfg["name"], LAYERS[cls](cfg, w)) for cls, cfg, w in _fold_batchnorm(specs)]
     last = layers[-1]["config"]
     n_out = int(last.get("units") or 0)

@@ -13,11 +13,13 @@ Full-clip models predict once on the first ``full_clip_s`` seconds (zero-padded)
 One :class:`Predictor` serves every model kind and every caller (``python -m core predict``, the evaluation, the
 dashboard's demo): the model card says which feature front end the model takes (the CRNNs' and the baseline's
 mel windows from :mod:`core.features`, or musicnn's 16 kHz log-mel patches for kind ``"musicnn"``), and
-``backend`` which runtime runs it: NumPy (:mod:`core.numpy_model`, no TensorFlow import) when the model's layers
-allow it, else Keras.
+``backend`` which runtime runs it: NumPy (:mod:`core.numpy_model`, :mod:`core.musicnn_numpy`: no TensorFlow
+import) when the models' layers allow it (every shipped kind), else Keras.
 
-Every model folder has a ``model_card.json`` next to the ``.keras`` file: classes, feature parameters,
-normalisation statistics and method, model kind; :func:`write_model_card` writes it.
+Every model folder has a ``model_card.json`` next to its model files: classes, feature parameters,
+normalisation statistics and method, model kind; optionally an ensemble's ``members``, musicnn heads'
+``embedding`` and the model's default ``aggregation`` / ``hop_s`` (:class:`Predictor`, ``docs/musicnn.md``);
+:func:`write_model_card` writes it, :func:`validate_model_card` checks it.
 """
 from __future__ import annotations
 
@@ -196,24 +198,7 @@ def validate_model_card(card: Any, path: str | os.PathLike = CARD_NAME) -> dict:
     method = card["norm_method"]
     if method not in NORM_METHODS:
         raise bad(f"norm_method is {method!r} (one of {', '.join(NORM_METHODS)} is expected)")
-    norm = card["norm"]
-    if not isinstance(norm, dict):
-        raise bad(f"norm is a {_type_name(norm)}, not an object")
-    # the statistics the method uses must be there; any that are there (a card keeps both kinds) must be sound
-    for k in ("min", "max"):
-        if (method == "minmax" or k in norm) and not _is_number(norm.get(k)):
-            raise bad(f"norm.{k} is {norm.get(k)!r} (a finite number is expected"
-                      + (" for minmax scaling)" if method == "minmax" else ")"))
-    if "min" in norm and "max" in norm and not norm["max"] > norm["min"]:
-        raise bad(f"norm.max ({norm['max']}) is not above norm.min ({norm['min']}): min-max scaling would divide "
-                  "by zero or flip the features")
-    for k in ("mean", "std"):
-        v = norm.get(k)
-        if (method == "standard" or k in norm) and (
-                not isinstance(v, list) or len(v) != fp.n_mels or not all(_is_number(x) for x in v)):
-            raise bad(f"norm.{k} must be a list of {fp.n_mels} finite numbers (one per mel band)")
-    if "std" in norm and any(x <= 0 for x in norm["std"]):
-        raise bad("norm.std holds a value <= 0 (standardising would divide by zero or flip a band)")
+    _check_norm(card["norm"], method, fp, "norm", bad)
     for k in ("name", "description", "model_file"):
         if k in card and card[k] is not None and not isinstance(card[k], str):
             raise bad(f"{k} is a {_type_name(card[k])}, not a string")
@@ -224,7 +209,107 @@ def validate_model_card(card: Any, path: str | os.PathLike = CARD_NAME) -> dict:
     if shape is not None and not (isinstance(shape, list) and all(
             x is None or (isinstance(x, int) and not isinstance(x, bool) and x > 0) for x in shape)):
         raise bad(f"input_shape is {shape!r} (a list of positive integers is expected)")
+    _check_defaults(card, bad)
+    _check_members(card, method, fp, bad)
+    _check_embedding(card, bad)
     return card
+
+
+def _check_norm(norm: Any, method: str, fp: FeatureParams, where: str, bad) -> None:
+    """A normalisation object for ``method``: the statistics the method uses must be there (min/max numbers for
+    minmax, per-mel lists for standard); any that are there (a card keeps both kinds) must be sound: finite, max
+    above min, std above 0."""
+    if not isinstance(norm, dict):
+        raise bad(f"{where} is a {_type_name(norm)}, not an object")
+    for k in ("min", "max"):
+        if (method == "minmax" or k in norm) and not _is_number(norm.get(k)):
+            raise bad(f"{where}.{k} is {norm.get(k)!r} (a finite number is expected"
+                      + (" for minmax scaling)" if method == "minmax" else ")"))
+    if "min" in norm and "max" in norm and not norm["max"] > norm["min"]:
+        raise bad(f"{where}.max ({norm['max']}) is not above {where}.min ({norm['min']}): min-max scaling would "
+                  "divide by zero or flip the features")
+    for k in ("mean", "std"):
+        v = norm.get(k)
+        if (method == "standard" or k in norm) and (
+                not isinstance(v, list) or len(v) != fp.n_mels or not all(_is_number(x) for x in v)):
+            raise bad(f"{where}.{k} must be a list of {fp.n_mels} finite numbers (one per mel band)")
+    if "std" in norm and any(x <= 0 for x in norm["std"]):
+        raise bad(f"{where}.std holds a value <= 0 (standardising would divide by zero or flip a band)")
+
+
+#: the longest default hop a card may give (seconds)
+MAX_HOP_S = 60.0
+
+
+def _check_defaults(card: dict, bad) -> None:
+    """The model's test-time defaults: ``aggregation`` (sum, vote or logprob) and ``hop_s`` (seconds)."""
+    agg = card.get("aggregation")
+    if agg is not None and agg not in AGGREGATIONS:
+        raise bad(f"aggregation is {agg!r} (one of {', '.join(AGGREGATIONS)} is expected)")
+    hop = card.get("hop_s")
+    if hop is not None and not (_is_number(hop) and 0 < hop <= MAX_HOP_S):
+        raise bad(f"hop_s is {hop!r} (a number of seconds above 0 and at most {MAX_HOP_S:g} is expected)")
+
+
+def _is_inside_name(name: Any, suffix: str) -> bool:
+    """A file name relative to the model folder (no absolute path, no ``..``) with the given suffix."""
+    if not isinstance(name, str) or not name or not name.endswith(suffix):
+        return False
+    parts = Path(name).parts
+    return not Path(name).is_absolute() and ".." not in parts and "\\" not in name
+
+
+def _check_members(card: dict, method: str, fp: FeatureParams, bad) -> None:
+    """``members``: a non-empty list of ``{"file": "<name>.keras", "norm": {...}?}`` (an ensemble: the mean
+    of the members' class scores); each file once."""
+    members = card.get("members")
+    if members is None:
+        return
+    if not isinstance(members, list) or not members:
+        what = "an empty list" if members == [] else ("an " if _type_name(members)[0] in "aeiou" else "a ") + \
+            _type_name(members)
+        raise bad(f"members is {what} (a list of "
+                  "{\"file\": \"<name>.keras\"} objects is expected)")
+    seen = set()
+    for i, m in enumerate(members):
+        if not isinstance(m, dict):
+            raise bad(f"members[{i}] is a {_type_name(m)}, not an object with a \"file\"")
+        if not _is_inside_name(m.get("file"), ".keras"):
+            raise bad(f"members[{i}].file is {m.get('file')!r} (the name of a .keras file in the model folder is "
+                      "expected)")
+        if m["file"] in seen:
+            raise bad(f"members[{i}].file {m['file']!r} is listed twice")
+        seen.add(m["file"])
+        if m.get("norm") is not None:
+            _check_norm(m["norm"], method, fp, f"members[{i}].norm", bad)
+
+
+def _check_embedding(card: dict, bad) -> None:
+    """``embedding``: the heads take named musicnn features: ``{"network": "MSD_musicnn" | "MTT_musicnn",
+    "weights": "<name>.npz", "features": [names from core.musicnn_numpy.FEATURES]}`` (kind musicnn only)."""
+    emb = card.get("embedding")
+    if emb is None:
+        return
+    from core.musicnn_numpy import FEATURES
+
+    if not isinstance(emb, dict):
+        raise bad(f"embedding is a {_type_name(emb)}, not an object")
+    if card.get("kind") != "musicnn":
+        raise bad(f"embedding is given but kind is {card.get('kind')!r} (embedding heads are kind 'musicnn')")
+    if emb.get("network") not in mn.MODELS:
+        raise bad(f"embedding.network is {emb.get('network')!r} (one of {', '.join(mn.MODELS)} is expected)")
+    if not _is_inside_name(emb.get("weights"), ".npz"):
+        raise bad(f"embedding.weights is {emb.get('weights')!r} (the name of the network's .npz weights in the "
+                  "model folder is expected, e.g. musicnn.weights.npz)")
+    feats = emb.get("features")
+    if not isinstance(feats, list) or not feats or not all(isinstance(f, str) for f in feats):
+        raise bad(f"embedding.features is {feats!r} (a non-empty list of feature names is expected: "
+                  f"{', '.join(FEATURES)})")
+    unknown = [f for f in feats if f not in FEATURES]
+    if unknown:
+        raise bad(f"embedding.features names {unknown[0]!r}, not a musicnn feature ({', '.join(FEATURES)})")
+    if len(set(feats)) != len(feats):
+        raise bad("embedding.features lists a feature twice")
 
 
 def check_model_file(path: str | os.PathLike) -> None:
@@ -409,101 +494,322 @@ def _window_ends(starts: np.ndarray, window_s: float, dur: float, hop_s: float) 
     return ends, notes
 
 
+class _UnsupportedIn(Exception):
+    """A model file NumPy cannot run (internal: the Predictor falls back to Keras or says which file)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
+
+
+def is_tagger_folder(path: str | os.PathLike) -> bool:
+    """A converted musicnn folder (``musicnn_card.json`` + weights, e.g. ``models/msd-musicnn``) without a
+    classifier card: a 50-tag tagger, not a genre classifier (``predict`` prints its tags)."""
+    p = Path(path)
+    return p.is_dir() and (p / mn.CARD_FILE).is_file() and not (p / CARD_NAME).exists()
+
+
+def model_files(path: str | os.PathLike, card: dict) -> list[tuple[Path, dict | None]]:
+    """The model files a model folder's card describes, each with its own normalisation (None: the card's):
+    the ``members`` of an ensemble, else ``model_file`` (when it is in the folder), else the folder's
+    ``best.keras`` or single ``.keras`` file (:func:`resolve_model_path`). A ``.keras`` path given directly is
+    that one model (with its member ``norm`` when the card lists it). Each file is checked to be a complete
+    archive; a listed member that is missing is a :class:`ModelCardError`."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    members = card.get("members") or []
+    if not p.is_dir():
+        if not p.exists():
+            raise PredictorError(f"model file not found: {p}")
+        norm = next((m.get("norm") for m in members if (folder / m["file"]).resolve() == p.resolve()), None)
+        files = [(p, norm)]
+    elif members:
+        files = [(folder / m["file"], m.get("norm")) for m in members]
+        for f, _ in files:
+            if not f.is_file():
+                raise ModelCardError(f"model card {folder / CARD_NAME} lists the member {f.name}, which is not in "
+                                     f"{folder}")
+    else:
+        mf = card.get("model_file")
+        files = [(folder / mf, None) if mf and (folder / mf).is_file() else (resolve_model_path(folder), None)]
+    for f, _ in files:
+        check_model_file(f)  # truncated / damaged: "unreadable", not "not found"
+    return files
+
+
+def _check_finite_features(X: np.ndarray) -> None:
+    """Refuse features that overflowed (samples far outside [-1, 1] give an infinite spectrogram)."""
+    if not np.isfinite(X).all():
+        from core.audio import AudioError
+
+        raise AudioError("non-finite features: sample values far outside [-1, 1] overflow the spectrogram")
+
+
 class Predictor:
     """A trained model with its preprocessing, loaded once: ``Predictor(path, backend="auto")``.
 
-    ``path`` is a ``.keras`` file or its folder; the card (``card``, or ``model_card.json`` beside the model)
-    gives the classes, the kind, the normalisation and the features, and with them the front end
+    ``path`` is a model folder (``model_card.json`` + the model files) or one ``.keras`` file beside its card.
+    The card gives the classes, the kind, the normalisation and the features, and with them the front end
     (:func:`front_end_of`): the CRNNs' and the baseline's mel windows, or musicnn's log-mel patches. Windowing,
-    scoring and aggregation are the same code for both.
+    scoring and aggregation are the same code for both. The card may describe:
 
-    ``backend``: ``"numpy"`` runs the model with :mod:`core.numpy_model` (no TensorFlow import, a fraction of the
-    memory; the CRNNs and the linear baseline), ``"keras"`` loads it with Keras, ``"auto"`` uses NumPy when the
-    model's layers allow it and Keras otherwise (musicnn; ``$GENRELAB_INFERENCE=keras`` forces Keras).
-    ``.backend`` says which one runs. ``batch_size``: windows per forward pass (default per backend,
-    :data:`DEFAULT_BATCH`); ``warmup`` traces Keras' predict function on load (NumPy needs none).
+    * an **ensemble**: ``"members": [{"file": "m0.keras", "norm": {...}?}, ...]``: every member scores the same
+      windows and a window's class scores are the mean of the members' softmax scores (then aggregation as
+      usual); ``members`` names them;
+    * **musicnn heads** (kind ``"musicnn"``): either ``.keras`` files holding musicnn and a head as one model
+      (``models/emotify-musicnn``, the experiment's runs), or, with ``"embedding": {"network": "MSD_musicnn",
+      "weights": "musicnn.weights.npz", "features": ["penultimate", ...]}``, the network's weights in the folder
+      and small Dense heads on the named per-window features (:data:`core.musicnn_numpy.FEATURES`) concatenated
+      in that order; the network runs once per window for all heads;
+    * test-time defaults ``"aggregation"`` and ``"hop_s"`` (``default_aggregation``, ``default_hop_s``): used
+      when a caller passes None.
+
+    ``backend``: ``"numpy"`` runs everything with :mod:`core.numpy_model` and :mod:`core.musicnn_numpy` (no
+    TensorFlow import, a fraction of the memory; every kind shipped), ``"keras"`` loads the models with Keras,
+    ``"auto"`` uses NumPy when the models' layers allow it and Keras otherwise (``$GENRELAB_INFERENCE=keras``
+    forces Keras). ``.backend`` says which one runs. ``batch_size``: windows per forward pass (default per
+    backend, :data:`DEFAULT_BATCH`); ``warmup`` traces Keras' predict function on load (NumPy needs none).
     """
 
     def __init__(self, model_path: str | os.PathLike, backend: str = "auto", *,
                  card: str | os.PathLike | dict | None = None, batch_size: int | None = None, warmup: bool = True):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
-        self.model_path = resolve_model_path(model_path)
+        path = Path(model_path)
+        if not path.exists():
+            raise PredictorError(f"model file not found: {path}")
+        self.folder = path if path.is_dir() else path.parent
         if isinstance(card, dict):
             self.card = validate_model_card(card, "(given as a dict)")
         else:
-            self.card = read_model_card(card or self.model_path.parent / CARD_NAME)
+            if card is None and is_tagger_folder(path):
+                raise PredictorError(f"{path} is musicnn's tagger ({mn.CARD_FILE}: 50 tags, not genre classes), not a "
+                                     f"classifier: `python -m core predict --model {path} FILE` prints its top tags")
+            self.card = read_model_card(card or self.folder / CARD_NAME)
         self.kind: str = self.card["kind"]
         self.classes: list[str] = list(self.card["classes"])
         self.params = FeatureParams.from_dict(self.card["params"])
         self.norm: dict = self.card["norm"]
         self.norm_method: str = self.card["norm_method"]
         self.front_end = front_end_of(self.card)
-        check_model_file(self.model_path)  # truncated / damaged: "unreadable", not "not found"
-        self.backend, self.model = self._load(backend)
+        self.default_hop_s = float(self.card.get("hop_s") or 1.0)
+        self.default_aggregation: str = self.card.get("aggregation") or "sum"
+        self.embedding: dict | None = self.card.get("embedding")
+        if self.embedding is not None and self.front_end != "musicnn":
+            raise ModelCardError(f"model card {self.folder / CARD_NAME}: embedding heads need kind 'musicnn'")
+        self._files = model_files(path, self.card)
+        self.model_path = self._files[0][0]
+        self.model_files = [f for f, _ in self._files]
+        self.members = [f.name for f in self.model_files] if path.is_dir() and self.card.get("members") else []
+        self._weights_path = None
+        if self.embedding is not None:
+            self._weights_path = self.folder / self.embedding["weights"]
+            if not self._weights_path.is_file():
+                raise ModelCardError(f"model card {self.folder / CARD_NAME} names the musicnn weights "
+                                     f"{self.embedding['weights']}, which are not in {self.folder}")
+        self._overlapping: dict = {}  # Keras musicnn: the shared front end per member (built on first use)
+        self.backend = self._load(backend)
+        self.model = self._models[0]  # the first (or only) model: its input and output shapes
         self.batch_size = int(batch_size or DEFAULT_BATCH[self.backend])
-        check_model_matches_card(tuple(self.model.input_shape), int(self.model.output_shape[-1]), self.card,
-                                 self.params, self.model_path, getattr(self.model, "name", None))
-        if self.front_end == "musicnn" and tuple(self.model.input_shape[1:]) != (mn.PATCH_FRAMES, mn.N_MELS):
-            raise ModelCardError(f"{self.model_path} takes {self.model.input_shape[1:]} inputs, not musicnn's "
-                                 f"({mn.PATCH_FRAMES}, {mn.N_MELS}) log-mel patches")
-        self._fixed_frames = self.model.input_shape[1]
-        self._overlapping = None  # musicnn's shared front end over overlapping windows (built on first use)
+        for f, m in zip(self.model_files, self._models):
+            check_model_matches_card(tuple(m.input_shape), int(m.output_shape[-1]), self.card, self.params, f,
+                                     getattr(m, "name", None))
+            if self.front_end == "musicnn" and self.embedding is None and self.backend == "keras" \
+                    and tuple(m.input_shape[1:]) != (mn.PATCH_FRAMES, mn.N_MELS):
+                raise ModelCardError(f"{f} takes {m.input_shape[1:]} inputs, not musicnn's "
+                                     f"({mn.PATCH_FRAMES}, {mn.N_MELS}) log-mel patches")
+        self._fixed_frames = self.model.input_shape[1] if self.front_end == "mel" else mn.PATCH_FRAMES
         if warmup and self.backend == "keras":
             self._warm_up()
 
-    def _load(self, backend: str):
-        """``(backend, model)``: a :class:`core.numpy_model.NumpyModel` or a Keras model, per ``backend``."""
+    # ----- loading -------------------------------------------------------------------------------------------
+    def _load(self, backend: str) -> str:
+        """Load the models with NumPy or Keras per ``backend``; returns the backend that runs them."""
         if backend == "auto" and os.environ.get("GENRELAB_INFERENCE", "").strip().lower() == "keras":
             backend = "keras"
         if backend != "keras":
-            from core.numpy_model import NumpyModelError, UnsupportedModel, load_numpy_model
+            from core.musicnn_numpy import MusicnnNumpyError
+            from core.numpy_model import NumpyModelError
 
             try:
-                return "numpy", load_numpy_model(self.model_path)
-            except UnsupportedModel as exc:
+                self._load_numpy()
+                return "numpy"
+            except _UnsupportedIn as exc:
                 if backend == "numpy":
-                    raise PredictorError(f"{self.model_path} cannot run in NumPy (not implemented there: {exc}); "
-                                         "use the Keras backend ('keras' or 'auto')") from exc
-            except NumpyModelError as exc:
+                    raise PredictorError(f"{exc.path} cannot run in NumPy (not implemented there: {exc.why}); use "
+                                         "the Keras backend ('keras' or 'auto')") from exc
+            except (NumpyModelError, MusicnnNumpyError) as exc:
                 raise PredictorError(str(exc)) from exc
+        self._load_keras()
+        return "keras"
+
+    def _load_numpy(self) -> None:
+        """``_models`` (NumpyModel per file); musicnn: ``_groups`` = [(network, feature names, [heads])]."""
+        from core import musicnn_numpy as mnp
+        from core.numpy_model import UnsupportedModel, load_numpy_model
+
+        models, groups = [], {}
+        for f, _ in self._files:
+            try:
+                if self.front_end == "musicnn" and self.embedding is None:
+                    weights, head = mnp.read_combined_model(f)  # musicnn + head in one file
+                    key = mnp.weights_digest(weights)
+                    if key not in groups:
+                        groups[key] = (mnp.MusicnnNetwork(weights, name=f.stem), ("penultimate",), [])
+                    groups[key][2].append(head)
+                    models.append(head)
+                else:
+                    models.append(load_numpy_model(f))
+            except UnsupportedModel as exc:
+                raise _UnsupportedIn(f, str(exc)) from exc
+        if self.embedding is not None:
+            net = mnp.network(self._weights_path)
+            names = net.check_names(self.embedding["features"])
+            dim = net.feature_dim(names)
+            for f, m in zip(self.model_files, models):
+                self._check_head(f, m.input_shape, dim, names)
+            groups["embedding"] = (net, names, models)
+        self._models = models
+        self._groups = list(groups.values())
+
+    def _check_head(self, f: Path, input_shape, dim: int, names) -> None:
+        if len(input_shape) != 2 or input_shape[-1] != dim:
+            raise ModelCardError(f"{f.name} takes inputs of shape {tuple(input_shape[1:])}, but the card's embedding "
+                                 f"features ({' + '.join(names)}) are {dim} numbers per window: a head on them is "
+                                 f"a Dense model with {dim} inputs ({self.folder / CARD_NAME})")
+
+    def _load_keras(self) -> None:
         from core.train import TrainError, load_model
 
-        try:
-            return "keras", load_model(self.model_path, compile=False)
-        except TrainError as exc:
-            raise PredictorError(str(exc)) from exc
+        models = []
+        for f, _ in self._files:
+            try:
+                models.append(load_model(f, compile=False))
+            except TrainError as exc:
+                raise PredictorError(str(exc)) from exc
+        self._models = models
+        self._keras_features = None
+        if self.embedding is not None:
+            from core import musicnn_numpy as mnp
+
+            weights = mnp.load_weights(self._weights_path)
+            net = mn.build_musicnn(n_classes=int(weights["tag_logits/kernel"].shape[1]) if "tag_logits/kernel"
+                                   in weights else 50, name="musicnn")
+            try:
+                mn.set_weights(net, weights)
+            except (KeyError, ValueError) as exc:
+                raise PredictorError(f"{self._weights_path} does not fit musicnn ({exc})") from exc
+            names = tuple(self.embedding["features"])
+            dim = sum(mnp.FEATURE_DIMS[n] for n in names)
+            for f, m in zip(self.model_files, models):
+                self._check_head(f, m.input_shape, dim, names)
+            self._keras_features = (mn.feature_model(net, names), names)
 
     def _warm_up(self) -> None:
         """Trace Keras' predict function: two shapes (it then retraces once to a shape-generic graph); musicnn
         also traces its shared-front-end graphs (a 10 s signal: overlapping windows)."""
+        if self.front_end == "musicnn":
+            self.predict_features(np.zeros((1, mn.PATCH_FRAMES, mn.N_MELS), np.float32))
+            self.predict_array(np.zeros(10 * self.sample_rate, np.float32) + 1e-3)
+            return
         f, m = self._fixed_frames or self.params.input_frames, self.params.n_mels
         self.predict_features(np.zeros((1, f, m), np.float32))
-        if self.front_end == "musicnn":
-            self.predict_array(np.zeros(10 * self.sample_rate, np.float32) + 1e-3)
-        else:
-            self.predict_features(np.zeros((2, f if self._fixed_frames else f + 8, m), np.float32))
+        self.predict_features(np.zeros((2, f if self._fixed_frames else f + 8, m), np.float32))
 
     @property
     def sample_rate(self) -> int:
         return self.params.sample_rate
 
-    def predict_features(self, X: np.ndarray) -> np.ndarray:
-        """Softmax scores of raw windows ``(k, frames, n_mels)``: normalised, then predicted in batches of up to
-        ``batch_size``. Non-finite features (samples far outside [-1, 1]) raise :class:`core.audio.AudioError`."""
-        if not np.isfinite(X).all():
-            from core.audio import AudioError
-
-            raise AudioError("non-finite features: sample values far outside [-1, 1] overflow the spectrogram")
-        X = apply_norm(X, self.norm, self.norm_method)
-        if len(self.model.input_shape) == 4:  # the CRNNs and the baseline take one channel
-            X = X[..., None]
+    # ----- scoring -------------------------------------------------------------------------------------------
+    def _batched(self, model, X: np.ndarray) -> np.ndarray:
         bs = self.batch_size
-        out = [np.asarray(self.model.predict_on_batch(X[a:a + bs]), dtype=np.float64) for a in range(0, len(X), bs)]
+        out = [np.asarray(model.predict_on_batch(X[a:a + bs]), dtype=np.float64) for a in range(0, len(X), bs)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
-    def window_features(self, y: np.ndarray, window_s: float | None = None, hop_s: float = 1.0):
+    def predict_features(self, X: np.ndarray) -> np.ndarray:
+        """Class scores of raw windows (``(k, frames, n_mels)``: the CRNNs' mel windows, or musicnn's 187-frame
+        log-mel patches): each model's softmax in batches of up to ``batch_size``, averaged over the members.
+        Non-finite features (samples far outside [-1, 1]) raise :class:`core.audio.AudioError`."""
+        X = np.asarray(X, dtype=np.float32)
+        _check_finite_features(X)
+        if self.front_end == "musicnn":
+            return self._musicnn_patch_scores(X)
+        total = None
+        for model, (_, norm) in zip(self._models, self._files):
+            Xn = apply_norm(X, norm if norm is not None else self.norm, self.norm_method)
+            if len(model.input_shape) == 4:  # the CRNNs and the baseline take one channel
+                Xn = Xn[..., None]
+            s = self._batched(model, Xn)
+            total = s if total is None else total + s
+        return total / len(self._models)
+
+    def _musicnn_patch_scores(self, X: np.ndarray) -> np.ndarray:
+        """Mean class scores of the members on ``(k, 187, 96)`` patches, each patch on its own."""
+        total = np.zeros((len(X), len(self.classes)))
+        if len(X) == 0:
+            return total
+        if self.backend == "numpy":
+            for net, names, heads in self._groups:
+                feats = net.patches(X, names)
+                x = np.concatenate([feats[n] for n in names], axis=1)
+                for h in heads:
+                    total += self._batched(h, x)
+            return total / len(self._models)
+        if self._keras_features is not None:
+            fm, names = self._keras_features
+            outs = [fm.predict_on_batch(X[a:a + self.batch_size]) for a in range(0, len(X), self.batch_size)]
+            x = np.concatenate([np.concatenate([np.asarray(o[n]) for n in names], axis=1) for o in outs])
+            for h in self._models:
+                total += self._batched(h, x)
+        else:
+            for m in self._models:
+                total += self._batched(m, X)
+        return total / len(self._models)
+
+    def _musicnn_stream_scores(self, blocks, hop_s: float, progress=None, total_s: float | None = None):
+        """NumPy musicnn on a 16 kHz signal given in blocks: ``(scores, start frames, samples, padded, heard)``.
+        Each network runs once per window (:class:`core.musicnn_numpy.WindowStream`: the timbral front end
+        shared by overlapping windows), every head on its features, scores averaged over the members; only the
+        frames that later windows need are kept (bounded memory for any length)."""
+        from core.musicnn_numpy import WindowStream
+
+        streams = [(WindowStream(net, names, hop_s), heads) for net, names, heads in self._groups]
+        parts: list[list[np.ndarray]] = [[] for _ in streams]
+        starts: list[np.ndarray] = []
+        heard = False
+
+        def take(i, done):
+            for s, feats in done:
+                x = np.concatenate([feats[n] for n in streams[i][0].names], axis=1)
+                parts[i].append(sum(self._batched(h, x) for h in streams[i][1]))
+                if i == 0:
+                    starts.append(s)
+
+        for block in blocks:
+            heard = heard or bool(np.any(block))
+            for i, (ws, _) in enumerate(streams):
+                take(i, ws.feed(block))
+            if progress is not None:
+                progress(streams[0][0].n_samples / mn.SR, total_s)
+        for i, (ws, _) in enumerate(streams):
+            take(i, ws.finish())
+        ws = streams[0][0]
+        if ws.n_samples == 0:
+            raise ValueError("empty signal")
+        scores = sum(np.concatenate(p) for p in parts) / len(self._models)
+        return scores, np.concatenate(starts), ws.n_samples, ws.padded, heard
+
+    def _musicnn_result(self, scores, start_frames, n_samples: int, padded: bool, hop_s: float):
+        dur = n_samples / mn.SR
+        starts = np.asarray(start_frames, dtype=np.float64) * mn.HOP / mn.SR
+        ends, notes = _window_ends(starts, mn.PATCH_SECONDS, dur, hop_s)
+        if padded:
+            notes = [f"clip shorter than one window ({dur:.2f} s < 3 s): repeat-padded"] + notes
+        return scores, starts, ends, notes
+
+    def window_features(self, y: np.ndarray, window_s: float | None = None, hop_s: float | None = None):
         """``(X, starts, ends, notes)``: the windows a track is scored on, before normalisation."""
+        hop_s = self.default_hop_s if hop_s is None else hop_s
         if self.front_end == "musicnn":
             mel, starts_f, starts, ends, notes = self._patch_windows(y, window_s, hop_s)
             return cut_patches(mel, starts_f)[0], starts, ends, notes
@@ -537,10 +843,16 @@ class Predictor:
             raise ValueError("window too short for the model (needs >= 8 frames)")
         return wp
 
-    def _patch_windows(self, y: np.ndarray, window_s: float | None, hop_s: float):
-        """musicnn's front end: ``(log-mel, start frames, starts, ends, notes)`` of 3 s windows every ``hop_s``."""
+    @staticmethod
+    def _check_musicnn_window(window_s: float | None, hop_s: float) -> None:
         if window_s is not None and abs(window_s - mn.PATCH_SECONDS) > 1e-9:
             raise PredictorError(f"musicnn takes 3 s windows (187 frames), not {window_s} s")
+        if hop_s <= 0:
+            raise ValueError("hop must be positive")
+
+    def _patch_windows(self, y: np.ndarray, window_s: float | None, hop_s: float):
+        """musicnn's front end: ``(log-mel, start frames, starts, ends, notes)`` of 3 s windows every ``hop_s``."""
+        self._check_musicnn_window(window_s, hop_s)
         dur = y.size / mn.SR
         mel = mn.log_mel(y)
         notes = []
@@ -551,16 +863,30 @@ class Predictor:
         ends, more = _window_ends(starts, mn.PATCH_SECONDS, dur, hop_s)
         return mel, starts_f, starts, ends, notes + more
 
+    def _keras_musicnn_scores(self, y: np.ndarray, window_s: float | None, hop_s: float):
+        """The Keras path for musicnn: each combined model on the windows (the timbral front end shared when they
+        overlap: :class:`core.musicnn.OverlappingWindows`), or the network's features and the heads."""
+        mel, starts_f, starts, ends, notes = self._patch_windows(y, window_s, hop_s)
+        shared = hop_s < mn.PATCH_SECONDS and len(starts_f) > 1 and mel.shape[0] >= mn.PATCH_FRAMES
+        if self._keras_features is not None or not shared:
+            return self.predict_features(cut_patches(mel, starts_f)[0]), starts, ends, notes
+        total = np.zeros((len(starts_f), len(self.classes)))
+        for i, m in enumerate(self._models):
+            if i not in self._overlapping:
+                self._overlapping[i] = mn.OverlappingWindows(m)
+            total += np.asarray(self._overlapping[i].run(mel, starts_f, self.batch_size), dtype=np.float64)
+        return total / len(self._models), starts, ends, notes
+
     def _score_signal(self, y: np.ndarray, window_s: float | None, hop_s: float):
         """``(window scores, starts, ends, notes)`` of a whole signal at the model's rate."""
-        if self.front_end == "musicnn" and self.backend == "keras" and hop_s < mn.PATCH_SECONDS:
-            mel, starts_f, starts, ends, notes = self._patch_windows(y, window_s, hop_s)
-            if len(starts_f) > 1 and mel.shape[0] >= mn.PATCH_FRAMES:  # the timbral front end once per track
-                if self._overlapping is None:
-                    self._overlapping = mn.OverlappingWindows(self.model)
-                scores = self._overlapping.run(mel, starts_f, self.batch_size)
-                return np.asarray(scores, dtype=np.float64), starts, ends, notes
-            return self.predict_features(cut_patches(mel, starts_f)[0]), starts, ends, notes
+        if self.front_end == "musicnn":
+            if self.backend == "keras":
+                return self._keras_musicnn_scores(y, window_s, hop_s)
+            self._check_musicnn_window(window_s, hop_s)
+            step = 60 * mn.SR
+            scores, starts_f, n, padded, _ = self._musicnn_stream_scores(
+                (y[a:a + step] for a in range(0, y.size, step)), hop_s)
+            return self._musicnn_result(scores, starts_f, n, padded, hop_s)
         X, starts, ends, notes = self.window_features(y, window_s, hop_s)
         return self.predict_features(X), starts, ends, notes
 
@@ -569,12 +895,19 @@ class Predictor:
         return PredictionResult(self.classes, scores, starts, ends, aggregation, agg, int(np.argmax(agg)), dur,
                                 notes, time.perf_counter() - t0)
 
-    def predict_array(self, y: np.ndarray, sr: int | None = None, window_s: float | None = None,
-                      hop_s: float = 1.0, aggregation: str = "sum") -> PredictionResult:
-        """Classify a mono signal (``sr`` defaults to the model's rate; other rates are resampled). With the
-        musicnn front end, overlapping windows (hop < 3 s) share one pass of the timbral convolutions
-        (:class:`core.musicnn.OverlappingWindows`: the same scores, ~2.5x faster)."""
+    def _defaults(self, hop_s: float | None, aggregation: str | None) -> tuple[float, str]:
+        """The model's defaults (the card's ``hop_s`` and ``aggregation``; else 1 s and sum) for None."""
+        hop_s = self.default_hop_s if hop_s is None else float(hop_s)
+        aggregation = self.default_aggregation if aggregation is None else aggregation
         _check_aggregation(aggregation)
+        return hop_s, aggregation
+
+    def predict_array(self, y: np.ndarray, sr: int | None = None, window_s: float | None = None,
+                      hop_s: float | None = None, aggregation: str | None = None) -> PredictionResult:
+        """Classify a mono signal (``sr`` defaults to the model's rate; other rates are resampled); ``hop_s`` and
+        ``aggregation`` default to the model's (:attr:`default_hop_s`, :attr:`default_aggregation`). With the
+        musicnn front end, overlapping windows (hop < 3 s) share one pass of the timbral convolutions."""
+        hop_s, aggregation = self._defaults(hop_s, aggregation)
         t0 = time.perf_counter()
         y = np.asarray(y, dtype=np.float32)
         if y.ndim > 1:
@@ -590,25 +923,36 @@ class Predictor:
         scores, starts, ends, more = self._score_signal(y, window_s, hop_s)
         return self._result(scores, starts, ends, aggregation, y.size / self.sample_rate, notes + more, t0)
 
-    def predict_file(self, path: str | os.PathLike, window_s: float | None = None, hop_s: float = 1.0,
-                     aggregation: str = "sum", progress=None, block_s: float = 60.0) -> PredictionResult:
+    def predict_file(self, path: str | os.PathLike, window_s: float | None = None, hop_s: float | None = None,
+                     aggregation: str | None = None, progress=None, block_s: float = 60.0) -> PredictionResult:
         """Decode ``path`` (any format :func:`core.audio.load_audio` reads) at the model's rate and classify.
         Raises :class:`core.audio.AudioError` with a reason for unreadable files.
 
         Streamed, so memory is bounded for any length: the file is decoded in blocks of ``block_s`` seconds
         (:func:`core.audio.stream_audio`), the windows a block completes are scored and only their scores are
-        kept (the samples a later window still needs are carried over). The windows, features and scores are
-        those of :meth:`predict_array` on the whole decoded signal (the tests check equality). A full-clip
-        model decodes only its clip; the musicnn front end decodes the whole file (its log-mel is computed
-        once per track). ``progress(seconds_done, total_seconds | None)`` is called per block."""
+        kept (the samples, or musicnn's log-mel frames, a later window still needs are carried over). The
+        windows, features and scores are those of :meth:`predict_array` on the whole decoded signal (the tests
+        check equality). A full-clip model decodes only its clip; musicnn with the Keras backend decodes the
+        whole file. ``progress(seconds_done, total_seconds | None)`` is called per block."""
         from core.audio import AudioError, audio_info, load_audio, load_audio_prefix, stream_audio
 
-        _check_aggregation(aggregation)
-        if self.front_end != "mel":
-            y = load_audio(path, self.sample_rate)
-            if not np.any(y):
+        hop_s, aggregation = self._defaults(hop_s, aggregation)
+        if self.front_end == "musicnn":
+            if self.backend == "keras":
+                y = load_audio(path, self.sample_rate)
+                if not np.any(y):
+                    raise AudioError("digital silence: nothing to classify")
+                return self.predict_array(y, None, window_s, hop_s, aggregation)
+            self._check_musicnn_window(window_s, hop_s)
+            t0 = time.perf_counter()
+            info = audio_info(path)
+            total_s = None if info is None else info[0] / info[1]
+            scores, starts_f, n, padded, heard = self._musicnn_stream_scores(
+                stream_audio(path, mn.SR, block_s), hop_s, progress, total_s)
+            if not heard:
                 raise AudioError("digital silence: nothing to classify")
-            return self.predict_array(y, None, window_s, hop_s, aggregation)
+            scores, starts, ends, notes = self._musicnn_result(scores, starts_f, n, padded, hop_s)
+            return self._result(scores, starts, ends, aggregation, n / mn.SR, notes, t0)
         t0 = time.perf_counter()
         sr = self.sample_rate
         p = self.params
@@ -705,25 +1049,34 @@ class Predictor:
 # CLI
 # ---------------------------------------------------------------------------------------------------------
 def register_cli(sub) -> None:
-    p = sub.add_parser("predict", help="classify audio files with a trained model",
+    p = sub.add_parser("predict", help="classify audio files with a trained model (or tag them with musicnn)",
                        description="Classify audio files: one line per file (file, class, score, windows) "
-                                   "on stdout, after a header on stderr (model, classes, windows). Unreadable "
-                                   "files are reported with a reason and make the exit code 1. Runs the model "
-                                   "in NumPy when it can (no TensorFlow import), else with Keras.")
+                                   "on stdout, after a header on stderr (model, members, classes, windows). "
+                                   "Unreadable files are reported with a reason and make the exit code 1. Runs "
+                                   "the model in NumPy when it can (every shipped model: no TensorFlow import), "
+                                   "else with Keras. A converted musicnn folder (musicnn_card.json, e.g. "
+                                   "models/msd-musicnn) is a tagger: one line per file with its top tags.")
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, mp3, flac, ogg, au, m4a ...)")
-    p.add_argument("--model", required=True, help="a .keras file with model_card.json beside it, or a run folder")
+    p.add_argument("--model", required=True,
+                   help="a model folder (model_card.json + its model files), a .keras file with model_card.json "
+                        "beside it, a run folder, or a musicnn tagger folder (musicnn_card.json)")
     p.add_argument("--window", type=float, default=None, help="window length in s (default: training snippet)")
-    p.add_argument("--hop", type=float, default=1.0, help="hop between windows in s (%(default)s)")
-    p.add_argument("--aggregation", choices=AGGREGATIONS, default="sum", help="window aggregation (%(default)s)")
+    p.add_argument("--hop", type=float, default=None,
+                   help="hop between windows in s (default: the model card's hop_s, else 1; a tagger: 3)")
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=None,
+                   help="window aggregation (default: the model card's aggregation, else sum)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: NumPy when the model allows it (the CRNNs, the baseline), else Keras (%(default)s)")
+                   help="auto: NumPy when the model allows it (every shipped kind), else Keras (%(default)s)")
+    p.add_argument("--top", type=int, default=5, help="tags per file for a musicnn tagger (%(default)s)")
     p.set_defaults(func=_cli_predict)
 
 
 def _cli_predict(a) -> int:
     from core.audio import AudioError
 
+    if is_tagger_folder(a.model):
+        return _cli_tags(a)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # only matters if the model needs Keras
     _quiet_backend_logs()
     with _without_tensorflow_banner():  # a PredictorError goes to core.__main__: "error: ...", exit code 2
@@ -793,19 +1146,82 @@ class _ProgressLine:
 
 
 def _predict_header(pred: "Predictor", a) -> str:
-    """What ``predict`` prints before its table: the model, its classes, how windows are cut and the columns."""
+    """What ``predict`` prints before its table: the model (and an ensemble's members), its classes, how windows
+    are cut (the model's own defaults say so) and the columns."""
     card = pred.card
-    name = card.get("name") or pred.model_path.parent.name
+    name = card.get("name") or pred.folder.name
     backend = "NumPy" if pred.backend == "numpy" else "Keras"
+    where = pred.folder if pred.members else pred.model_path
+    lines = [f"# model {one_line(str(name))} ({one_line(str(where))}), {len(pred.classes)} classes: "
+             f"{', '.join(one_line(c) for c in pred.classes)}"]
+    if pred.members:
+        lines.append(f"# ensemble of {len(pred.members)} members (mean of their class scores): "
+                     f"{', '.join(one_line(m) for m in pred.members)}")
+    emb = pred.embedding
+    if emb:
+        lines.append(f"# musicnn {emb['network']} ({emb['weights']}) features: {' + '.join(emb['features'])}")
     if pred.kind == "full":
         how = f"one {pred.params.full_clip_s:g} s clip per file"
     else:
-        how = (f"{a.window or pred.params.snippet_s:g} s windows every {a.hop:g} s, "
-               f"aggregation: {a.aggregation}")
-    return (f"# model {one_line(str(name))} ({one_line(str(pred.model_path))}), {len(pred.classes)} classes: "
-            f"{', '.join(one_line(c) for c in pred.classes)}\n"
-            f"# {how}; {backend} inference\n"
-            "file\tclass\tscore\twindows")
+        hop = pred.default_hop_s if a.hop is None else a.hop
+        agg = pred.default_aggregation if a.aggregation is None else a.aggregation
+        own = [k for k, given in (("hop", a.hop), ("aggregation", a.aggregation))
+               if given is None and card.get("hop_s" if k == "hop" else "aggregation") is not None]
+        how = (f"{a.window or pred.params.snippet_s:g} s windows every {hop:g} s, aggregation: {agg}"
+               + (f" ({' and '.join(own)}: the model's default)" if own else ""))
+    lines += [f"# {how}; {backend} inference", "file\tclass\tscore\twindows"]
+    return "\n".join(lines)
+
+
+def _cli_tags(a) -> int:
+    """``predict`` with a converted musicnn folder: the top tags of each file (mean tag likelihood over its 3 s
+    windows, every 3 s by default: musicnn's own extractor), in NumPy."""
+    from core.audio import AudioError, audio_info
+    from core import musicnn_numpy as mnp
+
+    folder = Path(a.model)
+    try:
+        card = json.loads((folder / mn.CARD_FILE).read_text())
+        labels = list(card["labels"])
+        net = mnp.network(folder)
+    except (ValueError, OSError, KeyError, TypeError, mnp.MusicnnNumpyError) as exc:
+        raise PredictorError(f"{folder} is not a usable musicnn folder: {exc}") from exc
+    if len(labels) != net.n_tags:
+        raise PredictorError(f"{folder / mn.CARD_FILE} lists {len(labels)} labels, the network has {net.n_tags} tags")
+    if a.window is not None and abs(a.window - mn.PATCH_SECONDS) > 1e-9:
+        raise PredictorError(f"musicnn takes 3 s windows, not {a.window} s")
+    if a.aggregation not in (None, "sum"):
+        print(f"note: --aggregation {a.aggregation} does not apply to tags (mean likelihood per tag)", file=sys.stderr)
+    hop = mn.PATCH_SECONDS if a.hop is None else a.hop
+    top = max(1, min(a.top, len(labels)))
+    if not a.json:
+        print(f"# model {card.get('name') or folder.name} ({folder}): musicnn {card.get('model', '')} tagger, "
+              f"{len(labels)} tags (not a genre classifier)\n"
+              f"# top {top} tags by mean likelihood over 3 s windows every {hop:g} s; NumPy inference\n"
+              "file\ttags\twindows", file=sys.stderr, flush=True)
+    failed = 0
+    for f in a.files:
+        line = _ProgressLine(f)
+        try:
+            info = audio_info(f) if Path(f).exists() else None
+            total = None if info is None else info[0] / info[1]
+            wf = mnp.file_window_features(f, ["taggram"], hop, net, progress=lambda d, _w: line(d, total))
+        except (AudioError, ValueError) as exc:
+            failed += 1
+            print(json.dumps({"file": f, "error": str(exc)}) if a.json else f"{one_line(f)}\terror: {one_line(str(exc))}", flush=True)
+            continue
+        mean = wf.features["taggram"].mean(axis=0)
+        order = np.argsort(-mean)[:top]
+        if a.json:
+            print(json.dumps({"file": f, "tags": {labels[i]: round(float(mean[i]), 4) for i in order},
+                              "n_windows": wf.n_windows, "duration_s": round(wf.duration_s, 3)}), flush=True)
+        else:
+            note = "\t(shorter than one window: repeat-padded)" if wf.padded else ""
+            print(f"{one_line(f)}\t{', '.join(f'{one_line(labels[i])} {mean[i]:.2f}' for i in order)}\t{wf.n_windows} windows{note}",
+                  flush=True)
+    if failed:
+        print(f"{failed} of {len(a.files)} files could not be tagged", file=sys.stderr)
+    return 1 if failed else 0
 
 
 #: What TensorFlow's C++ side prints on import and on its first graph whatever TF_CPP_MIN_LOG_LEVEL says

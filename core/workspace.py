@@ -155,7 +155,7 @@ def list_model_folders(home: Path | None = None) -> list[dict[str, Any]]:
     are listed with ``"error"`` (which file and why) and ``"card": None``, so the page lists them as unusable
     and the other models keep working; nothing a folder holds can make this listing fail.
     """
-    from core.predictor import CARD_NAME, PredictorError, check_model_file, read_model_card, resolve_model_path
+    from core.predictor import CARD_NAME, PredictorError, model_files, read_model_card
 
     out = []
     seen: set[str] = set()
@@ -170,13 +170,35 @@ def list_model_folders(home: Path | None = None) -> list[dict[str, Any]]:
             rec: dict[str, Any] = {"name": child.name, "path": str(child), "origin": origin, "card": None}
             try:
                 card = read_model_card(child / CARD_NAME)
-                model_file = resolve_model_path(child)
-                check_model_file(model_file)  # a truncated .keras: "unreadable", listed as unusable
-                rec["model_file"] = str(model_file)
+                files = model_files(child, card)  # a truncated .keras, a missing member: listed as unusable
+                emb = card.get("embedding")
+                if emb and not (child / emb["weights"]).is_file():
+                    raise PredictorError(f"{child / CARD_NAME} names the musicnn weights {emb['weights']}, which "
+                                         f"are not in {child}")
+                rec["model_file"] = str(files[0][0])
                 rec["card"] = card
             except PredictorError as exc:
                 rec["error"] = str(exc)
             except Exception as exc:  # noqa: BLE001 - one odd folder must not take the page down
                 rec["error"] = f"{child} cannot be read: {type(exc).__name__}: {exc}"[:300]
             out.append(rec)
+    return out
+
+
+def list_tagger_folders(home: Path | None = None) -> list[dict[str, Any]]:
+    """Converted musicnn folders (``musicnn_card.json``, no ``model_card.json``: e.g. ``models/msd-musicnn``):
+    taggers (50 tags), not genre classifiers, so the demo does not list them as models; ``{"name", "path",
+    "origin", "model"}`` so that it can say why."""
+    from core import musicnn as mn
+    from core.predictor import is_tagger_folder
+
+    out = []
+    for origin, root in model_dirs(home):
+        for child in _subfolders(root):
+            if is_tagger_folder(child):
+                try:
+                    model = read_json(child / mn.CARD_FILE).get("model")
+                except (ValueError, OSError, AttributeError):
+                    model = None
+                out.append({"name": child.name, "path": str(child), "origin": origin, "model": model})
     return out

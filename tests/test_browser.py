@@ -335,3 +335,83 @@ def test_demo_model_card_keeps_the_input_in_place(page, server, tmp_path):
     titles = [t.text_content() or "" for t in chart.locator("g.annotation text").all()]
     assert any("sum of scores" in t for t in titles), titles
     _no_error(page)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# issue 19: the musicnn model on the demo page, in NumPy, within a small host's memory
+# ---------------------------------------------------------------------------------------------------------
+#: Streamlit Community Cloud's smallest apps get 690 MB. The server (Streamlit, plotly, the pages, every model
+#: used so far) must stay below it with room to spare for the interpreter's own growth between runs: 600 MB,
+#: for the whole process tree at its peak. With TensorFlow the same page took the server from 355 to 962 MB.
+SERVER_MEMORY_BOUND_MB = 600
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def test_demo_musicnn_model_runs_in_numpy_within_a_small_hosts_memory(page, server, tmp_path):
+    import re
+
+    import numpy as np
+    import soundfile as sf
+
+    from core.synth import synth_clip
+
+    if not (ROOT / "models" / "emotify-musicnn" / "model_card.json").is_file():
+        pytest.skip("the shipped model models/emotify-musicnn is absent")
+    pid = SERVER.get("pid")
+    before_rss = sum(_status_kb(p, "VmRSS") for p in _tree_pids(pid)) / 1e3
+    before_peak = _status_kb(pid, "VmHWM") / 1e3  # the earlier pages' peak (the 4-minute clip's, with the CRNN)
+    clip = tmp_path / "one-minute.wav"  # a minute of generated music-like sound, 44.1 kHz stereo
+    sf.write(clip, np.stack([synth_clip(0, 60.0, 44100, seed=1), synth_clip(2, 60.0, 44100, seed=2)], 1) * 0.5,
+             44100)
+    page.goto(f"{server}/demo")
+    page.get_by_role("heading", name="Demo: classify a clip").wait_for()
+    _settle(page)
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Model").first
+    box.click()
+    page.get_by_role("option", name=re.compile(r"^emotify-musicnn")).click()
+    _settle(page)
+    page.get_by_text("pretrained musicnn embeddings").first.wait_for()  # the one-line summary of the model
+    page.locator('input[type="file"]').first.set_input_files(str(clip))
+    page.get_by_text("Predicted genre").wait_for(timeout=180_000)
+    page.locator(".js-plotly-plot").first.wait_for()
+    _settle(page)
+    _no_error(page)
+    metrics = [m.inner_text().strip() for m in page.locator('[data-testid="stMetricValue"]').all()]
+    assert metrics[0] in ("classical", "electronic", "pop", "rock") and metrics[2] == "58", metrics
+    chart = page.locator(".js-plotly-plot").first
+    assert chart.locator(".barlayer .point path").count() >= 58 * 4  # a column per window and class
+    _shot(page, "11-demo-musicnn.png")
+    pids = _tree_pids(pid)
+    rss = sum(_status_kb(p, "VmRSS") for p in pids) / 1e3
+    peak = _status_kb(pid, "VmHWM") / 1e3 + sum(_status_kb(p, "VmHWM") for p in pids[1:]) / 1e3
+    tf_loaded = any("tensorflow" in Path(f"/proc/{p}/maps").read_text() for p in pids if Path(f"/proc/{p}/maps").exists())
+    (ARTIFACTS / "server-memory-musicnn.txt").write_text(
+        f"streamlit server tree ({len(pids)} processes) before the musicnn page: {before_rss:.0f} MB resident "
+        f"(peak so far {before_peak:.0f} MB); "
+        f"after classifying a one-minute clip with emotify-musicnn: {rss:.0f} MB resident, peak {peak:.0f} MB "
+        f"(bound {SERVER_MEMORY_BOUND_MB} MB); TensorFlow loaded: {tf_loaded}\n")
+    assert not tf_loaded, "the demo path imported TensorFlow"
+    assert peak < SERVER_MEMORY_BOUND_MB, f"server peak {peak:.0f} MB (resident now {rss:.0f} MB)"

@@ -120,7 +120,7 @@ def test_head_trains_saves_and_predicts_like_the_audio_path(embedded, tmp_path, 
     from core.predictor import Predictor
 
     pred = Predictor(run)  # the demo's and `predict`'s entry point
-    assert pred.front_end == "musicnn" and pred.backend == "keras"  # musicnn's log-mel patches, with Keras
+    assert pred.front_end == "musicnn" and pred.backend == "numpy"  # musicnn's log-mel patches, in NumPy
     row = ds.tracks("test").iloc[0]
     out = pred.predict_file(row["abs_path"])
     assert out.n_windows == 6 and out.window_scores.shape == (6, 3)

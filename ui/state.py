@@ -211,10 +211,10 @@ def available_models() -> list[dict[str, Any]]:
 
 def default_model_key(models: list[dict[str, Any]], prefer: str = "emotify") -> str | None:
     """The model the demo starts with: a shipped one when there is one (one whose name contains ``prefer``
-    first), else the first listed; among those, one that runs in NumPy (a CRNN or the baseline) before a musicnn
-    classifier, which needs TensorFlow (seconds to import, ~800 MB: too much for a first view on a small host)."""
+    first), else the first listed; among those, a CRNN or the baseline before a musicnn classifier (both run in
+    NumPy; the CRNN classifies a clip in about a third of musicnn's time: a quick first answer)."""
     usable = [m for m in models if m.get("card") and not m.get("error")]
-    usable.sort(key=lambda m: (m.get("card") or {}).get("kind") == "musicnn")  # stable: NumPy-run models first
+    usable.sort(key=lambda m: (m.get("card") or {}).get("kind") == "musicnn")  # stable: the lighter models first
     if not usable:
         return None
     shipped = [m for m in usable if m.get("origin") == "shipped"]
@@ -230,14 +230,15 @@ def default_model_key(models: list[dict[str, Any]], prefer: str = "emotify") -> 
 
 def model_stamp(path: str) -> float:
     p = Path(path)
-    files = list(p.glob("*.keras")) + [p / "model_card.json"] if p.is_dir() else [p]
+    files = list(p.glob("*.keras")) + list(p.glob("*.npz")) + [p / "model_card.json"] if p.is_dir() else [p]
     return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
 def get_predictor(path: str, stamp: float):
-    """One predictor per model file (at most two kept in memory): NumPy inference when the model allows it
-    (no TensorFlow in the server: ~200 MB instead of ~1 GB), else Keras."""
+    """One predictor per model folder (at most two kept in memory): NumPy inference when the model allows it
+    (every shipped kind, musicnn included: no TensorFlow in the server, ~200-300 MB instead of ~1 GB), else
+    Keras."""
     from core.predictor import Predictor
 
     return Predictor(path)
