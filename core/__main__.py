@@ -18,6 +18,7 @@ CLI_MODULES = [
     "core.musicnn",
     "core.predictor",
     "core.reproduce",
+    "core.transfer",
     "core.store",
     "core.synth",
 ]
