@@ -27,6 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from core.errors import GenreLabError
 from core.utils import atomic_write_bytes, atomic_write_json
 
@@ -279,6 +281,50 @@ def register_cli(sub) -> None:
     q.add_argument("--description", default="", help="one line about the model")
     q.add_argument("--kind", default="snippet", choices=["snippet", "full", "linear"])
     q.set_defaults(func=_cli_ship)
+    e = sub.add_parser(
+        "ship-ensemble", help="every fold model of a cross-validation as one ensemble model folder",
+        description="Collect the finished runs of KIND in the cross-validation stores (one store per fold, as "
+                    "`run-experiment` writes for a dataset built with a fold's --split file; or one store of "
+                    "`run-experiment --cv K`), check that each seed tests every track once, and write DEST: every "
+                    "run's model as a member (each with its fold's normalisation), model_card.json with the "
+                    "out-of-fold track accuracy per seed (mean ± SD) and of the seeds together, the aggregation with "
+                    "the best cross-validated mean as the model's default, and MODEL_CARD.md.")
+    e.add_argument("dest", help="model folder to write, e.g. models/emotify-crnn")
+    e.add_argument("stores", nargs="+", help="experiment store folders")
+    e.add_argument("--name", required=True, help="model name")
+    e.add_argument("--citation", required=True, help="the training data's citation")
+    e.add_argument("--description", default="", help="one line about the model")
+    e.add_argument("--kind", default="snippet", choices=["snippet", "full", "linear"])
+    e.set_defaults(func=_cli_ship_ensemble)
+
+
+def _cli_ship_ensemble(a) -> int:
+    from core.predictor import PredictorError
+
+    cmd = "python -m core ship-ensemble " + " ".join(_shell_quote(x) for x in sys.argv[2:]) \
+        if sys.argv[1:2] == ["ship-ensemble"] else None
+    try:
+        dest = ship_ensemble(a.stores, a.dest, name=a.name, citation=a.citation, description=a.description,
+                             kind=a.kind, command=cmd)
+    except (ReproduceError, PredictorError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import json
+
+    card = json.loads((dest / "model_card.json").read_text())
+    cv = card["cv"]
+    print(f"{dest}: {len(card['members'])} members; cross-validated track accuracy of one member "
+          f"({cv['folds']} folds x {len(cv['seeds'])} seeds, {cv['n_tracks']} tracks):")
+    for agg, s in cv["accuracy"].items():
+        print(f"  {agg:8s} {s['mean']:.1%} ± {s['sd']:.1%}" + ("  <- default" if agg == card["aggregation"] else ""))
+    print(f"  the seeds of each fold together (sum): {cv['seed_ensemble_sum']:.1%}")
+    return 0
+
+
+def _shell_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
 
 
 def _cli_ship(a) -> int:
@@ -448,3 +494,166 @@ def read_json_safe(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shipping an ensemble judged by cross-validation
+# ---------------------------------------------------------------------------------------------------------
+ENSEMBLE_AGGREGATIONS = ("sum", "vote", "logprob")
+
+
+def cv_members(stores: list[str | os.PathLike], kind: str = "snippet") -> list[dict[str, Any]]:
+    """The finished ``kind`` runs of cross-validation stores whose test splits are disjoint folds (one store per
+    fold, or one store holding fold runs): each with its store, run folder, seed, fold and out-of-fold test
+    predictions ``{track: {aggregation: (scores, true label)}}``. Pooled rows (no model of their own) are left
+    out. Raises :class:`ReproduceError` when a track is tested twice by one seed or a seed misses a fold."""
+    from core.store import Store
+
+    members = []
+    for i, sp in enumerate(stores):
+        s = Store(sp, create=False)
+        for r in s.runs():
+            if r["kind"] != kind or r["status"] != "done":
+                continue
+            if r.get("n_folds") and r.get("fold") is None:
+                continue  # a pooled cross-validation row
+            run_dir = Path(sp) / "runs" / r["id"]
+            if not (run_dir / "model_card.json").is_file():
+                continue
+            fold = r.get("fold") if r.get("fold") is not None else i
+            preds = {}
+            for agg in ENSEMBLE_AGGREGATIONS:
+                df = s.predictions_frame(r["id"], f"track_{agg}", "test")
+                for row in df.itertuples():
+                    preds.setdefault(row.track, {})[agg] = (np.asarray(row.scores, float), row.true_label)
+            members.append({"store": str(sp), "run_id": r["id"], "run_dir": run_dir, "seed": int(r["seed"]),
+                            "fold": int(fold), "preds": preds, "best_epoch": r.get("best_epoch"),
+                            "dataset": r.get("dataset")})
+    if not members:
+        raise ReproduceError(f"no finished {kind} run in {', '.join(map(str, stores))}")
+    folds = sorted({m["fold"] for m in members})
+    for seed in sorted({m["seed"] for m in members}):
+        seen: dict[str, int] = {}
+        for m in members:
+            if m["seed"] != seed:
+                continue
+            for t in m["preds"]:
+                if t in seen:
+                    raise ReproduceError(f"seed {seed} tests {t} in two folds ({seen[t]} and {m['fold']}): the "
+                                         "stores' test splits are not disjoint folds")
+                seen[t] = m["fold"]
+    return members
+
+
+def cv_figures(members: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    """Out-of-fold track accuracy: per seed (every track once, the seed's fold models), mean ± SD over the seeds
+    that cover every fold, per aggregation; and the ensemble of those seeds in each fold (mean of the members'
+    summed window scores = the ensemble's own sum aggregation)."""
+    folds = sorted({m["fold"] for m in members})
+    by_seed: dict[int, list[dict]] = {}
+    for m in members:
+        by_seed.setdefault(m["seed"], []).append(m)
+    complete = sorted(s for s, ms in by_seed.items() if sorted(x["fold"] for x in ms) == folds)
+    if not complete:
+        raise ReproduceError("no seed has a finished run in every fold: cross-validation is incomplete")
+    per_seed = {agg: [] for agg in ENSEMBLE_AGGREGATIONS}
+    tracks: set[str] = set()
+    for s in complete:
+        for agg in ENSEMBLE_AGGREGATIONS:
+            right = total = 0
+            for m in by_seed[s]:
+                for t, p in m["preds"].items():
+                    scores, true = p[agg]
+                    right += classes[int(np.argmax(scores))] == true
+                    total += 1
+                    tracks.add(t)
+            per_seed[agg].append(right / total)
+    ens_right, ens_total = 0, 0
+    for f in folds:
+        ms = [m for m in members if m["fold"] == f and m["seed"] in complete]
+        for t in ms[0]["preds"]:
+            tot = sum(m["preds"][t]["sum"][0] / max(m["preds"][t]["sum"][0].sum(), 1e-12) for m in ms)
+            ens_right += classes[int(np.argmax(tot))] == ms[0]["preds"][t]["sum"][1]
+            ens_total += 1
+    acc = {agg: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                 "per_seed": [round(x, 4) for x in v]} for agg, v in per_seed.items()}
+    return {"unit": "track", "folds": len(folds), "seeds": complete, "n_tracks": len(tracks), "accuracy": acc,
+            "seed_ensemble_sum": round(ens_right / ens_total, 4)}
+
+
+def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, name: str, citation: str,
+                  description: str = "", kind: str = "snippet", command: str | None = None) -> Path:
+    """Every finished ``kind`` run of the cross-validation ``stores`` as one model folder: the members'
+    ``.keras`` files (re-saved without optimizer state), each with its own normalisation (its fold's training
+    statistics), a card with the cross-validated figures (:func:`cv_figures`) and the aggregation with the best
+    cross-validated mean as the default, and ``MODEL_CARD.md``. The members average their class scores per
+    window (:class:`core.predictor.Predictor`, NumPy)."""
+    import shutil
+
+    from core.predictor import read_model_card, validate_model_card, write_model_card
+    from core.train import load_model
+
+    dest = Path(dest)
+    members = cv_members(stores, kind)
+    cards = [read_model_card(m["run_dir"] / "model_card.json") for m in members]
+    classes, params = cards[0]["classes"], cards[0]["params"]
+    for m, c in zip(members, cards):
+        if c["classes"] != classes or c["params"] != params:
+            raise ReproduceError(f"{m['run_id']} has other classes or features than {members[0]['run_id']}")
+    cv = cv_figures(members, classes)
+    keep = [i for i, m in enumerate(members) if m["seed"] in cv["seeds"]]  # seeds that cover every fold
+    members, cards = [members[i] for i in keep], [cards[i] for i in keep]
+    source = read_json_safe(Path(str(members[0]["dataset"])) / "card.json").get("source") or members[0]["store"]
+    best = max(ENSEMBLE_AGGREGATIONS, key=lambda a: (round(cv["accuracy"][a]["mean"], 6),
+                                                     -ENSEMBLE_AGGREGATIONS.index(a)))
+    members_sorted = sorted(zip(members, cards), key=lambda mc: (mc[0]["fold"], mc[0]["seed"]))
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    entries = []
+    for m, c in members_sorted:
+        fname = f"fold{m['fold']}-seed{m['seed']}.keras"
+        load_model(m["run_dir"] / c.get("model_file", "best.keras"), compile=False).save(tmp / fname)
+        entries.append({"file": fname, "norm": c["norm"], "fold": m["fold"], "seed": m["seed"],
+                        "run_id": m["run_id"], "best_epoch": m["best_epoch"]})
+    first = cards[0]
+    acc = cv["accuracy"]
+    card = dict(first)
+    for k in ("run_id", "seed", "dataset", "dataset_build_id", "model_file", "accuracy", "selected_by"):
+        card.pop(k, None)
+    card.update(
+        name=name, description=description, model_file=entries[0]["file"], members=entries,
+        aggregation=best, hop_s=1.0,
+        training_data={"source": Path(str(source)).name, "citation": citation,
+                       "classes": classes, "n_tracks": cv["n_tracks"]},
+        cv={**cv, "chosen_aggregation": best},
+        accuracy={f"track_{a}/cv": round(acc[a]["mean"], 4) for a in ENSEMBLE_AGGREGATIONS},
+        selected_by=(f"cross-validation: {cv['folds']} folds x {len(cv['seeds'])} seeds over {cv['n_tracks']} "
+                     f"tracks; every fold model is a member; the aggregation with the best mean ({best})"),
+        reproduction={"command": command, "commit": git_commit(), "n_seeds": len(cv["seeds"])})
+    card = validate_model_card(card, tmp / "model_card.json")
+    write_model_card(tmp, card)
+    s = acc[best]
+    p = card["params"]
+    lines = [
+        f"# {name}", "", description, "",
+        f"- **Classes** ({len(classes)}): {', '.join(classes)}",
+        f"- **Model**: an ensemble of {len(entries)} {kind} CRNNs ({card.get('n_params', '?')} parameters each; "
+        f"log-mel, {p['n_mels']} bands, {p['sample_rate']} Hz, {p['snippet_s']:g} s windows), one per "
+        f"(fold, seed) of a {cv['folds']}-fold cross-validation; each window's class scores are the members' mean, "
+        f"each member with its own fold's training statistics",
+        f"- **Cross-validated track accuracy** of one member (every track tested once per seed by the model of "
+        f"the fold that left it out; mean ± SD over seeds {', '.join(map(str, cv['seeds']))}): "
+        + "; ".join(f"{a} {acc[a]['mean']:.1%} ± {acc[a]['sd']:.1%}" for a in ENSEMBLE_AGGREGATIONS)
+        + f". The {len(cv['seeds'])} seeds of a fold together (sum): {cv['seed_ensemble_sum']:.1%}. The shipped "
+        f"ensemble (all folds' models: together they saw every track) has no held-out figure of its own: expect "
+        f"about the seed ensemble's.",
+        f"- **Default aggregation**: {best} (the best cross-validated mean)",
+        f"- **Training data**: {card['training_data']['source']}, {cv['n_tracks']} tracks. {citation}",
+        f"- **Reproduce**: `{command}` at commit {card['reproduction']['commit']}",
+        "", "Development figures on a small set: expect lower accuracy on music unlike the training data.", ""]
+    atomic_write_bytes(tmp / "MODEL_CARD.md", "\n".join(lines).encode("utf-8"))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
