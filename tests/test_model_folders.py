@@ -177,8 +177,8 @@ def test_musicnn_heads_ensemble_numpy_equals_keras(heads_folder, song):
 
 
 def test_combined_file_split_into_weights_and_head_gives_identical_scores(tmp_path, song):
-    """The shipped emotify-musicnn (musicnn + head in one model.keras) and the same model as the new folder
-    format (musicnn.weights.npz + head.keras on "penultimate"): the same scores."""
+    """A classifier in the combined format (musicnn + head in one model.keras, what the experiment's runs save)
+    and the same model as the folder format (musicnn.weights.npz + head.keras on "penultimate"): the same scores."""
     import keras
 
     from core.audio import load_audio
@@ -186,21 +186,23 @@ def test_combined_file_split_into_weights_and_head_gives_identical_scores(tmp_pa
     from core.musicnn_numpy import read_combined_model
     from core.predictor import Predictor
 
-    _need(EMOTIFY)
-    weights, _ = read_combined_model(EMOTIFY / "model.keras")
+    from musicnn_fixtures import combined_classifier
+
+    combo = combined_classifier(tmp_path / "combined")
+    weights, _ = read_combined_model(combo / "model.keras")
     shipped = load_weights_npz(_need(MSD) / "musicnn.weights.npz")
     assert all(np.array_equal(weights[k], shipped[k]) for k in weights)  # the frozen MSD_musicnn
     folder = tmp_path / "emotify-musicnn-heads"
     folder.mkdir()
     shutil.copy(MSD / "musicnn.weights.npz", folder / "musicnn.weights.npz")
-    combined = keras.saving.load_model(EMOTIFY / "model.keras", compile=False)
+    combined = keras.saving.load_model(combo / "model.keras", compile=False)
     combined.layers[-1].save(folder / "head.keras")
-    card = json.loads((EMOTIFY / "model_card.json").read_text())
+    card = json.loads((combo / "model_card.json").read_text())
     card.update(model_file="head.keras", embedding={"network": "MSD_musicnn", "weights": "musicnn.weights.npz",
                                                     "features": ["penultimate"]})
     _write_card(folder, card)
     y = load_audio(song, 16000)
-    a, b = Predictor(EMOTIFY).predict_array(y), Predictor(folder).predict_array(y)
+    a, b = Predictor(combo).predict_array(y), Predictor(folder).predict_array(y)
     np.testing.assert_allclose(a.window_scores, b.window_scores, atol=1e-6)
 
 

@@ -163,8 +163,10 @@ def test_unknown_features_and_weights_are_clear_errors(tmp_path):
     assert isinstance(err.value, GenreLabError)
     with pytest.raises(MusicnnNumpyError, match="weights not found"):
         network(tmp_path / "none.npz")
-    if EMOTIFY.is_dir():  # the musicnn part of a classifier file has no tag layer
-        weights, head = read_combined_model(EMOTIFY / "model.keras")
+    from musicnn_fixtures import combined_classifier
+
+    if True:  # the musicnn part of a classifier file has no tag layer
+        weights, head = read_combined_model(combined_classifier(tmp_path / "combined") / "model.keras")
         with pytest.raises(MusicnnNumpyError, match="no tag layer"):
             network(weights).check_names(["taggram"])
         assert head.input_shape == (None, 200) and head.output_shape == (None, 4)
@@ -173,12 +175,17 @@ def test_unknown_features_and_weights_are_clear_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # the shipped musicnn classifier: NumPy = Keras, and no TensorFlow on the predict path
 # ---------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def emotify_pair():
+@pytest.fixture(scope="module", params=["shipped", "combined"])
+def emotify_pair(request, tmp_path_factory):
+    """The shipped emotify-musicnn (weights + head.keras) and a classifier in the combined format (musicnn + head
+    in one model.keras, as the experiment's runs save it), each in NumPy and in Keras."""
     from core.predictor import Predictor
+    from musicnn_fixtures import combined_classifier
 
-    _need(EMOTIFY)
-    return Predictor(EMOTIFY), Predictor(EMOTIFY, "keras")
+    _need(MSD)
+    folder = _need(EMOTIFY) if request.param == "shipped" else combined_classifier(
+        tmp_path_factory.mktemp("combined"))
+    return Predictor(folder), Predictor(folder, "keras")
 
 
 def test_shipped_musicnn_classifier_runs_in_numpy_with_the_keras_scores(emotify_pair, clip16):

@@ -115,11 +115,18 @@ print(json.dumps({{"backend": p.backend, "members": len(p._models), "heavy": hea
 """
 
 
-def test_the_musicnn_classifier_runs_in_numpy_without_loading_tensorflow():
-    """musicnn + head in one .keras file (models/emotify-musicnn): read with h5py, run by core.musicnn_numpy."""
-    musicnn = ROOT / "models" / "emotify-musicnn"
-    if not (musicnn / "model_card.json").is_file():
-        pytest.skip("the shipped model models/emotify-musicnn is absent")
+@pytest.mark.parametrize("which", ["combined", "shipped"])
+def test_the_musicnn_classifier_runs_in_numpy_without_loading_tensorflow(which, tmp_path):
+    """musicnn + head in one .keras file (the experiment's runs) and the shipped folder (weights + head.keras):
+    read with h5py, run by core.musicnn_numpy."""
+    from musicnn_fixtures import combined_classifier
+
+    if which == "combined":
+        musicnn = combined_classifier(tmp_path / "combined")
+    else:
+        musicnn = ROOT / "models" / "emotify-musicnn"
+        if not (musicnn / "model_card.json").is_file():
+            pytest.skip("the shipped model models/emotify-musicnn is absent")
     import json
     import subprocess
     import sys
