@@ -494,7 +494,7 @@ def _window_ends(starts: np.ndarray, window_s: float, dur: float, hop_s: float) 
     return ends, notes
 
 
-class _UnsupportedIn(Exception):
+class _UnsupportedIn(PredictorError):
     """A model file NumPy cannot run (internal: the Predictor falls back to Keras or says which file)."""
 
     def __init__(self, path: Path, why: str):
