@@ -97,3 +97,53 @@ def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full", "l
                                                "predictions": preds}
             store.write_evaluation(run_id, results, "done")
     return store
+
+
+def make_cv_test_store(path, classes, seeds=(0, 1), kinds=("snippet", "linear"), n_folds=5, per_class=10,
+                       accuracy=None, dataset="small", config=None):
+    """A store of a cross-validated experiment written through the store API: each (kind, seed) has ``n_folds``
+    fold runs (every track of ``per_class`` x classes tested in exactly one fold, predictions right at a fixed
+    rate per kind: ``accuracy``) with epochs, pooled by ``core.folds.pool_fold_runs`` as the engine does."""
+    import numpy as np
+
+    from core.evaluate import classification_metrics
+    from core.folds import pool_fold_runs
+    from core.store import Store, make_run_id
+
+    accuracy = {"snippet": 0.6, "linear": 0.7, "musicnn": 0.85, "full": 0.5, **(accuracy or {})}
+    cfg = config or {"lr": 0.001, "max_epochs": 5, "monitor": "val_track_accuracy", "bn_recalibrate": 1024}
+    store = Store(path)
+    n = len(classes)
+    tracks = [(c, f"{c}/{i}.mp3") for i in range(per_class) for c in range(n)]
+    fold_of = {t: i % n_folds for i, t in enumerate(tracks)}
+    for seed in seeds:
+        for kind in kinds:
+            rng = np.random.default_rng([seed, len(kind)])
+            ids = []
+            for f in range(n_folds):
+                rid = make_run_id(f"build-{kind}-f{f}", kind, seed, cfg, f, n_folds)
+                ds_path = f"/data/datasets/{dataset}" + ("-full60s" if kind == "full" else "") + f"/cv{n_folds}/fold{f}"
+                store.upsert_run(rid, ds_path, f"build-{kind}-f{f}", kind, seed, cfg, "running", fold=f, n_folds=n_folds)
+                if kind != "linear":
+                    store.add_epochs(rid, [{"epoch": e, "loss": 1.5 / e, "accuracy": 0.4 + 0.1 * e, "val_loss": 1.0,
+                                            "val_accuracy": 0.5, "val_track_accuracy": 0.5, "lr": 0.001,
+                                            "seconds": 1.0, "best": e == 4, "monitor": "val_track_accuracy"}
+                                           for e in range(1, 6)])
+                results = {}
+                for split, which in (("test", f), ("val", (f + 1) % n_folds)):
+                    mine = [t for t in tracks if fold_of[t] == which]
+                    y = np.array([c for c, _ in mine])
+                    hit = rng.random(len(y)) < accuracy[kind]
+                    pred = np.where(hit, y, (y + 1) % n)
+                    preds = [{"track": p, "start_s": 0.0, "true": classes[c], "pred": classes[q],
+                              "scores": [1.0 if j == q else 0.0 for j in range(n)]} for (c, p), q in zip(mine, pred)]
+                    for level in (["full"] if kind == "full" else ["segment", "track_sum", "track_vote",
+                                                                    "track_logprob"]):
+                        results[(level, split)] = {"metrics": classification_metrics(y, pred, classes),
+                                                   "predictions": preds}
+                store.write_evaluation(rid, results, "done")
+                ids.append(rid)
+            parent = f"/data/datasets/{dataset}" + ("-full60s" if kind == "full" else "")
+            pool_fold_runs(store, ids, make_run_id(f"build-{kind}", kind, seed, cfg, None, n_folds), dataset=parent,
+                           build_id=f"build-{kind}", kind=kind, seed=seed, config=cfg, n_folds=n_folds)
+    return store

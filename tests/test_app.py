@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_test_store
+from conftest import make_cv_test_store, make_test_store
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -205,9 +205,16 @@ def test_experiment_page_results(full_home):
     at = open_page("experiment")
     assert_clean(at)
     assert not at.error
-    assert at.multiselect(key="exp_models").value == ["snippet", "full", "linear"]  # the baseline by default
+    # 6 tracks per class, 1 test track per class: the small-data defaults, cross-validated (and said so)
+    assert at.multiselect(key="exp_models").value == ["snippet", "linear", "musicnn"]
+    assert at.selectbox(key="exp_cv").value == "auto" and at.number_input(key="exp_seeds").value == 2
+    assert at.number_input(key="exp_epochs").value == 12
+    captions = " ".join(texts(at.caption))
+    assert "5-fold cross-validation (all 18 tracks tested once per seed)" in captions
+    assert "one track = 33.3 points" in captions  # the held-out split's 3 test tracks
     md = " ".join(texts(at.markdown))
-    assert "mean ± SD over 3 seeds" in md and "vs linear baseline" in md
+    assert "mean ± SD over 3 seeds, held-out split" in md and "vs linear baseline" in md
+    assert "one track = 3.33 points" in captions  # the test store's 30 test tracks
     assert "beat segment-level in" in md and "paired t-test" in md
     assert "The snippet CRNN's track-level accuracy beat the linear baseline's in 3 of 3 seeds, mean +" in md
     assert "beat the 30 s CRNN's in" in md
@@ -224,8 +231,9 @@ def test_experiment_page_results(full_home):
     # per-seed table: every model and level, test split first, then validation
     table = at.dataframe[0].value
     assert list(table["seed"]) == [0, 1, 2]
-    assert list(table.columns) == ["seed", "CRNN segment", "CRNN track (sum)", "30 s CRNN", "linear segment",
-                                   "linear track (sum)", "epochs"]
+    assert list(table.columns) == ["seed", "evaluation", "CRNN segment", "CRNN track (sum)", "30 s CRNN",
+                                   "linear segment", "linear track (sum)", "epochs"]
+    assert table["evaluation"].iloc[0] == "held-out: 30 tracks"
     assert table["epochs"].iloc[0] == "CRNN 5 (best 4), 30 s 5 (best 4)"
     assert table["linear track (sum)"].nunique() == 1  # the baseline's fit does not depend on the seed
     test_lin = float(table["linear track (sum)"].iloc[0])
@@ -240,6 +248,59 @@ def test_experiment_page_results(full_home):
     assert any(b.label.startswith("Download results (CSV)") for b in at.get("download_button"))
     # the learning-curve selector offers the CRNNs only (the baseline is one L-BFGS fit)
     assert at.segmented_control(key="exp_curves_kind").options == ["snippet CRNN", "30 s CRNN"]
+
+
+def test_experiment_page_says_a_result_is_cross_validated(empty_home):
+    """A cross-validated experiment: the headline, the captions and the per-seed table say that each seed's figure
+    pools its folds (every track once) and how coarse it is; the epochs are listed fold by fold."""
+    make_cv_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1), kinds=("snippet", "linear"))
+    at = open_page("experiment")
+    assert_clean(at)
+    md = " ".join(texts(at.markdown))
+    assert "mean ± SD over 2 seeds of 5-fold cross-validation" in md
+    captions = " ".join(texts(at.caption))
+    assert "5-fold cross-validation: each seed's figure pools its 5 folds, every one of the 40 tracks tested once " \
+           "(one track = 2.5 points)" in captions
+    assert "each seed's 5 folds pooled (every track once)" in captions
+    table = at.dataframe[0].value
+    assert list(table["seed"]) == [0, 1] and set(table["evaluation"]) == {"5-fold CV: 40 tracks"}
+    assert table["epochs"].iloc[0] == "CRNN 5 (best 4, 4, 4, 4, 4)"
+    assert not at.warning  # 60 % for 4 classes is not at chance
+    # the learning curves: one per fold run
+    assert at.segmented_control(key="exp_curves_kind").options == ["snippet CRNN"]
+
+
+def test_chance_warning_names_what_the_experiment_has_not_tried(empty_home):
+    """A CRNN at chance: the advice comes from the run's own settings, never 'the recommended settings' when
+    they were used, never cross-validation when the experiment was cross-validated."""
+    make_cv_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1), kinds=("snippet", "linear"),
+                       accuracy={"snippet": 0.2})
+    at = open_page("experiment")
+    assert_clean(at)
+    warn = " ".join(texts(at.warning))
+    assert "At chance level (25% for 4 classes): snippet CRNN" in warn
+    assert "musicnn embedding + head" in warn and "more tracks: 10 per class" not in warn  # dataset card unknown
+    assert "recommended* settings" not in warn and "cross-validation" not in warn
+
+
+def test_chance_advice_follows_the_runs_settings():
+    from ui.text import chance_advice
+
+    rec = {"lr": 1e-3, "max_epochs": 12, "monitor": "val_track_accuracy", "bn_recalibrate": 1024,
+           "schedule": "cosine", "warmup_epochs": 1.0, "patience": 10, "snippets_per_track": 14,
+           "snippet_selection": "random", "full_crop": "random", "full_batch_size": 16}
+    held_out = chance_advice(rec, ["snippet", "linear"], None, 10, [1, 1, 1])
+    assert any(t.startswith("cross-validation") for t in held_out) and any("musicnn" in t for t in held_out)
+    assert not any("recommended" in t for t in held_out)  # the run used the recommended recipe
+    paper = chance_advice({"lr": 1e-4, "max_epochs": 50}, ["snippet", "musicnn"], 5, 10, [3, 4])
+    assert paper[0].startswith("the *recommended* settings: the learning rate 0.0001")
+    assert not any("musicnn" in t or t.startswith("cross-validation") for t in paper)
+    short = chance_advice({**rec, "max_epochs": 6}, ["snippet", "musicnn"], 5, 10, [6, 5, 6])
+    assert short[0].startswith("more epochs") and "at most 6" in short[0]
+    first = chance_advice(rec, ["snippet", "musicnn"], 5, 10, [1, 1])
+    assert first == ["more tracks per class: the best epoch was the first in every run, so the validation part "
+                     "could not tell the epochs apart"]
+    assert chance_advice(rec, ["snippet", "musicnn"], 5, 100, [4])  # never empty
 
 
 def test_experiment_page_reference_results(empty_home, tmp_path, monkeypatch):
@@ -534,7 +595,43 @@ def test_experiment_progress_from_events():
     prog = experiment_progress(events, plan["n_runs"])
     assert prog["n_done"] == 1 and prog["run"] == "r2" and prog["model"] == "full" and prog["curves"] == []
     prog1 = experiment_progress(events[:4], 4)
-    assert prog1["epoch"] == 1 and len(prog1["curves"]) == 1 and prog1["max_epochs"] == 5
+    # between epochs: epoch 1 done, the bar is on epoch 2 (not "epoch 1, batch 0")
+    assert prog1["epoch"] == 2 and prog1["epochs_done"] == 1 and prog1["batch"] == 0
+    assert len(prog1["curves"]) == 1 and prog1["max_epochs"] == 5
+
+
+def test_experiment_progress_knows_max_epochs_from_the_start_and_estimates_the_time_left():
+    from core.experiment import experiment_progress, time_left_words
+
+    t0 = 1_000_000.0
+    plan = {"state": "running", "phase": "plan", "n_runs": 6, "n_folds": 3, "seeds": [0], "models": ["linear", "snippet"],
+            "ts": t0}
+    base = {"seed": 0, "model": "linear"}
+    events = [plan,
+              {**base, "run": "linear-s0-f0-a", "fold": 0, "state": "running", "phase": "train", "ts": t0 + 1,
+               "max_epochs": 1, "message": "starting"},
+              {**base, "run": "linear-s0-f0-a", "fold": 0, "state": "done", "phase": "evaluate", "ts": t0 + 11}]
+    p = experiment_progress(events, 2, now=t0 + 12)
+    assert p["n_runs"] == 6 and p["n_folds"] == 3 and p["elapsed_s"] == 12
+    # two linear folds left at 10 s each; the snippet CRNN has not run: a lower bound
+    assert p["eta_s"] == pytest.approx(20) and p["eta_partial"]
+    assert time_left_words(p) == "elapsed 0:12 · at least 0:20 left"
+    snip = {"seed": 0, "model": "snippet", "run": "snippet-s0-f0-b", "fold": 0}
+    events += [{"seed": 0, "model": "linear", "run": f"linear-s0-f{f}-a", "fold": f, "state": "done",
+                "phase": "evaluate", "ts": t0 + 11 + 10 * f} for f in (1, 2)]
+    events[-2]["ts"] = t0 + 21
+    events += [{**snip, "state": "running", "phase": "train", "ts": t0 + 32, "max_epochs": 10, "message": "starting"},
+               {**snip, "state": "running", "phase": "batch", "epoch": 1, "batch": 3, "n_batches": 10,
+                "max_epochs": 10, "ts": t0 + 33}]
+    p = experiment_progress(events, 2, now=t0 + 34)
+    assert p["epoch"] == 1 and p["max_epochs"] == 10 and p["fold"] == 0  # "of max 10" before epoch 1 ends
+    assert p["eta_s"] is None and p["eta_partial"]  # nothing known about the CRNN yet
+    events.append({**snip, "state": "running", "phase": "train", "epoch": 1, "max_epochs": 10, "ts": t0 + 37,
+                   "metrics": {"loss": 1.0, "seconds": 5.0}})
+    p = experiment_progress(events, 2, now=t0 + 37)
+    # this fold: 9 epochs of 5 s left; the two other folds: at most 10 epochs of 5 s each
+    assert p["epoch"] == 2 and p["eta_s"] == pytest.approx(9 * 5 + 2 * 50) and not p["eta_partial"]
+    assert time_left_words(p).startswith("elapsed 0:37 · about 2:25 left")
 
 
 def test_divide_and_conquer_example_is_computed():
@@ -626,18 +723,24 @@ def test_run_an_experiment_from_the_page(empty_home):
     at.number_input(key="exp_seeds").set_value(1)
     at.selectbox(key="exp_preset").set_value("fast")
     at.multiselect(key="exp_models").set_value(["snippet"])
+    at.selectbox(key="exp_cv").set_value("3")  # 5 tracks per class: cross-validated, in 3 folds to be quick
     next(b for b in at.button if b.label == "Start in the background").click().run()
     assert_clean(at)
     assert (empty_home / "jobs" / "experiment" / "job.json").exists()
-    status = _wait_job(empty_home / "jobs" / "experiment", timeout=300)
+    status = _wait_job(empty_home / "jobs" / "experiment", timeout=600)
     assert status["state"] == "done", status
     at.run()
     assert_clean(at)
     assert any("Last experiment finished" in t for t in texts(at.success))
-    assert "mean ± SD over 1 seed" in " ".join(texts(at.markdown))
-    # the trained model is offered on the demo page
+    assert "mean ± SD over 1 seed of 3-fold cross-validation" in " ".join(texts(at.markdown))
+    assert "every one of the 10 tracks tested once" in " ".join(texts(at.caption))
+    # the trained models (one per fold) are offered on the demo page, told apart by their fold
     at.switch_page(PAGES["demo"]).run()
-    assert any("snippet CRNN, seed 0" in o for o in at.selectbox(key="demo_model").options)
+    options = at.selectbox(key="demo_model").options
+    if any("Show the" in c.label for c in at.checkbox):
+        at.checkbox(key="demo_show_chance").check().run()
+        options = at.selectbox(key="demo_model").options
+    assert sorted(o.split(", test")[0] for o in options) == [f"snippet CRNN, seed 0, fold {f}/3" for f in (1, 2, 3)]
 
 
 @pytest.mark.slow
@@ -654,6 +757,7 @@ def test_stop_and_resume_an_experiment(empty_home):
     at.selectbox(key="exp_preset").set_value("tuned")
     at.multiselect(key="exp_models").set_value(["snippet"])
     at.number_input(key="exp_epochs").set_value(200)
+    at.selectbox(key="exp_cv").set_value("off")  # one run on the dataset's own split
     next(b for b in at.button if b.label == "Start in the background").click().run()
     t0 = time.time()
     while time.time() - t0 < 120:  # until the first epoch is done
