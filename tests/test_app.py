@@ -379,6 +379,56 @@ def test_demo_lists_models_and_card(full_home):
     assert "Measured accuracy" not in md  # the synthetic model has no measured accuracy or reproduction
 
 
+def test_demo_keeps_experiment_models_apart_and_hides_those_at_chance(empty_home, demo_model_dir):
+    """The model list with many runs: model folders and experiment runs in two groups, runs at chance level hidden
+    until asked for, and two folders whose cards have the same name told apart."""
+    import json
+
+    from core.store import Store
+
+    classes = json.loads((demo_model_dir / "model_card.json").read_text())["classes"]
+    make_cv_test_store(empty_home / "experiments", classes, seeds=(0,), kinds=("snippet", "linear"), n_folds=3,
+                       per_class=3, accuracy={"snippet": 1.0, "linear": 0.0})
+    store = Store(empty_home / "experiments")
+    for r in store.runs():
+        if r["fold"] is not None:  # a model for every fold run (the pooled runs have none of their own)
+            rd = store.run_dir(r["id"])
+            rd.mkdir(parents=True)
+            shutil.copyfile(demo_model_dir / "model.keras", rd / "best.keras")
+            shutil.copyfile(demo_model_dir / "model_card.json", rd / "model_card.json")
+    for name in ("demo-a", "demo-b"):  # two folders, the same name on their cards
+        shutil.copytree(demo_model_dir, empty_home / "models" / name)
+    at = open_page("demo")
+    assert_clean(at)
+    assert at.segmented_control(key="demo_group").value == "shipped"
+    options = at.selectbox(key="demo_model").options
+    assert len(options) == 2 and len(set(options)) == 2 and all("folder demo-" in o for o in options)
+    at.segmented_control(key="demo_group").set_value("experiment").run()
+    assert_clean(at)
+    options = at.selectbox(key="demo_model").options
+    assert sorted(o.split(", test")[0] for o in options) == [f"snippet CRNN, seed 0, fold {f}/3" for f in (1, 2, 3)]
+    assert all("test 100% of " in o and "small" in o for o in options)  # accuracy, its tracks, the data set
+    box = at.checkbox(key="demo_show_chance")
+    assert box.label == "Show the 3 models at chance level" and not box.value
+    box.check().run()
+    options = at.selectbox(key="demo_model").options
+    assert len(options) == 6 and sum("(at chance)" in o for o in options) == 3
+    assert not [m for m in texts(at.markdown) if "cannot be used" in m]
+
+
+def test_model_labels_are_told_apart_and_chance_is_judged_by_class_count():
+    from core.workspace import at_chance, distinct_labels
+
+    assert at_chance(0.29, 4) and not at_chance(0.31, 4) and at_chance(0.5, 2) and not at_chance(None, 4)
+    models = [{"label": "emotify-crnn", "details": ["folder a", "snippet CRNN", "2026-01-01 10:00"]},
+              {"label": "emotify-crnn", "details": ["folder b", "snippet CRNN", "2026-01-02 10:00"]},
+              {"label": "other", "details": ["folder c"]},
+              {"label": "same", "details": ["x"]}, {"label": "same", "details": ["x"]}]
+    distinct_labels(models)
+    assert [m["label"] for m in models] == ["emotify-crnn · folder a", "emotify-crnn · folder b", "other",
+                                            "same · x", "same · x (2)"]
+
+
 def _shipped_model(folder: Path, demo_model_dir: Path, name: str) -> Path:
     """A shipped-model folder: the demo model's weights with a card in ``ship-model``'s layout."""
     import json
