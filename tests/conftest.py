@@ -1,4 +1,5 @@
-"""Shared fixtures: generated audio only (tests never need the real data in ../shared/)."""
+"""Shared fixtures: generated audio only. A few tests (marked ``shared`` / ``gtzan``) also run on real music when
+a folder of it sits beside the checkout (``../shared/data``); elsewhere they skip, saying what to download."""
 from __future__ import annotations
 
 import os
@@ -14,21 +15,34 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+#: how to get each real-data folder the ``shared`` tests use (the skip reason says it)
+GET_SHARED = {
+    "emotify": f"python -m core download-emotify {SHARED_DATA} (Emotify's 400 one-minute MP3s, ~363 MB, into "
+               "emotify/<genre>/)",
+    "gtzan": f"python -m core download-gtzan {SHARED_DATA} (GTZAN, ~1.2 GB, into genres/<genre>/)",
+    "gtzan-splits": f"the fault-filtered GTZAN split lists (train_filtered.txt, valid_filtered.txt, test_filtered.txt "
+                    "of Kereliuk, Sturm & Larsen 2015, e.g. from github.com/jongpillee/music_dataset_split, folder "
+                    f"GTZAN_split) into {SHARED_DATA / 'gtzan-splits' / 'fault-filtered'}",
+}
+
+
 def shared_path(*parts: str) -> Path:
-    """Path under ../shared/data; the calling test is skipped, with the reason, when it is absent."""
+    """Path under ../shared/data; the calling test is skipped when it is absent, with what to download."""
     p = SHARED_DATA.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"real data not present: {p} (see ../shared/README.md)")
+        how = GET_SHARED.get(parts[0] if parts else "", f"a copy of it at {p}")
+        pytest.skip(f"needs real music that is not here ({p}); to run it: {how}")
     return p
 
 
 def gtzan_path() -> Path:
-    """Full GTZAN when it is in ../shared/data/gtzan, else the GTZAN excerpts; skip when neither is there."""
-    for name in ("gtzan", "gtzan-excerpts"):
+    """Full GTZAN when it is in ../shared/data (``gtzan/``, or ``genres/`` as ``download-gtzan`` leaves it), else the
+    GTZAN excerpts; skip, saying how to download GTZAN, when none is there."""
+    for name in ("gtzan", "genres", "gtzan-excerpts"):
         p = SHARED_DATA / name
         if p.exists():
             return p
-    pytest.skip(f"no GTZAN audio in {SHARED_DATA} (gtzan/ or gtzan-excerpts/)")
+    pytest.skip(f"needs GTZAN audio, not found in {SHARED_DATA}; to run it: {GET_SHARED['gtzan']}")
 
 
 @pytest.fixture
