@@ -373,12 +373,14 @@ def show_results(store: str, res: dict, label: str) -> None:
     st.markdown(f"#### Segment vs track vs 30 s{' vs linear baseline' if has_linear else ''}"
                 f"{' vs musicnn' if has_musicnn else ''}: mean ± SD over {over}"
                 + (f" of {n_folds}-fold cross-validation" if n_folds else ", held-out split"))
-    basis = evaluation_basis(n_folds, n_test)
-    st.caption(f"Each test figure: {basis}."
-               + (f" Validation: {evaluation_basis(n_folds, n_val, 'val')}." if n_val else "")
-               + (" With so few test tracks the figures are coarse: cross-validation (*Cross-validation: auto* or a "
-                  "number of folds) tests every track once per seed." if not n_folds and n_test and n_test < 20
-                  else ""))
+    if n_folds:
+        st.caption(f"Each figure: {evaluation_basis(n_folds, n_test)}; every track is in a validation part once too "
+                   "(the fold after its test fold).")
+    else:
+        st.caption(f"Each test figure: {evaluation_basis(n_folds, n_test)}."
+                   + (f" Validation: {evaluation_basis(n_folds, n_val, 'val')}." if n_val else "")
+                   + (" With so few test tracks the figures are coarse: cross-validation (*Cross-validation: auto* or "
+                      "a number of folds) tests every track once per seed." if n_test and n_test < 20 else ""))
     configs = [r.get("config") for r in res["runs"] if r.get("kind") in ("snippet", "full")]
     cfg = configs[0] if configs else None
     if isinstance(cfg, str):

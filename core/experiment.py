@@ -63,7 +63,7 @@ FULL_STORE_S = 60.0
 #: snippet CRNN on a short budget of the recommended recipe, the linear baseline and the pretrained musicnn +
 #: head (it learns from few tracks and trains in seconds on cached embeddings); no 30 s CRNN (a few dozen clips
 #: are too few for it, and it doubles the time). Measured on 40-track Emotify folders: results/small-folder/.
-SMALL_DATA_DEFAULTS: dict[str, Any] = {"models": ["snippet", "linear", "musicnn"], "seeds": 2, "epochs": 12}
+SMALL_DATA_DEFAULTS: dict[str, Any] = {"models": ["snippet", "linear", "musicnn"], "seeds": 2, "epochs": 8}
 #: ... and on a dataset whose held-out split is big enough
 DEFAULTS: dict[str, Any] = {"models": ["snippet", "full", "linear"], "seeds": 3, "epochs": None}
 

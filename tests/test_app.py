@@ -208,7 +208,7 @@ def test_experiment_page_results(full_home):
     # 6 tracks per class, 1 test track per class: the small-data defaults, cross-validated (and said so)
     assert at.multiselect(key="exp_models").value == ["snippet", "linear", "musicnn"]
     assert at.selectbox(key="exp_cv").value == "auto" and at.number_input(key="exp_seeds").value == 2
-    assert at.number_input(key="exp_epochs").value == 12
+    assert at.number_input(key="exp_epochs").value == 8
     captions = " ".join(texts(at.caption))
     assert "5-fold cross-validation (all 18 tracks tested once per seed)" in captions
     assert "one track = 33.3 points" in captions  # the held-out split's 3 test tracks
