@@ -62,7 +62,7 @@ def page_args(ds: Path, store: Path) -> list[str]:
 
     d = default_experiment(load_dataset(ds))
     args = ["run-experiment", str(ds), "--store", str(store), "--seeds", str(d["seeds"]), "--models",
-            ",".join(d["models"]), "--preset", DEFAULT_PRESET, "--cv", d["cv"]]
+            ",".join(d["models"]), "--preset", d.get("preset", DEFAULT_PRESET), "--cv", d["cv"]]
     return args + (["--epochs", str(d["epochs"])] if d["epochs"] else [])
 
 

@@ -208,7 +208,7 @@ def test_experiment_page_results(full_home):
     # 6 tracks per class, 1 test track per class: the small-data defaults, cross-validated (and said so)
     assert at.multiselect(key="exp_models").value == ["snippet", "linear", "musicnn"]
     assert at.selectbox(key="exp_cv").value == "auto" and at.number_input(key="exp_seeds").value == 2
-    assert at.number_input(key="exp_epochs").value == 8
+    assert at.selectbox(key="exp_preset").value == "small" and at.number_input(key="exp_epochs").value is None
     captions = " ".join(texts(at.caption))
     assert "5-fold cross-validation (all 18 tracks tested once per seed)" in captions
     assert "one track = 33.3 points" in captions  # the held-out split's 3 test tracks
@@ -301,6 +301,8 @@ def test_chance_advice_follows_the_runs_settings():
     assert first == ["more tracks per class: the best epoch was the first in every run, so the validation part "
                      "could not tell the epochs apart"]
     assert chance_advice(rec, ["snippet", "musicnn"], 5, 100, [4])  # never empty
+    small = {**rec, "max_epochs": 8, "snippets_per_track": 7}  # the small preset: the full recipe is a next step
+    assert chance_advice(small, ["snippet", "musicnn"], 5, 10, [4])[0].startswith("the *recommended* settings: up to")
 
 
 def test_experiment_page_reference_results(empty_home, tmp_path, monkeypatch):
