@@ -145,8 +145,9 @@ def main() -> int:
     a = ap.parse_args()
     from core.experiment import parse_seeds
 
-    draws_wanted = parse_seeds(a.draws) if "-" not in a.draws else list(range(int(a.draws.split("-")[0]),
-                                                                               int(a.draws.split("-")[1]) + 1))
+    text = a.draws.strip()
+    draws_wanted = ([int(text)] if text.isdigit() else parse_seeds(text) if "-" not in text
+                    else list(range(int(text.split("-")[0]), int(text.split("-")[1]) + 1)))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "core", "app_pages", "ui"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
