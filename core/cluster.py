@@ -443,7 +443,9 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                     store.write_evaluation(job["run_id"], results, "done")
                     summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
                     emit({**base, "state": "done", "phase": "evaluate", "metrics": summary, "node": res["host"],
-                          "message": f"{job['kind']} seed {job['seed']} done"})
+                          "message": f"{job['kind']} seed {job['seed']}"
+                                     + (f", fold {base['fold'] + 1} of {base['n_folds']}" if base.get("n_folds") else "")
+                                     + " done"})
                     runs[key] = {**base, "status": "done", "metrics": summary, "node": res["host"],
                                  "resumed_from": res["resumed_from"], "attempts": w.attempt,
                                  "task_seconds": res.get("seconds")}

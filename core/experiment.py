@@ -430,7 +430,7 @@ def run_experiment(
                     store.write_evaluation(run_id, results, "done")
                     summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
                     emit({**base, "state": "done", "phase": "evaluate", "metrics": summary,
-                          "message": f"{kind} seed {seed} done"})
+                          "message": f"{kind} seed {seed}{where} done"})
                     runs.append({**base, "status": "done", "metrics": summary})
                 except KeyboardInterrupt:
                     store.set_status(run_id, "stopped", "interrupted; run again to resume")
@@ -758,17 +758,34 @@ def _print_results(store) -> None:
     if df.empty:
         print("no results yet")
         return
-    s = summary_frame(df)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(s[["split", "kind", "level", "n_seeds", "accuracy", "macro_f1"]].to_string(index=False))
-    for split in ("val", "test"):
-        sub = df[(df["split"] == split) & (df["kind"] == "snippet")]
-        if sub["seed"].nunique() >= 2 and {"segment", "track_sum"} <= set(sub["level"]):
-            t = compare_levels(df, "track_sum", "segment", split)
-            w = f", Wilcoxon p={t['p_wilcoxon']:.4g}" if t.get("p_wilcoxon") is not None else ""
-            note = f" ({t['note']})" if t.get("note") else ""
-            print(f"{split}: track (sum) - segment accuracy = {t['mean_diff']:+.4f} over {t['n']} seeds, "
-                  f"paired t p={t['p_ttest']:.4g}{w}{note}")
+    folds = df["n_folds"].fillna(0).astype(int)
+    for k in sorted(folds.unique()):  # cross-validated and held-out figures are never averaged together
+        part = df[folds == k]
+        print(evaluation_line(part, int(k)))
+        s = summary_frame(part)
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(s[["split", "kind", "level", "n_seeds", "accuracy", "macro_f1"]].to_string(index=False))
+        for split in ("val", "test"):
+            sub = part[(part["split"] == split) & (part["kind"] == "snippet")]
+            if sub["seed"].nunique() >= 2 and {"segment", "track_sum"} <= set(sub["level"]):
+                t = compare_levels(part, "track_sum", "segment", split)
+                w = f", Wilcoxon p={t['p_wilcoxon']:.4g}" if t.get("p_wilcoxon") is not None else ""
+                note = f" ({t['note']})" if t.get("note") else ""
+                print(f"{split}: track (sum) - segment accuracy = {t['mean_diff']:+.4f} over {t['n']} seeds, "
+                      f"paired t p={t['p_ttest']:.4g}{w}{note}")
+
+
+def evaluation_line(results, n_folds: int) -> str:
+    """What the figures of ``results`` (a results frame of one evaluation) rest on, in one line for the CLI:
+    ``k``-fold cross-validation (every track tested once per seed) or the held-out split, and how many points
+    one test track is worth."""
+    rows = results[(results["split"] == "test") & results["level"].isin(["track_sum", "full"])]["n"].dropna()
+    n = int(rows.max()) if len(rows) else 0
+    step = f"; one track = {100 / n:.3g} points" if n else ""
+    if n_folds:
+        return (f"{n_folds}-fold cross-validation: each seed's figures pool its {n_folds} folds, every one of the "
+                f"{n or '?'} tracks tested once{step}")
+    return f"held-out split: {n or '?'} test tracks{step}"
 
 
 def _cli_results(a) -> int:

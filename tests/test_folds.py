@@ -220,3 +220,20 @@ def test_cli_cv_option(tiny, tmp_path):
 
     df = results_frame(tmp_path / "s")
     assert set(df["n_folds"]) == {3} and sorted(df["seed"].unique()) == [0, 1]
+    assert "linear seed 0, fold 2 of 3 done" in r.stdout + r.stderr
+    n = int(df[(df["split"] == "test") & (df["level"] == "track_sum")]["n"].max())
+    assert n == 15  # every track of the 3 x 5 once
+    # the results say what they rest on, and never average a cross-validated and a held-out figure together
+    r = run_core("run-experiment", str(tiny.path), "--store", str(tmp_path / "s"), "--cv", "off", "--models",
+                 "linear", "--seeds", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_core("results", "--store", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    cv_line = ("3-fold cross-validation: each seed's figures pool its 3 folds, every one of the 15 tracks tested "
+               "once; one track = 6.67 points")
+    held_line = "held-out split: 3 test tracks; one track = 33.3 points"
+    assert cv_line in r.stdout and held_line in r.stdout
+    blocks = r.stdout.split(cv_line)
+    assert held_line in blocks[0] and held_line not in blocks[1]  # two tables, the held-out split's first
+    for block in blocks:
+        assert sum(1 for line in block.splitlines() if line.split()[:3] == ["test", "linear", "track_sum"]) == 1
