@@ -372,8 +372,10 @@ def show_results(store: str, res: dict, label: str) -> None:
     over = (f"{n_seeds} seed{'s' if n_seeds != 1 else ''}" if per_kind.nunique() <= 1 else
             "seeds: " + ", ".join(f"{kind_label(k)} {int(per_kind[k])}" for k in sorted(
                 per_kind.index, key=lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)))
-    st.markdown(f"#### Segment vs track vs 30 s{' vs linear baseline' if has_linear else ''}"
-                f"{' vs musicnn' if has_musicnn else ''}: mean ± SD over {over}"
+    compared = (["segment", "track"] if (df["kind"] == "snippet").any() else []) + \
+        [name for kind, name in (("full", "30 s"), ("linear", "linear baseline"), ("musicnn", "musicnn"))
+         if (df["kind"] == kind).any()]
+    st.markdown(f"#### {' vs '.join(compared)[:1].upper() + ' vs '.join(compared)[1:]}: mean ± SD over {over}"
                 + (f" of {n_folds}-fold cross-validation" if n_folds else ", held-out split"))
     if n_folds:
         st.caption(f"Each figure: {evaluation_basis(n_folds, n_test)}; every track is in a validation part once too "
@@ -398,7 +400,7 @@ def show_results(store: str, res: dict, label: str) -> None:
     extra = run_metrics_extra(store, stamp, first["run_id"], first["level"], first["split"]) or {}
     n_classes = len(extra.get("classes") or []) or None
     warn = chance_warning(summary, n_classes, cfg, res["runs"], n_folds,
-                          (n_test * n_folds if n_folds else None))
+                          n_test if n_folds else None)  # pooled folds: every track of the dataset once
     if warn:
         st.warning(warn, icon=":material/warning:")
     st.plotly_chart(headline_figure(summary, PUBLISHED, label), key="exp_headline", config={"displayModeBar": False})
@@ -418,7 +420,8 @@ def show_results(store: str, res: dict, label: str) -> None:
     for split in ("test", "val"):
         lines = [s["text"] for s in (f(split) for f in comparisons) if s]
         if lines:
-            st.markdown(f"**{'Test** (held-out tracks)' if split == 'test' else 'Validation**'}:\n"
+            where = "every track once, the folds pooled" if n_folds else "held-out tracks"
+            st.markdown(f"**{f'Test** ({where})' if split == 'test' else 'Validation**'}:\n"
                         + "\n".join(f"- {t}" for t in lines))
 
     tab_seed, tab_curves, tab_cm, tab_agg = st.tabs(["Per seed", "Learning curves", "Confusion matrix",
@@ -429,7 +432,7 @@ def show_results(store: str, res: dict, label: str) -> None:
         table = per_seed_table(df, res["runs"], split)
         if len(table) and "seed" in table.columns:
             n_items = n_test if split == "test" else n_val
-            table.insert(1, "evaluation", (f"{n_folds}-fold CV: {n_items} tracks" if n_folds else
+            table.insert(1, "evaluation", (f"{n_folds}-fold cross-validation: {n_items} tracks" if n_folds else
                                            f"held-out: {n_items} tracks") if n_items else
                          ("cross-validation" if n_folds else "held-out split"))
         st.dataframe(table, hide_index=True, width="stretch", column_config={
@@ -522,7 +525,7 @@ def chance_warning(summary: pd.DataFrame, n_classes: int | None, config: dict | 
     chance = 1.0 / n_classes
     crnn = summary[(summary["split"] == "test") & summary["kind"].isin(["snippet", "full"])
                    & summary["level"].isin(["segment", "track_sum", "full"])]
-    low = [(k, f"{kind_label(k)} ({level_label(lv)})") for k, lv, m in
+    low = [(k, f"{kind_label(k)}, {level_label(lv)}") for k, lv, m in
            zip(crnn["kind"], crnn["level"], crnn["accuracy_mean"]) if m <= chance + 0.05]
     if not low:
         return None
@@ -533,7 +536,7 @@ def chance_warning(summary: pd.DataFrame, n_classes: int | None, config: dict | 
     n_tracks = n_tracks or _dataset_tracks(runs)
     per_class = round(n_tracks / n_classes) if n_tracks else None
     tips = chance_advice(config, models, n_folds, per_class, best)
-    return (f"At chance level ({chance:.0%} for {n_classes} classes): {', '.join(t for _, t in low)}. Try: "
+    return (f"At chance level ({chance:.0%} for {n_classes} classes): {'; '.join(t for _, t in low)}. Try: "
             + "; ".join(tips[:3]) + ".")
 
 

@@ -62,12 +62,15 @@ def demo_model_dir(tmp_path_factory):
     return train_demo_model(tmp_path_factory.mktemp("demo-model") / "synthetic-demo", epochs=4)
 
 
-def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full", "linear"), dataset="synth"):
+def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full", "linear"), dataset="synth",
+                    per_class=10, crnn_accuracy=None, config=None):
     """An experiment store written through the store API with made-up but well-formed results (test data:
     per-run predictions drawn at fixed accuracies, so pages have curves, matrices and tests to show).
 
     Like a real experiment: full-clip runs sit on the ``<dataset>-full`` twin, and the linear baseline (a
-    deterministic fit) scores the same in every seed, below the snippet CRNN."""
+    deterministic fit) scores the same in every seed, below the snippet CRNN. ``per_class``: test (and
+    validation) tracks per class; ``crnn_accuracy``: the CRNNs right on exactly that share of the items of every
+    level and seed (else drawn around fixed targets); ``config``: the runs' training settings."""
     import numpy as np
 
     from core.evaluate import classification_metrics
@@ -80,7 +83,7 @@ def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full", "l
     linear_target = {"segment": 0.42, "track_sum": 0.5, "track_vote": 0.48, "track_logprob": 0.49}
     for seed in seeds:
         for kind in kinds:
-            cfg = {"lr": 0.001, "max_epochs": 5}
+            cfg = config or {"lr": 0.001, "max_epochs": 5}
             run_id = make_run_id(f"build-{kind}", kind, seed, cfg)
             ds_path = f"/data/datasets/{dataset}" + ("-full" if kind == "full" else "")
             store.upsert_run(run_id, ds_path, f"build-{kind}", kind, seed, cfg, "running")
@@ -95,11 +98,14 @@ def make_test_store(path, classes, seeds=(0, 1, 2), kinds=("snippet", "full", "l
             results = {}
             for split in ("val", "test"):
                 for li, level in enumerate(levels):
-                    y = np.repeat(np.arange(n), 10)
+                    y = np.repeat(np.arange(n), per_class)
                     if kind == "linear":  # the same predictions for every seed
                         r = np.random.default_rng(100 + 10 * li + (split == "test"))
                         hit = r.random(y.size) < linear_target[level]
                         wrong = r.integers(0, n - 1, y.size)
+                    elif crnn_accuracy is not None:
+                        hit = rng.permutation(y.size) < round(crnn_accuracy * y.size)
+                        wrong = rng.integers(0, n - 1, y.size)
                     else:
                         hit = rng.random(y.size) < target[level] + 0.02 * seed
                         wrong = rng.integers(0, n - 1, y.size)

@@ -257,30 +257,91 @@ def test_experiment_page_says_a_result_is_cross_validated(empty_home):
     at = open_page("experiment")
     assert_clean(at)
     md = " ".join(texts(at.markdown))
-    assert "mean ± SD over 2 seeds of 5-fold cross-validation" in md
+    # the headline names what ran (no 30 s CRNN here) and how it was evaluated
+    assert "#### Segment vs track vs linear baseline: mean ± SD over 2 seeds of 5-fold cross-validation" in md
+    assert "held-out split" not in md and "**Test** (every track once, the folds pooled)" in md
     captions = " ".join(texts(at.caption))
     assert "5-fold cross-validation: each seed's figure pools its 5 folds, every one of the 40 tracks tested once " \
            "(one track = 2.5 points)" in captions
     assert "each seed's 5 folds pooled (every track once)" in captions
+    assert "held-out" not in captions and "figures are coarse" not in captions
     table = at.dataframe[0].value
-    assert list(table["seed"]) == [0, 1] and set(table["evaluation"]) == {"5-fold CV: 40 tracks"}
+    assert list(table["seed"]) == [0, 1] and set(table["evaluation"]) == {"5-fold cross-validation: 40 tracks"}
     assert table["epochs"].iloc[0] == "CRNN 5 (best 4, 4, 4, 4, 4)"
+    # the pooled figure: each seed's predictions over its folds, every track once (store: 60 % right per fold)
+    assert all(20 <= v <= 100 and abs(v / 2.5 - round(v / 2.5)) < 1e-6 for v in table["CRNN track (sum)"])
     assert not at.warning  # 60 % for 4 classes is not at chance
     # the learning curves: one per fold run
     assert at.segmented_control(key="exp_curves_kind").options == ["snippet CRNN"]
 
 
+def test_experiment_page_says_a_small_held_out_split_is_coarse(empty_home):
+    """Held out, one test track per class: the figures say so (one track = 25 points, steps that large) and point
+    at cross-validation; the chance advice names cross-validation and musicnn (not run), not the recommended
+    settings (used)."""
+    from core.experiment import preset_config
+
+    make_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1), kinds=("snippet", "linear"),
+                    per_class=1, crnn_accuracy=0.25, config=preset_config("recommended").to_dict())
+    at = open_page("experiment")
+    assert_clean(at)
+    md = " ".join(texts(at.markdown))
+    assert "#### Segment vs track vs linear baseline: mean ± SD over 2 seeds, held-out split" in md
+    assert "**Test** (held-out tracks)" in md and "cross-validation" not in md.split("Segment vs track")[1][:80]
+    captions = " ".join(texts(at.caption))
+    assert "Each test figure: the dataset's held-out split: 4 test tracks (one track = 25 points; a figure moves " \
+           "in steps that large)" in captions
+    assert "With so few test tracks the figures are coarse: cross-validation" in captions
+    assert "Training settings: recommended (default)" in captions
+    table = at.dataframe[0].value
+    assert set(table["evaluation"]) == {"held-out: 4 tracks"}
+    assert list(table["CRNN track (sum)"]) == [25.0, 25.0]
+    warn = " ".join(texts(at.warning))
+    assert warn.startswith("At chance level (25% for 4 classes): snippet CRNN, segment; snippet CRNN, track (sum). "
+                           "Try: ")
+    tips = warn.split("Try: ", 1)[1]
+    assert tips.startswith("cross-validation (*Cross-validation*: auto or a number of folds)")
+    assert "the *musicnn embedding + head*" in tips
+    assert "recommended* settings" not in tips and "more epochs" not in tips  # recommended used; best 4 of 30
+
+
 def test_chance_warning_names_what_the_experiment_has_not_tried(empty_home):
-    """A CRNN at chance: the advice comes from the run's own settings, never 'the recommended settings' when
-    they were used, never cross-validation when the experiment was cross-validated."""
+    """A CRNN at chance in a cross-validated experiment: the advice comes from the run's own settings, never 'the
+    recommended settings' when they were used, never cross-validation when the experiment was cross-validated;
+    the tracks per class from the pooled figure (40 tracks tested once: 10 per class)."""
     make_cv_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1), kinds=("snippet", "linear"),
                        accuracy={"snippet": 0.2})
     at = open_page("experiment")
     assert_clean(at)
     warn = " ".join(texts(at.warning))
     assert "At chance level (25% for 4 classes): snippet CRNN" in warn
-    assert "musicnn embedding + head" in warn and "more tracks: 10 per class" not in warn  # dataset card unknown
-    assert "recommended* settings" not in warn and "cross-validation" not in warn
+    tips = warn.split("Try: ", 1)[1]
+    # best epoch 4 of at most 5 in every fold; no musicnn run; 40 tracks
+    assert tips.startswith("more epochs: every run's best epoch was one of its last (of at most 5)")
+    assert "the *musicnn embedding + head*" in tips and "more tracks: 10 per class are few" in tips
+    assert "recommended* settings" not in tips and "cross-validation" not in tips
+
+
+def test_chance_advice_after_the_small_default_names_the_full_budget(empty_home):
+    """The page's small-data default (snippet CRNN with the *small* settings, linear, musicnn; cross-validated)
+    with the CRNN at chance: the advice is the recommended settings' full budget and more tracks, never musicnn or
+    cross-validation (both done), nor more epochs (the best epochs were not the last ones)."""
+    from core.experiment import preset_config
+
+    make_cv_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1),
+                       kinds=("snippet", "linear", "musicnn"), accuracy={"snippet": 0.25},
+                       config=preset_config("small").to_dict())
+    at = open_page("experiment")
+    assert_clean(at)
+    captions = " ".join(texts(at.caption))
+    assert "Training settings: small (small datasets: fast)" in captions
+    warn = " ".join(texts(at.warning))
+    assert "At chance level (25% for 4 classes): snippet CRNN, segment; snippet CRNN, track (sum). Try: " in warn
+    tips = warn.split("Try: ", 1)[1]
+    assert tips.startswith("the *recommended* settings: up to 30 epochs of all 14 snippets per track (the *small* "
+                           "settings train 8 epochs of 7")
+    assert "more tracks: 10 per class are few" in tips
+    assert "musicnn" not in tips and "cross-validation" not in tips and "more epochs" not in tips
 
 
 def test_chance_advice_follows_the_runs_settings():
