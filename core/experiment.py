@@ -54,13 +54,13 @@ PRESETS["small"] = {**PRESETS["recommended"], "max_epochs": 8, "snippets_per_tra
 DEFAULT_PRESET = "recommended"
 #: one line per preset, for --help texts and the experiment page
 PRESET_HELP = {
-    "recommended": "recommended: Adam 1e-3, warm-up + cosine, best epoch by validation track accuracy, random "
-                   "snippets and 30 s crops re-drawn every epoch, batch-norm statistics re-estimated each epoch",
+    "recommended": "Adam 1e-3, warm-up + cosine, best epoch by validation track accuracy, random snippets and 30 s "
+                   "crops re-drawn every epoch, batch-norm statistics re-estimated each epoch",
+    "small": "the recommended recipe on a budget for small datasets (at most 8 epochs of 7 random snippets per "
+             "track)",
     "paper": "the article's settings: Adam 1e-4, batch 32, early stopping + reduce-LR-on-plateau on validation loss",
     "tuned": "the first reference results' settings: Adam 1e-3, patience 8 on validation loss",
     "fast": "a smoke run: 2 short epochs",
-    "small": "small: the recommended recipe on a budget for small datasets (at most 8 epochs of 7 random snippets "
-             "per track)",
 }
 #: seconds of each track a full-clip dataset stores when training crops at random (the model still sees 30 s)
 FULL_STORE_S = 60.0
@@ -567,7 +567,7 @@ def register_cli(sub) -> None:
                    help="comma list of snippet, full, linear (the reference baseline) and musicnn (pretrained musicnn "
                         "embeddings + a small head, core.embeddings) (%(default)s)")
     p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
-                   help="; ".join(PRESET_HELP.values()) + " (default: %(default)s)")
+                   help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + " (default: %(default)s)")
     p.add_argument("--cv", default="auto", metavar="auto|off|K",
                    help="track-wise stratified K-fold cross-validation: every track is tested once per seed (fold "
                         "f tests, fold f+1 validates, the rest train; each seed's test predictions are pooled "

@@ -212,6 +212,8 @@ def test_experiment_page_results(full_home):
     captions = " ".join(texts(at.caption))
     assert "5-fold cross-validation (all 18 tracks tested once per seed)" in captions
     assert "one track = 33.3 points" in captions  # the held-out split's 3 test tracks
+    assert "Settings **small (small datasets: fast)**: the recommended recipe on a budget for small datasets" \
+        in captions  # each preset's line without its name repeated
     md = " ".join(texts(at.markdown))
     assert "mean ± SD over 3 seeds, held-out split" in md and "vs linear baseline" in md
     assert "one track = 3.33 points" in captions  # the test store's 30 test tracks

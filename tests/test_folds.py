@@ -209,6 +209,7 @@ def test_cli_cv_option(tiny, tmp_path):
     text = " ".join(r.stdout.split())
     assert r.returncode == 0 and "--cv auto|off|K" in text and "every track is tested once per seed" in text
     assert "auto: 5 folds" in text and "(default: auto)" in text
+    assert "; small: the recommended recipe on a budget for small datasets" in text  # every preset named once
     r = run_core("run-experiment", str(tiny.path), "--store", str(tmp_path / "s"), "--cv", "9", "--models", "linear")
     assert r.returncode == 2 and "9 folds need at least 9 tracks in every class" in r.stderr
     r = run_core("run-experiment", str(tiny.path), "--store", str(tmp_path / "s"), "--cv", "3", "--models", "linear",
