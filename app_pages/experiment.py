@@ -19,8 +19,8 @@ from ui.jobs_view import job_panel
 from ui.nav import page
 from ui.state import (local_results, reference_files, reference_info, reference_results, results_csv, results_json,
                       run_epochs, run_metrics_extra, store_path, store_stamp)
-from ui.text import (KIND_LABELS, chance_advice, evaluation_basis, kind_label, level_label, paired_models_sentence,
-                     paired_sentence)
+from ui.text import (KIND_LABELS, LEVEL_LABELS, chance_advice, evaluation_basis, kind_label, level_label,
+                     paired_models_sentence, paired_sentence)
 
 PRESET_LABELS = {"recommended": "recommended (default)", "paper": "paper (the article's settings)",
                  "tuned": "tuned (first reference results)", "fast": "fast (smoke run)",
@@ -432,18 +432,29 @@ def show_results(store: str, res: dict, label: str) -> None:
         table = per_seed_table(df, res["runs"], split)
         if len(table) and "seed" in table.columns:
             n_items = n_test if split == "test" else n_val
-            table.insert(1, "evaluation", (f"{n_folds}-fold cross-validation: {n_items} tracks" if n_folds else
+            table.insert(1, "evaluation", (f"{n_folds}-fold cross-validation" if n_folds else
                                            f"held-out: {n_items} tracks") if n_items else
                          ("cross-validation" if n_folds else "held-out split"))
+        # fixed widths: the seed and accuracy columns narrow, so that seven approaches fit beside the evaluation
         st.dataframe(table, hide_index=True, width="stretch", column_config={
-            c: st.column_config.NumberColumn(c, format="%.1f %%", help=TABLE_HELP.get(c))
-            for c in table.columns if c not in ("seed", "epochs")})
+            "seed": st.column_config.NumberColumn("seed", width=45),
+            "evaluation": st.column_config.TextColumn("evaluation", width=155, help=(
+                "What each seed's figure rests on: every track once (cross-validation, the folds pooled"
+                + (f"; {n_items} tracks" if n_folds and n_items else "") + ") or the dataset's held-out tracks.")),
+            **{c: st.column_config.NumberColumn(c, format="%.1f %%", help=TABLE_HELP.get(c),
+                                                width=int(18 + 6.3 * len(c)))  # as wide as the header
+               for c in table.columns if c not in ("seed", "evaluation")}})
         st.caption(f"Accuracy in % per seed on the {'test' if split == 'test' else 'validation'} split"
                    + (f", each seed's {n_folds} folds pooled (every track once)" if n_folds else
                       ", the dataset's held-out tracks")
                    + ". CRNN = the snippet CRNN; linear = the linear baseline (majority vote and log-prob "
-                     "aggregation: the Aggregation tab). Epochs: how many each CRNN (and the musicnn head) trained "
-                     "(its best epoch)" + (", fold by fold." if n_folds else "."))
+                     "aggregation: the Aggregation tab).")
+        ep = epochs_table([r for r in res["runs"] if r["kind"] != "linear"])
+        if len(ep):
+            st.dataframe(ep, hide_index=True, width="content")
+            st.caption("How many epochs each CRNN (and musicnn head) trained, and its best epoch: the one kept"
+                       + (f", fold by fold (fold 1 to {n_folds})." if n_folds else
+                          " (with the validation figure it was chosen on)."))
         c1, c2 = st.columns(2)
         c1.download_button("Download results (CSV)", results_csv(store, stamp), file_name="genre-lab-results.csv",
                            mime="text/csv", icon=":material/download:")
@@ -557,8 +568,7 @@ def _dataset_tracks(runs: list[dict]) -> int | None:
 
 
 def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> pd.DataFrame:
-    """Accuracy per seed (rows) and approach (columns, those of the headline) on one split, in %, and the
-    epochs of the CRNNs and the musicnn head (per fold with cross-validation)."""
+    """Accuracy per seed (rows) and approach (columns, those of the headline) on one split, in %."""
     d = df[(df["split"] == split) & pd.Series([kl in TABLE_COLUMNS for kl in zip(df["kind"], df["level"])],
                                               index=df.index)].copy()
     if d.empty:
@@ -566,30 +576,33 @@ def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> p
     d["column"] = [TABLE_COLUMNS[kl] for kl in zip(d["kind"], d["level"])]
     t = d.pivot_table(index="seed", columns="column", values="accuracy", aggfunc="first")
     t = t[[c for c in TABLE_COLUMNS.values() if c in t.columns]] * 100
-    names = {"snippet": "CRNN", "full": "30 s", "musicnn": "musicnn head"}
-    order = {"snippet": 0, "full": 1, "musicnn": 2}
-    epochs: dict[int, list[tuple[int, str]]] = {}
-    folds: dict[tuple[int, str], list[dict]] = {}
-    for r in runs:
-        if r["kind"] == "linear" or not r.get("epochs"):  # linear: one L-BFGS fit, no epochs to speak of
-            continue
-        if r.get("fold") is not None:
-            folds.setdefault((r["seed"], r["kind"]), []).append(r)
-            continue
-        name = names.get(r["kind"], r["kind"])
-        best = f"best {r['best_epoch'] or '–'}"
-        if r.get("monitor") and r.get("best_value") is not None:
-            best += f": {MONITOR_WORDS.get(r['monitor'], r['monitor'])} {r['best_value']:.3g}"
-        epochs.setdefault(r["seed"], []).append((order.get(r["kind"], 3), f"{name} {r['epochs']} ({best})"))
-    for (seed, kind), rs in folds.items():
-        rs = sorted(rs, key=lambda r: r["fold"])
-        lo, hi = min(r["epochs"] for r in rs), max(r["epochs"] for r in rs)
-        ran = f"{lo}" if lo == hi else f"{lo}–{hi}"
-        best = ", ".join(str(r["best_epoch"] or "–") for r in rs)
-        epochs.setdefault(seed, []).append((order.get(kind, 3), f"{names.get(kind, kind)} {ran} (best {best})"))
-    if epochs:
-        t["epochs"] = [", ".join(text for _, text in sorted(epochs.get(s, []))) for s in t.index]
     return t.reset_index()
+
+
+def epochs_table(runs: list[dict]) -> pd.DataFrame:
+    """How long each CRNN and musicnn head trained, one row per seed and model: the epochs run and the best epoch
+    (with cross-validation fold by fold; held out, with the value it was chosen on). The linear baseline is one
+    L-BFGS fit: no epochs to speak of."""
+    names = {"snippet": "snippet CRNN", "full": "30 s CRNN", "musicnn": "musicnn head"}
+    order = {"snippet": 0, "full": 1, "musicnn": 2}
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for r in runs:
+        if r["kind"] == "linear" or not r.get("epochs") or r.get("status") != "done":
+            continue
+        if r.get("fold") is None and r.get("n_folds"):  # a pooled run: its folds are the runs
+            continue
+        groups.setdefault((r["seed"], r["kind"]), []).append(r)
+    rows = []
+    for (seed, kind), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 3))):
+        rs = sorted(rs, key=lambda r: -1 if r.get("fold") is None else r["fold"])
+        ran = sorted({int(r["epochs"]) for r in rs})
+        best = ", ".join(str(r["best_epoch"] or "–") for r in rs)
+        if len(rs) == 1 and rs[0].get("monitor") and rs[0].get("best_value") is not None:
+            best += f" ({MONITOR_WORDS.get(rs[0]['monitor'], rs[0]['monitor'])} {rs[0]['best_value']:.3g})"
+        rows.append({"seed": seed, "model": names.get(kind, kind),
+                     "epochs run": ", ".join(str(int(r["epochs"])) for r in rs) if len(ran) > 1 else str(ran[0]),
+                     "best epoch": best})
+    return pd.DataFrame(rows, columns=["seed", "model", "epochs run", "best epoch"])
 
 
 def confusion_tab(store: str, stamp: float, df: pd.DataFrame) -> None:
@@ -597,8 +610,11 @@ def confusion_tab(store: str, stamp: float, df: pd.DataFrame) -> None:
         return
     c = st.columns(3)
     combos = df[["kind", "level"]].drop_duplicates().itertuples(index=False)
-    combos = [(k, lvl) for k, lvl in combos]
-    combo = c[0].selectbox("Model and level", combos, key="exp_cm_level",
+    kinds, levels = list(KIND_LABELS), list(LEVEL_LABELS)  # the models in the headline's order, the CRNN first
+    combos = sorted(((k, lvl) for k, lvl in combos), key=lambda kl: (
+        kinds.index(kl[0]) if kl[0] in kinds else 9, levels.index(kl[1]) if kl[1] in levels else 9))
+    first = next((i for i, kl in enumerate(combos) if kl[1] in ("track_sum", "full")), 0)  # the article's figure
+    combo = c[0].selectbox("Model and level", combos, index=first, key="exp_cm_level",
                            format_func=lambda kl: f"{kind_label(kl[0])} · {level_label(kl[1])}")
     split = c[1].selectbox("Split", ["test", "val"], key="exp_cm_split")
     sub = df[(df["kind"] == combo[0]) & (df["level"] == combo[1]) & (df["split"] == split)]

@@ -67,9 +67,10 @@ FULL_STORE_S = 60.0
 
 
 #: The experiment page's default experiment on a small dataset (one that ``--cv auto`` cross-validates): the
-#: snippet CRNN with the ``small`` preset (the recommended recipe on a budget), the linear baseline and the pretrained musicnn +
-#: head (it learns from few tracks and trains in seconds on cached embeddings); no 30 s CRNN (a few dozen clips
-#: are too few for it, and it doubles the time). Measured on 40-track Emotify folders: results/small-folder/.
+#: snippet CRNN with the ``small`` preset (the recommended recipe on a budget), the linear baseline and the
+#: pretrained musicnn + head (it learns from few tracks and trains in seconds on cached embeddings); no 30 s CRNN
+#: (a few dozen clips are too few for it, and it doubles the time). Measured on 40-track Emotify folders:
+#: results/small-folder/.
 SMALL_DATA_DEFAULTS: dict[str, Any] = {"models": ["snippet", "linear", "musicnn"], "seeds": 2, "epochs": None,
                                        "preset": "small"}
 #: ... and on a dataset whose held-out split is big enough

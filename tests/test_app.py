@@ -234,9 +234,12 @@ def test_experiment_page_results(full_home):
     table = at.dataframe[0].value
     assert list(table["seed"]) == [0, 1, 2]
     assert list(table.columns) == ["seed", "evaluation", "CRNN segment", "CRNN track (sum)", "30 s CRNN",
-                                   "linear segment", "linear track (sum)", "epochs"]
+                                   "linear segment", "linear track (sum)"]
     assert table["evaluation"].iloc[0] == "held-out: 30 tracks"
-    assert table["epochs"].iloc[0] == "CRNN 5 (best 4), 30 s 5 (best 4)"
+    epochs = at.dataframe[1].value  # the epochs in a table of their own (the accuracies' table stays readable)
+    assert list(epochs.columns) == ["seed", "model", "epochs run", "best epoch"]
+    assert list(epochs["model"]) == ["snippet CRNN", "30 s CRNN"] * 3 and set(epochs["epochs run"]) == {"5"}
+    assert set(epochs["best epoch"]) == {"4"}  # no monitor recorded in the test store: no value beside it
     assert table["linear track (sum)"].nunique() == 1  # the baseline's fit does not depend on the seed
     test_lin = float(table["linear track (sum)"].iloc[0])
     at.segmented_control(key="exp_seed_split").set_value("val").run()
@@ -268,13 +271,22 @@ def test_experiment_page_says_a_result_is_cross_validated(empty_home):
     assert "each seed's 5 folds pooled (every track once)" in captions
     assert "held-out" not in captions and "figures are coarse" not in captions
     table = at.dataframe[0].value
-    assert list(table["seed"]) == [0, 1] and set(table["evaluation"]) == {"5-fold cross-validation: 40 tracks"}
-    assert table["epochs"].iloc[0] == "CRNN 5 (best 4, 4, 4, 4, 4)"
+    assert list(table["seed"]) == [0, 1] and set(table["evaluation"]) == {"5-fold cross-validation"}
+    epochs = at.dataframe[1].value
+    assert epochs.to_dict("records") == [{"seed": s, "model": "snippet CRNN", "epochs run": "5",
+                                          "best epoch": "4, 4, 4, 4, 4"} for s in (0, 1)]
+    assert "best epoch: the one kept, fold by fold (fold 1 to 5)" in captions
+    # the headline chart: the approaches that ran, no empty 30 s column
+    bars = bar_values(chart_spec(at), "this lab · test")
+    assert [x.split("<br>")[0] for x in bars] == ["segment level", "track level", "linear baseline:",
+                                                  "linear baseline:"]
     # the pooled figure: each seed's predictions over its folds, every track once (store: 60 % right per fold)
     assert all(20 <= v <= 100 and abs(v / 2.5 - round(v / 2.5)) < 1e-6 for v in table["CRNN track (sum)"])
     assert not at.warning  # 60 % for 4 classes is not at chance
     # the learning curves: one per fold run
     assert at.segmented_control(key="exp_curves_kind").options == ["snippet CRNN"]
+    # the confusion matrix opens on the snippet CRNN's track level (the article's figure), not the first row found
+    assert at.selectbox(key="exp_cm_level").value == ("snippet", "track_sum")
 
 
 def test_experiment_page_says_a_small_held_out_split_is_coarse(empty_home):
