@@ -7,10 +7,12 @@ For each draw ``d``: ``--per-class`` tracks of every class folder of ``SRC`` (e.
 the data page's defaults (``python -m core build-dataset``, timed on its own); then exactly the job the experiment
 page starts for that dataset with its defaults (``core.experiment.default_experiment``: the same arguments as
 ``app_pages/experiment.py``), in a fresh store, from a dataset without cached embeddings or folds, timed from start
-to finish with the load average before, during (every 30 s) and after. Writes, after every draw,
-``OUT/runs.csv`` (one row per draw, model and seed: test accuracy of the pooled folds, best epochs) and
-``OUT/table.md`` (one row per draw), with the commit and the load. A draw whose ``OUT`` row exists is skipped
-(``--again`` reruns it).
+to finish with the load average before, during (every 30 s) and after; its progress events (``--events``, as the
+page's job writes them) give the time-left estimate the page showed at a quarter, half and three quarters of the
+run, against the time that was really left. Writes, after every draw, ``OUT/runs.csv`` (one row per draw, model
+and seed: test accuracy of the pooled folds, epochs and best epochs fold by fold), ``OUT/draws.json`` (per draw:
+the command, the page's defaults it came from, the commit, the tracks, the loads, the estimates) and
+``OUT/table.md`` (one row per draw). A draw whose ``OUT`` row exists is skipped (``--again`` reruns it).
 
 The machine is shared: the wall times hold only with the load average beside them.
 """
@@ -55,22 +57,23 @@ def core_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "core", *args]
 
 
-def page_args(ds: Path, store: Path) -> list[str]:
-    """The arguments the experiment page starts with for this dataset and its default settings."""
+def page_args(ds: Path, store: Path) -> tuple[list[str], dict]:
+    """The arguments the experiment page starts with for this dataset and its default settings, and those
+    defaults (``core.experiment.default_experiment``)."""
     from core.dataset import load_dataset
     from core.experiment import DEFAULT_PRESET, default_experiment
 
     d = default_experiment(load_dataset(ds))
     args = ["run-experiment", str(ds), "--store", str(store), "--seeds", str(d["seeds"]), "--models",
             ",".join(d["models"]), "--preset", d.get("preset", DEFAULT_PRESET), "--cv", d["cv"]]
-    return args + (["--epochs", str(d["epochs"])] if d["epochs"] else [])
+    return args + (["--epochs", str(d["epochs"])] if d["epochs"] else []), d
 
 
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
 
 
-def run_timed(cmd: list[str], log: Path) -> tuple[float, int, list[float]]:
+def run_timed(cmd: list[str], log: Path) -> tuple[float, int, list[float], float]:
     loads: list[float] = []
     done = threading.Event()
 
@@ -80,13 +83,31 @@ def run_timed(cmd: list[str], log: Path) -> tuple[float, int, list[float]]:
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
+    started = time.time()
     t0 = time.perf_counter()
     with open(log, "wb") as fh:
         rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")).returncode
     wall = time.perf_counter() - t0
     done.set()
-    return wall, rc, loads
+    return wall, rc, loads, started
+
+
+def eta_checks(events_path: Path, started: float, wall: float) -> list[dict]:
+    """The page's time-left estimate (``core.experiment.experiment_progress`` on the events so far, as the page
+    computes it) at a quarter, half and three quarters of the run, beside the time that was really left."""
+    from core.experiment import experiment_progress
+    from core.jobs import read_events
+
+    events, _ = read_events(events_path)
+    out = []
+    for frac in (0.25, 0.5, 0.75):
+        now = started + frac * wall
+        prog = experiment_progress([e for e in events if float(e.get("ts") or 0) <= now], 0, now=now)
+        out.append({"at_s": round(frac * wall, 1), "elapsed_s": round(prog["elapsed_s"], 1),
+                    "eta_s": None if prog["eta_s"] is None else round(prog["eta_s"], 1),
+                    "at_least": bool(prog["eta_partial"]), "left_s": round((1 - frac) * wall, 1)})
+    return out
 
 
 def draw_rows(store: Path, d: int) -> list[dict]:
@@ -115,23 +136,34 @@ def write_tables(out: Path, draws: list[dict], rows: list[dict], commit: str) ->
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     (out / "draws.json").write_text(json.dumps(draws, indent=1) + "\n")
     names = {"snippet": "snippet CRNN", "linear": "linear", "musicnn": "musicnn + head", "full": "30 s CRNN"}
+    kinds = [k for k in ("snippet", "full", "musicnn", "linear") if any(r["kind"] == k for r in rows)]
     lines = ["| draw | wall time | load avg before / during (max) / after | build | "
-             + " | ".join(f"{names[k]} test % (seed 0, 1)" for k in ("snippet", "musicnn", "linear"))
-             + " | CRNN best epochs (seed 0; seed 1) |", "|" + " --- |" * 8]
+             + " | ".join(f"{names[k]} test % per seed" for k in kinds)
+             + " | CRNN best epochs, fold by fold, per seed | time left shown at 1/4, 1/2, 3/4 (really left) "
+               "| ≤ 8 min, every CRNN seed > chance |", "|" + " --- |" * (len(kinds) + 7)]
+
+    def mmss(x: float | None) -> str:
+        return "–" if x is None else f"{int(x) // 60}:{int(x) % 60:02d}"
+
     for dr in draws:
-        mine = [r for r in rows if r["draw"] == dr["draw"]]
+        mine = sorted((r for r in rows if r["draw"] == dr["draw"]), key=lambda r: r["seed"])
 
         def acc(kind: str) -> str:
-            return ", ".join(f"{100 * r['test_track']:.1f}" for r in sorted(mine, key=lambda r: r["seed"])
-                             if r["kind"] == kind) or "–"
+            return ", ".join(f"{100 * r['test_track']:.1f}" for r in mine if r["kind"] == kind) or "–"
 
-        best = "; ".join(r["best_epochs"] for r in sorted(mine, key=lambda r: r["seed"]) if r["kind"] == "snippet")
+        best = "; ".join(str(r["best_epochs"]) for r in mine if r["kind"] in ("snippet", "full"))
         during = f"{sum(dr['load_during']) / len(dr['load_during']):.1f} ({max(dr['load_during']):.1f})" \
             if dr["load_during"] else "–"
+        etas = ", ".join(f"{'≥ ' if e['at_least'] else ''}{mmss(e['eta_s'])} ({mmss(e['left_s'])})"
+                         for e in dr.get("eta_checks") or []) or "–"
+        chance = 1.0 / max(1, int(dr.get("n_classes") or 4))
+        ok = dr["wall_s"] <= 480 and all(r["test_track"] > chance for r in mine if r["kind"] in ("snippet", "full"))
         lines.append(f"| {dr['draw']} | {dr['wall_s'] / 60:.1f} min ({dr['wall_s']:.0f} s) | {dr['load_before']} / "
-                     f"{during} / {dr['load_after']} | {dr['build_s']:.0f} s | {acc('snippet')} | {acc('musicnn')} | "
-                     f"{acc('linear')} | {best} |")
-    (out / "table.md").write_text("\n".join(lines) + f"\n\nCommit: `{commit}`\n")
+                     f"{during} / {dr['load_after']} | {dr['build_s']:.0f} s | "
+                     + " | ".join(acc(k) for k in kinds) + f" | {best} | {etas} | {'yes' if ok else 'NO'} |")
+    commits = sorted({dr["commit"] for dr in draws})
+    (out / "table.md").write_text("\n".join(lines) + f"\n\nCommit{'s' if len(commits) > 1 else ''}: "
+                                  + ", ".join(f"`{c}`" for c in commits) + "\n")
 
 
 def main() -> int:
@@ -165,20 +197,26 @@ def main() -> int:
         ds, store = a.work / f"ds{d}", a.work / f"store{d}"
         shutil.rmtree(ds, ignore_errors=True)
         shutil.rmtree(store, ignore_errors=True)
-        build_s, rc, _ = run_timed(core_cmd("build-dataset", str(src), str(ds)), a.work / f"build{d}.log")
+        build_s, rc, _, _ = run_timed(core_cmd("build-dataset", str(src), str(ds)), a.work / f"build{d}.log")
         if rc:
             print(f"draw {d}: build failed, see {a.work / f'build{d}.log'}")
             return 1
-        args = page_args(ds, store)
+        args, defaults = page_args(ds, store)
+        events = a.work / f"events{d}.jsonl"
+        events.unlink(missing_ok=True)
         before = loadavg()
-        wall, rc, loads = run_timed(core_cmd(*args), a.work / f"experiment{d}.log")
+        wall, rc, loads, started = run_timed(core_cmd(*args, "--events", str(events)), a.work / f"experiment{d}.log")
         after = loadavg()
         if rc:
             print(f"draw {d}: experiment failed, see {a.work / f'experiment{d}.log'}")
             return 1
+        from core.dataset import load_dataset
+
         draws.append({"draw": d, "wall_s": round(wall, 1), "build_s": round(build_s, 1), "load_before": before,
                       "load_during": loads, "load_after": after, "command": "python -m core " + " ".join(args),
-                      "commit": commit, "tracks": sorted(str(p.relative_to(src)) for p in src.rglob("*.*"))})
+                      "page_defaults": defaults, "n_classes": len(load_dataset(ds).classes),
+                      "eta_checks": eta_checks(events, started, wall), "commit": commit,
+                      "tracks": sorted(str(p.relative_to(src)) for p in src.rglob("*.*"))})
         rows += draw_rows(store, d)
         draws.sort(key=lambda x: x["draw"])
         rows.sort(key=lambda r: (r["draw"], r["kind"], r["seed"]))
