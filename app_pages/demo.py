@@ -17,7 +17,7 @@ from ui.charts import vote_figure
 from ui.common import guarded, show_error
 from ui.jobs_view import job_panel, job_running
 from ui.nav import page
-from ui.state import available_models, default_model_key, get_predictor, model_stamp
+from ui.state import MODEL_GROUPS, available_models, default_model_key, get_predictor, model_stamp
 from ui.text import KIND_DESCRIPTIONS, LEVEL_LABELS
 
 AGG_LABELS = {"sum": "sum of scores (article)", "vote": "majority vote", "logprob": "mean log-probability"}
@@ -116,6 +116,10 @@ def model_card_view(card: dict) -> None:
         facts["defaults"] = ", ".join(defaults) + " (the model's own test-time settings)"
     if card.get("seed") is not None:
         facts["seed"] = str(card["seed"])
+    if card.get("n_folds"):
+        facts["cross-validation"] = (f"fold {int(card.get('fold', 0)) + 1} of {card['n_folds']}: trained on "
+                                     f"{card['n_folds'] - 2} of {card['n_folds']} folds of its data set, tested on "
+                                     "one (the experiment's figures pool all folds)")
     if card.get("n_params"):
         facts["parameters"] = f"{card['n_params']:,}"
     for k, v in (card.get("metrics") or {}).items():
@@ -319,14 +323,19 @@ def main() -> None:
         no_model()
         return
 
+    listed = pick_models(usable)
     left, right = st.columns([3, 2], gap="large", vertical_alignment="bottom")
     with left:
-        keys = [m["key"] for m in usable]
-        key = st.selectbox("Model", keys, format_func=lambda k: next(m["label"] for m in usable if m["key"] == k),
-                           index=keys.index(default_model_key(usable)), key="demo_model",
-                           help="Models shipped in models/ (trained on real music), models in your data folder "
-                                "and finished experiment runs. Its card is at the bottom of the page.")
-        model = next(m for m in usable if m["key"] == key)
+        keys = [m["key"] for m in listed]
+        if st.session_state.get("demo_model") not in keys:
+            st.session_state.pop("demo_model", None)
+        default = default_model_key(listed) or keys[0]
+        key = st.selectbox("Model", keys, format_func=lambda k: next(m["label"] for m in listed if m["key"] == k),
+                           index=keys.index(default), key="demo_model",
+                           help="Models shipped in models/ (trained on real music) and in your data folder, or "
+                                "the finished runs of your experiments (newest first; with cross-validation, "
+                                "one model per fold). Its card is at the bottom of the page.")
+        model = next(m for m in listed if m["key"] == key)
         card = model["card"]
     with right:  # one line here; the full card is full-width below everything, so it never pushes the clip down
         st.caption(model_summary(card))
@@ -340,6 +349,31 @@ def main() -> None:
     classify_section(model, card)
     with st.expander("Model card", icon=":material/badge:"):
         model_card_view(card)
+
+
+def pick_models(usable: list[dict]) -> list[dict]:
+    """The models the selector offers: one group at a time (shipped and your folders, or the experiments'
+    runs), experiment models at chance level hidden unless asked for; never empty (``usable`` is not)."""
+    groups = {g: [m for m in usable if m.get("group", "shipped") == g] for g in MODEL_GROUPS}
+    present = [g for g in MODEL_GROUPS if groups[g]]
+    group = present[0]
+    if len(present) > 1:
+        group = st.segmented_control(
+            "Models", present, default=present[0], key="demo_group",
+            format_func=lambda g: f"{MODEL_GROUPS[g]} ({len(groups[g])})") or present[0]
+    models = groups[group]
+    if group == "experiment":
+        low = [m for m in models if m.get("at_chance")]
+        if low:
+            show = st.checkbox(f"Show the {len(low)} model{'s' if len(low) != 1 else ''} at chance level",
+                               key="demo_show_chance",
+                               help="Runs whose test accuracy is within 5 points of chance (1 / number of classes): "
+                                    "they did not learn to tell the classes apart. Hidden by default.")
+            if not show and len(low) < len(models):
+                models = [m for m in models if not m.get("at_chance")]
+            elif not show:
+                st.caption("Every experiment model here is at chance level; they are listed anyway.")
+    return models
 
 
 def model_summary(card: dict) -> str:

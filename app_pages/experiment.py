@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.experiment import (DEFAULT_PRESET, PRESET_HELP, PRESETS, experiment_groups, experiment_plan,
-                             experiment_progress, preset_config, preset_name)
+                             experiment_progress, preset_config, preset_name, time_left_words)
 from core.jobs import find_job, read_events, start_job
 from core.reproduce import PUBLISHED
 from core.workspace import home_dir, list_datasets
@@ -19,10 +19,12 @@ from ui.jobs_view import job_panel
 from ui.nav import page
 from ui.state import (local_results, reference_files, reference_info, reference_results, results_csv, results_json,
                       run_epochs, run_metrics_extra, store_path, store_stamp)
-from ui.text import KIND_LABELS, kind_label, level_label, paired_models_sentence, paired_sentence
+from ui.text import (KIND_LABELS, LEVEL_LABELS, chance_advice, evaluation_basis, kind_label, level_label,
+                     paired_models_sentence, paired_sentence)
 
 PRESET_LABELS = {"recommended": "recommended (default)", "paper": "paper (the article's settings)",
-                 "tuned": "tuned (first reference results)", "fast": "fast (smoke run)"}
+                 "tuned": "tuned (first reference results)", "fast": "fast (smoke run)",
+                 "small": "small (small datasets: fast)"}
 MODEL_CHOICES = ["snippet", "full", "linear", "musicnn"]  # what run-experiment --models takes
 
 
@@ -33,6 +35,62 @@ def job_dir() -> Path:
 # ---------------------------------------------------------------------------------------------------------
 # 1. run
 # ---------------------------------------------------------------------------------------------------------
+CV_CHOICES = ["auto", "off", "3", "4", "5", "6", "8", "10"]  # what run-experiment --cv takes (a few of the Ks)
+CV_LABELS = {"auto": "auto (folds when the test split is small)", "off": "off (the dataset's own split)"}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def dataset_facts(path: str, mtime: float) -> dict:
+    """What the form says about a dataset: tracks per class and split, what ``--cv auto`` does, the default
+    experiment (``core.experiment.default_experiment``)."""
+    from core.dataset import load_dataset
+    from core.experiment import default_experiment
+    from core.folds import max_folds, test_tracks_per_class
+
+    ds = load_dataset(path)
+    counts = ds.card.get("counts", {})
+    n = {s: int((counts.get(s) or {}).get("tracks") or 0) for s in ("train", "val", "test")}
+    return {"defaults": default_experiment(ds), "n": n, "n_tracks": sum(n.values()), "classes": ds.classes,
+            "test_per_class": test_tracks_per_class(ds), "max_folds": max_folds(ds)}
+
+
+def _facts(path: str) -> dict:
+    card = Path(path) / "card.json"
+    return dataset_facts(path, card.stat().st_mtime if card.exists() else 0.0)
+
+
+def cv_sentence(facts: dict) -> str:
+    """How the chosen dataset will be evaluated with ``--cv auto``, in a sentence."""
+    from core.folds import MIN_TEST_PER_CLASS, describe_cv
+
+    n, k = facts["n"], facts["defaults"]["n_folds"]
+    if k:
+        return (f"Its held-out split has only {facts['test_per_class']} test track(s) per class ({n['test']} in "
+                f"all: one track = {100 / max(n['test'], 1):.3g} points), so *Cross-validation: auto* runs "
+                f"{describe_cv(k, facts['n_tracks'])}: fold f tests 1/{k} of the tracks, fold f+1 validates, the "
+                f"rest train; one track is then {100 / max(facts['n_tracks'], 1):.3g} points.")
+    return (f"Its held-out split has {n['test']} test tracks (at least {MIN_TEST_PER_CLASS} per class: one track = "
+            f"{100 / max(n['test'], 1):.3g} points), so *Cross-validation: auto* keeps it.")
+
+
+def _form_defaults(ds_path: str, last: dict) -> dict:
+    """The form's values for a dataset: the last experiment's when it ran on this dataset, else the dataset's
+    defaults (small datasets: the fast small-data experiment, core.experiment.SMALL_DATA_DEFAULTS)."""
+    d = _facts(ds_path)["defaults"]
+    out = {"exp_seeds": d["seeds"], "exp_preset": d.get("preset", DEFAULT_PRESET), "exp_models": list(d["models"]),
+           "exp_epochs": d["epochs"], "exp_cv": "auto"}
+    if last.get("dataset") == ds_path:
+        out.update({f"exp_{k}": v for k, v in last.items() if k != "dataset"})
+    return out
+
+
+def _on_dataset_change() -> None:
+    ds_path = st.session_state.get("exp_dataset")
+    if ds_path:
+        for k, v in _form_defaults(ds_path, st.session_state.get("_exp_last", {})).items():
+            st.session_state[k] = v
+
+
 def run_section() -> None:
     st.subheader("Run an experiment", divider="gray")
     job = find_job(job_dir())
@@ -47,34 +105,53 @@ def run_section() -> None:
         return
     if hosted_mode():
         st.info(hosted_note(), icon=":material/cloud:")
-    last = _last_settings(job)  # the form shows what ran last, not the defaults
+    last = _last_settings(job)  # the form shows what ran last on a dataset, else that dataset's defaults
+    st.session_state["_exp_last"] = last
+    paths = [d["path"] for d in datasets]
+    if st.session_state.get("exp_dataset") not in paths:
+        st.session_state["exp_dataset"] = last["dataset"] if last.get("dataset") in paths else paths[0]
+    ds_path = st.selectbox("Dataset", paths, format_func=lambda p: Path(p).name, key="exp_dataset",
+                           on_change=_on_dataset_change,
+                           help="Snippet datasets of the data folder. The 30 s model's full-clip dataset is derived "
+                                "from the same tracks and split automatically.")
+    facts = _facts(ds_path)
+    for k, v in _form_defaults(ds_path, last).items():
+        st.session_state.setdefault(k, v)
+    st.caption(f"**{Path(ds_path).name}**: {facts['n_tracks']} tracks, {len(facts['classes'])} classes "
+               f"({facts['n']['train']} / {facts['n']['val']} / {facts['n']['test']} train / validation / test). "
+               + cv_sentence(facts)
+               + (" Defaults for a small dataset: the snippet CRNN with the *small* settings (the recommended recipe "
+                  "on a budget), the linear baseline and the pretrained musicnn + head, 2 seeds (no 30 s CRNN: too "
+                  "few clips for it); about 5 to 8 minutes for 40 one-minute tracks on 2 cores."
+                  if facts["defaults"]["small"] else ""))
     with st.form("exp_form", enter_to_submit=False):
-        c = st.columns([2, 1, 1])
-        paths = [d["path"] for d in datasets]
-        ds_path = c[0].selectbox("Dataset", paths, format_func=lambda p: Path(p).name,
-                                 index=paths.index(last["dataset"]) if last.get("dataset") in paths else 0,
-                                 key="exp_dataset",
-                                 help="Snippet datasets of the data folder. The 30 s model's full-clip dataset is "
-                                      "derived from the same tracks and split automatically.")
-        seeds = c[1].number_input("Seeds", 1, 30, last.get("seeds", 3), key="exp_seeds",
+        c = st.columns([1, 1, 1])
+        seeds = c[0].number_input("Seeds", 1, 30, key="exp_seeds",
                                   help="Each seed trains every chosen model once (seeds 0, 1, ...). "
                                        "The article used 10.")
-        preset = c[2].selectbox("Settings", list(PRESET_HELP), key="exp_preset", format_func=PRESET_LABELS.get,
-                                index=list(PRESET_HELP).index(last.get("preset", DEFAULT_PRESET)),
+        preset = c[1].selectbox("Settings", list(PRESET_HELP), key="exp_preset", format_func=PRESET_LABELS.get,
                                 help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items())
                                 + "\n\n**recommended** is what learns on small data within a bounded budget "
                                   "(measured in `results/ablation`); **paper** reproduces the article exactly and "
                                   "under-trains on small data (Adam 1e-4).")
+        cv = c[2].selectbox("Cross-validation", CV_CHOICES, key="exp_cv",
+                            format_func=lambda v: CV_LABELS.get(v, f"{v} folds"),
+                            help="**auto**: track-wise stratified 5-fold cross-validation when the dataset's test "
+                                 "split has fewer than 5 tracks of some class (every track is tested once per seed, "
+                                 "each seed's folds pooled into one figure), else the dataset's own split. A number: "
+                                 f"that many folds (at most {facts['max_folds']} here: the smallest class's tracks). "
+                                 "Each fold trains every model once: k folds take about k times as long.")
         c = st.columns([2, 1, 1])
-        models = c[0].multiselect("Models", MODEL_CHOICES, default=last.get("models", ["snippet", "full", "linear"]),
-                                  key="exp_models",
-                                  format_func=kind_label,
+        models = c[0].multiselect("Models", MODEL_CHOICES, key="exp_models", format_func=kind_label,
                                   help="**snippet CRNN**: scores 3 s snippets, a track's snippets vote. "
                                        "**30 s CRNN**: one look at the whole clip. **linear baseline**: per-snippet "
                                        "mel-band mean and standard deviation, softmax regression, voting like the "
                                        "snippet CRNN; the reference every comparison shows (what the deep models add "
-                                       "over a simple one). It fits in seconds.")
-        epochs = c[1].number_input("Max epochs", 1, 500, last.get("epochs"), placeholder="preset's", key="exp_epochs",
+                                       "over a simple one). It fits in seconds. **musicnn embedding + head**: a "
+                                       "network pretrained on a million songs (MSD) and a small head trained here; "
+                                       "its embeddings of the dataset are computed once (about a minute for 40 "
+                                       "one-minute tracks), then each head trains in seconds.")
+        epochs = c[1].number_input("Max epochs", 1, 500, placeholder="preset's", key="exp_epochs",
                                    help="Empty = the preset's (" + ", ".join(
                                        f"{k} {preset_config(k).max_epochs}" for k in PRESETS)
                                    + "). Early stopping may end a run sooner.")
@@ -85,8 +162,8 @@ def run_section() -> None:
             executor = c[0].selectbox("Executor", ["local", "ray"], key="exp_executor",
                                       format_func={"local": "local (this machine)", "ray": "Ray cluster"}.get,
                                       help="**local**: one run after the other in this process. **Ray**: each "
-                                           "(model, seed) run as a Ray task; every node must see the dataset, its "
-                                           "source audio and the results folder at the same paths.")
+                                           "(model, seed, fold) run as a Ray task; every node must see the dataset, "
+                                           "its source audio and the results folder at the same paths.")
             ray_address = c[1].text_input("Ray address", key="exp_ray_address", placeholder="auto, HEAD:6379 ...",
                                           help="Empty: $RAY_ADDRESS, else a local Ray started for the run. "
                                                "`auto`: the `ray start` cluster this machine belongs to.")
@@ -101,11 +178,15 @@ def run_section() -> None:
     if not models:
         st.error("Choose at least one model.", icon=":material/error:")
         return
+    if cv not in ("auto", "off") and int(cv) > facts["max_folds"]:
+        st.error(f"{cv} folds need at least {cv} tracks in every class; the smallest class of this dataset has "
+                 f"{facts['max_folds']}. Choose fewer folds or *auto*.", icon=":material/error:")
+        return
     if hosted_mode():  # Community Cloud: capped, and the page says so (hosted_note above the form)
         seeds = min(int(seeds), HOSTED_CAPS["seeds"])
         epochs = min(int(epochs or HOSTED_CAPS["epochs"]), HOSTED_CAPS["epochs"])
     args = ["run-experiment", ds_path, "--store", str(store_path()), "--seeds", str(int(seeds)),
-            "--models", ",".join(models), "--preset", preset]
+            "--models", ",".join(models), "--preset", preset, "--cv", str(cv)]
     if epochs:
         args += ["--epochs", str(int(epochs))]
     if executor == "ray":
@@ -119,7 +200,8 @@ def run_section() -> None:
 
 
 def _last_settings(job) -> dict:
-    """Dataset, seeds, preset, models and epochs of the last experiment job (empty when there is none)."""
+    """Dataset, seeds, preset, models, epochs and cross-validation of the last experiment job (empty when there
+    is none)."""
     if job is None:
         return {}
     plan = experiment_plan(job.command)
@@ -133,6 +215,8 @@ def _last_settings(job) -> dict:
         out["preset"] = plan["preset"]
     if plan["epochs"]:
         out["epochs"] = plan["epochs"]
+    if plan.get("cv") in CV_CHOICES:
+        out["cv"] = plan["cv"]
     return out
 
 
@@ -155,8 +239,9 @@ def _describe(job):
 
 
 def live_progress(job, status: dict) -> None:
-    """A running experiment (``ui.jobs_view`` draw_running): runs finished, the current run's epoch and batch,
-    its learning curves; the page reruns when a run finishes (new results below)."""
+    """A running experiment (``ui.jobs_view`` draw_running): runs finished, the current run's epoch (of max N)
+    and batch, the time elapsed and left, its learning curves; the page reruns when a run finishes (new results
+    below)."""
     plan = experiment_plan(job.command)
     events, _ = read_events(job.events_path)
     prog = experiment_progress(events, plan["n_runs"])
@@ -164,23 +249,31 @@ def live_progress(job, status: dict) -> None:
     st.session_state["exp_seen_done"] = prog["n_done"]
     if seen is not None and prog["n_done"] != seen:
         st.rerun(scope="app")  # a run finished: refresh the results below
-    st.markdown(f"Experiment on **{Path(plan['dataset']).name}**: {plan['n_runs']} runs "
-                f"({len(plan['seeds'])} seeds × {', '.join(map(kind_label, plan['models']))})")
-    n_runs = max(plan["n_runs"], 1)
-    st.progress(min(prog["n_done"] / n_runs, 1.0), text=f"runs finished: {prog['n_done']} of {plan['n_runs']}")
+    n_runs = max(prog["n_runs"], 1)
+    folds = f" × {prog['n_folds']} folds (cross-validation)" if prog.get("n_folds") else ""
+    st.markdown(f"Experiment on **{Path(plan['dataset']).name}**: {prog['n_runs']} runs "
+                f"({len(plan['seeds'])} seeds × {', '.join(map(kind_label, plan['models']))}{folds})")
+    st.progress(min(prog["n_done"] / n_runs, 1.0), text=f"runs finished: {prog['n_done']} of {prog['n_runs']}")
     if prog["run"]:
         ep, mx = prog["epoch"], prog["max_epochs"]
-        what = f"{kind_label(prog['model'])}, seed {prog['seed']}"
+        fold = f", fold {prog['fold'] + 1} of {prog['n_folds']}" if prog.get("fold") is not None else ""
+        what = f"{kind_label(prog['model'])}, seed {prog['seed']}{fold}"
+        of_max = f" of max {mx}" if mx else ""
         if prog["phase"] == "evaluate":
             st.progress(1.0, text=f"{what}: evaluating ...")
-        elif prog["n_batches"]:
-            of_max = f" of max {mx}" if mx else ""
-            st.progress(min(prog["batch"] / prog["n_batches"], 1.0),
-                        text=f"{what}: epoch {ep}{of_max}, batch {prog['batch']}/{prog['n_batches']}")
+        elif prog["n_batches"] and prog["batch"] >= prog["n_batches"]:
+            st.progress(1.0, text=f"{what}: epoch {ep}{of_max}, validating")
+        elif prog["n_batches"] or prog["epochs_done"]:
+            n_b = prog["n_batches"] or 0
+            batch = f", batch {prog['batch']}/{n_b}" if n_b and prog["batch"] else ", starting"
+            st.progress(min(prog["batch"] / n_b, 1.0) if n_b else 0.0, text=f"{what}: epoch {ep}{of_max}{batch}")
         else:
             st.progress(0.0, text=f"{what}: {prog['messages'][-1] if prog['messages'] else 'starting'}")
     else:
         st.progress(0.0, text=prog["messages"][-1] if prog["messages"] else "starting ...")
+    words = time_left_words(prog)
+    st.caption(words[:1].upper() + words[1:] + (" (early stopping may end runs sooner)"
+                                                if prog.get("eta_s") is not None else ""))
     if prog["curves"]:
         st.plotly_chart(curves_figure({f"seed {prog['seed']}": prog["curves"]}), key="exp_live_curves",
                         config={"displayModeBar": False})
@@ -271,6 +364,7 @@ def show_results(store: str, res: dict, label: str) -> None:
     else:
         summary = res["summary"]
     stamp = store_stamp(Path(store))
+    n_folds, n_test, n_val = evaluation_of(df)
     n_seeds = int(df["seed"].nunique())
     per_kind = df.groupby("kind")["seed"].nunique()
     has_linear = bool((df["kind"] == "linear").any())
@@ -278,8 +372,19 @@ def show_results(store: str, res: dict, label: str) -> None:
     over = (f"{n_seeds} seed{'s' if n_seeds != 1 else ''}" if per_kind.nunique() <= 1 else
             "seeds: " + ", ".join(f"{kind_label(k)} {int(per_kind[k])}" for k in sorted(
                 per_kind.index, key=lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)))
-    st.markdown(f"#### Segment vs track vs 30 s{' vs linear baseline' if has_linear else ''}"
-                f"{' vs musicnn' if has_musicnn else ''}: mean ± SD over {over}")
+    compared = (["segment", "track"] if (df["kind"] == "snippet").any() else []) + \
+        [name for kind, name in (("full", "30 s"), ("linear", "linear baseline"), ("musicnn", "musicnn"))
+         if (df["kind"] == kind).any()]
+    st.markdown(f"#### {' vs '.join(compared)[:1].upper() + ' vs '.join(compared)[1:]}: mean ± SD over {over}"
+                + (f" of {n_folds}-fold cross-validation" if n_folds else ", held-out split"))
+    if n_folds:
+        st.caption(f"Each figure: {evaluation_basis(n_folds, n_test)}; every track is in a validation part once too "
+                   "(the fold after its test fold).")
+    else:
+        st.caption(f"Each test figure: {evaluation_basis(n_folds, n_test)}."
+                   + (f" Validation: {evaluation_basis(n_folds, n_val, 'val')}." if n_val else "")
+                   + (" With so few test tracks the figures are coarse: cross-validation (*Cross-validation: auto* or "
+                      "a number of folds) tests every track once per seed." if n_test and n_test < 20 else ""))
     configs = [r.get("config") for r in res["runs"] if r.get("kind") in ("snippet", "full")]
     cfg = configs[0] if configs else None
     if isinstance(cfg, str):
@@ -294,7 +399,8 @@ def show_results(store: str, res: dict, label: str) -> None:
     first = df.iloc[0]
     extra = run_metrics_extra(store, stamp, first["run_id"], first["level"], first["split"]) or {}
     n_classes = len(extra.get("classes") or []) or None
-    warn = chance_warning(summary, n_classes, cfg)
+    warn = chance_warning(summary, n_classes, cfg, res["runs"], n_folds,
+                          n_test if n_folds else None)  # pooled folds: every track of the dataset once
     if warn:
         st.warning(warn, icon=":material/warning:")
     st.plotly_chart(headline_figure(summary, PUBLISHED, label), key="exp_headline", config={"displayModeBar": False})
@@ -314,7 +420,8 @@ def show_results(store: str, res: dict, label: str) -> None:
     for split in ("test", "val"):
         lines = [s["text"] for s in (f(split) for f in comparisons) if s]
         if lines:
-            st.markdown(f"**{'Test** (held-out tracks)' if split == 'test' else 'Validation**'}:\n"
+            where = "every track once, the folds pooled" if n_folds else "held-out tracks"
+            st.markdown(f"**{f'Test** ({where})' if split == 'test' else 'Validation**'}:\n"
                         + "\n".join(f"- {t}" for t in lines))
 
     tab_seed, tab_curves, tab_cm, tab_agg = st.tabs(["Per seed", "Learning curves", "Confusion matrix",
@@ -323,26 +430,47 @@ def show_results(store: str, res: dict, label: str) -> None:
         split = st.segmented_control("Split", ["test", "val"], default="test", key="exp_seed_split",
                                      format_func={"test": "test", "val": "validation"}.get) or "test"
         table = per_seed_table(df, res["runs"], split)
+        if len(table) and "seed" in table.columns:
+            n_items = n_test if split == "test" else n_val
+            table.insert(1, "evaluation", (f"{n_folds}-fold cross-validation" if n_folds else
+                                           f"held-out: {n_items} tracks") if n_items else
+                         ("cross-validation" if n_folds else "held-out split"))
+        # fixed widths: the seed and accuracy columns narrow, so that seven approaches fit beside the evaluation
         st.dataframe(table, hide_index=True, width="stretch", column_config={
-            c: st.column_config.NumberColumn(c, format="%.1f %%", help=TABLE_HELP.get(c))
-            for c in table.columns if c not in ("seed", "epochs")})
-        st.caption(f"Accuracy in % per seed on the {'test' if split == 'test' else 'validation'} split. CRNN = the "
-                   "snippet CRNN; linear = the linear baseline (majority vote and log-prob aggregation: the "
-                   "Aggregation tab). Epochs: how many each CRNN (and the musicnn head) trained (its best epoch).")
+            "seed": st.column_config.NumberColumn("seed", width=45),
+            "evaluation": st.column_config.TextColumn("evaluation", width=155, help=(
+                "What each seed's figure rests on: every track once (cross-validation, the folds pooled"
+                + (f"; {n_items} tracks" if n_folds and n_items else "") + ") or the dataset's held-out tracks.")),
+            **{c: st.column_config.NumberColumn(c, format="%.1f %%", help=TABLE_HELP.get(c),
+                                                width=int(18 + 6.3 * len(c)))  # as wide as the header
+               for c in table.columns if c not in ("seed", "evaluation")}})
+        st.caption(f"Accuracy in % per seed on the {'test' if split == 'test' else 'validation'} split"
+                   + (f", each seed's {n_folds} folds pooled (every track once)" if n_folds else
+                      ", the dataset's held-out tracks")
+                   + ". CRNN = the snippet CRNN; linear = the linear baseline (majority vote and log-prob "
+                     "aggregation: the Aggregation tab).")
+        ep = epochs_table([r for r in res["runs"] if r["kind"] != "linear"])
+        if len(ep):
+            st.dataframe(ep, hide_index=True, width="content")
+            st.caption("How many epochs each CRNN (and musicnn head) trained, and its best epoch: the one kept"
+                       + (f", fold by fold (fold 1 to {n_folds})." if n_folds else
+                          " (with the validation figure it was chosen on)."))
         c1, c2 = st.columns(2)
         c1.download_button("Download results (CSV)", results_csv(store, stamp), file_name="genre-lab-results.csv",
                            mime="text/csv", icon=":material/download:")
         c2.download_button("Download full export (JSON)", results_json(store, stamp),
                            file_name="genre-lab-results.json", mime="application/json", icon=":material/download:",
                            help="The store's export format: core.store.import_results reads it into another store.")
-    runs = [r for r in res["runs"] if r["id"] in set(df["run_id"]) or r["status"] != "done"]
+    runs = [r for r in res["runs"] if r["id"] in set(df["run_id"]) or r["status"] != "done"
+            or r.get("fold") is not None]
     with tab_curves:
         kinds = sorted({r["kind"] for r in runs if r["kind"] != "linear"},
                        key=lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)
         if kinds:
             kind = st.segmented_control("Model", kinds, default=kinds[0], format_func=kind_label,
                                         key="exp_curves_kind") or kinds[0]
-            hist = {f"seed {r['seed']}": run_epochs(store, stamp, r["id"]) for r in runs if r["kind"] == kind}
+            hist = {f"seed {r['seed']}" + (f" fold {r['fold'] + 1}" if r.get("fold") is not None else ""):
+                    run_epochs(store, stamp, r["id"]) for r in runs if r["kind"] == kind}
             hist = {k: v for k, v in hist.items() if v}
             if hist:
                 st.plotly_chart(curves_figure(hist), key="exp_curves", config={"displayModeBar": False})
@@ -386,36 +514,61 @@ TABLE_HELP = {name: f"{kind_label(kind)}, {level_label(level)} level" if kind !=
 MONITOR_WORDS = {"val_track_accuracy": "val track acc", "val_accuracy": "val acc", "val_loss": "val loss"}
 
 
-def chance_warning(summary: pd.DataFrame, n_classes: int | None, config: dict | None) -> str | None:
-    """A sentence when the CRNNs score at chance level on the test split, with the likely reasons."""
+def evaluation_of(df: pd.DataFrame) -> tuple[int | None, int | None, int | None]:
+    """``(n_folds, test tracks, validation tracks)`` of an experiment's results: the folds of its pooled runs
+    (None: the held-out split) and the tracks each seed's figure rests on (from its track-level rows)."""
+    nf = df["n_folds"].dropna() if "n_folds" in df.columns else pd.Series([], dtype=float)
+    n_folds = int(nf.iloc[0]) if len(nf) and nf.iloc[0] else None
+
+    def tracks(split: str) -> int | None:
+        rows = df[(df["split"] == split) & df["level"].isin(["track_sum", "full"])]["n"].dropna()
+        return int(rows.max()) if len(rows) else None
+
+    return n_folds, tracks("test"), tracks("val")
+
+
+def chance_warning(summary: pd.DataFrame, n_classes: int | None, config: dict | None, runs: list[dict] | None = None,
+                   n_folds: int | None = None, n_tracks: int | None = None) -> str | None:
+    """A sentence when the CRNNs score at chance level on the test split, with what to try: only what this
+    experiment did not already do (``ui.text.chance_advice`` reads its settings, models and runs)."""
     if not n_classes or summary.empty:
         return None
     chance = 1.0 / n_classes
     crnn = summary[(summary["split"] == "test") & summary["kind"].isin(["snippet", "full"])
                    & summary["level"].isin(["segment", "track_sum", "full"])]
-    low = [f"{kind_label(k)} ({level_label(lv)})" for k, lv, m in
+    low = [(k, f"{kind_label(k)}, {level_label(lv)}") for k, lv, m in
            zip(crnn["kind"], crnn["level"], crnn["accuracy_mean"]) if m <= chance + 0.05]
     if not low:
         return None
-    cfg = config or {}
-    why = []
-    preset = preset_name(cfg)
-    if preset == "paper" or (cfg.get("lr") is not None and cfg["lr"] < 5e-4):
-        why.append(f"the learning rate {cfg.get('lr', 1e-4):g} (the article's) is too low to learn in a few "
-                   "epochs on a small dataset: use the *recommended* settings")
-    if cfg.get("max_epochs") is not None and cfg["max_epochs"] < 10:
-        why.append(f"{cfg['max_epochs']} epochs are too few: leave *Max epochs* empty (early stopping ends a run "
-                   "when it stops improving)")
-    if not why:
-        why.append("too few training tracks or epochs for this model; more data or epochs, or the *recommended* "
-                   "settings, usually help")
-    return (f"At chance level ({chance:.0%} for {n_classes} classes): {', '.join(low)}. Likely why: "
-            + "; ".join(why) + ".")
+    runs = runs or []
+    low_kinds = {k for k, _ in low}
+    best = [r.get("best_epoch") for r in runs if r.get("kind") in low_kinds and r.get("best_epoch")]
+    models = sorted({r.get("kind") for r in runs if r.get("kind")})
+    n_tracks = n_tracks or _dataset_tracks(runs)
+    per_class = round(n_tracks / n_classes) if n_tracks else None
+    tips = chance_advice(config, models, n_folds, per_class, best)
+    return (f"At chance level ({chance:.0%} for {n_classes} classes): {'; '.join(t for _, t in low)}. Try: "
+            + "; ".join(tips[:3]) + ".")
+
+
+def _dataset_tracks(runs: list[dict]) -> int | None:
+    """The tracks of the (snippet) dataset the runs trained on, from its card when it is still there."""
+    from core.folds import fold_parent
+    from core.utils import read_json
+
+    for r in runs:
+        if r.get("kind") in ("snippet", "linear", "musicnn") and r.get("dataset"):
+            card = Path(fold_parent(str(r["dataset"]))) / "card.json"
+            try:
+                counts = read_json(card).get("counts", {}) if card.is_file() else {}
+                return sum(int((counts.get(sp) or {}).get("tracks") or 0) for sp in ("train", "val", "test")) or None
+            except (OSError, ValueError, AttributeError):
+                return None
+    return None
 
 
 def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> pd.DataFrame:
-    """Accuracy per seed (rows) and approach (columns, those of the headline) on one split, in %, and the
-    CRNNs' epochs."""
+    """Accuracy per seed (rows) and approach (columns, those of the headline) on one split, in %."""
     d = df[(df["split"] == split) & pd.Series([kl in TABLE_COLUMNS for kl in zip(df["kind"], df["level"])],
                                               index=df.index)].copy()
     if d.empty:
@@ -423,18 +576,33 @@ def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> p
     d["column"] = [TABLE_COLUMNS[kl] for kl in zip(d["kind"], d["level"])]
     t = d.pivot_table(index="seed", columns="column", values="accuracy", aggfunc="first")
     t = t[[c for c in TABLE_COLUMNS.values() if c in t.columns]] * 100
-    epochs: dict[int, list[tuple[bool, str]]] = {}
-    for r in runs:
-        if r["kind"] != "linear" and r.get("epochs"):  # linear: one L-BFGS fit, no epochs to speak of
-            name = {"snippet": "CRNN", "full": "30 s", "musicnn": "musicnn head"}.get(r["kind"], r["kind"])
-            best = f"best {r['best_epoch'] or '–'}"
-            if r.get("monitor") and r.get("best_value") is not None:
-                best += f": {MONITOR_WORDS.get(r['monitor'], r['monitor'])} {r['best_value']:.3g}"
-            order = {"snippet": 0, "full": 1, "musicnn": 2}.get(r["kind"], 3)
-            epochs.setdefault(r["seed"], []).append((order, f"{name} {r['epochs']} ({best})"))
-    if epochs:
-        t["epochs"] = [", ".join(text for _, text in sorted(epochs.get(s, []))) for s in t.index]
     return t.reset_index()
+
+
+def epochs_table(runs: list[dict]) -> pd.DataFrame:
+    """How long each CRNN and musicnn head trained, one row per seed and model: the epochs run and the best epoch
+    (with cross-validation fold by fold; held out, with the value it was chosen on). The linear baseline is one
+    L-BFGS fit: no epochs to speak of."""
+    names = {"snippet": "snippet CRNN", "full": "30 s CRNN", "musicnn": "musicnn head"}
+    order = {"snippet": 0, "full": 1, "musicnn": 2}
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for r in runs:
+        if r["kind"] == "linear" or not r.get("epochs") or r.get("status") != "done":
+            continue
+        if r.get("fold") is None and r.get("n_folds"):  # a pooled run: its folds are the runs
+            continue
+        groups.setdefault((r["seed"], r["kind"]), []).append(r)
+    rows = []
+    for (seed, kind), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 3))):
+        rs = sorted(rs, key=lambda r: -1 if r.get("fold") is None else r["fold"])
+        ran = sorted({int(r["epochs"]) for r in rs})
+        best = ", ".join(str(r["best_epoch"] or "–") for r in rs)
+        if len(rs) == 1 and rs[0].get("monitor") and rs[0].get("best_value") is not None:
+            best += f" ({MONITOR_WORDS.get(rs[0]['monitor'], rs[0]['monitor'])} {rs[0]['best_value']:.3g})"
+        rows.append({"seed": seed, "model": names.get(kind, kind),
+                     "epochs run": ", ".join(str(int(r["epochs"])) for r in rs) if len(ran) > 1 else str(ran[0]),
+                     "best epoch": best})
+    return pd.DataFrame(rows, columns=["seed", "model", "epochs run", "best epoch"])
 
 
 def confusion_tab(store: str, stamp: float, df: pd.DataFrame) -> None:
@@ -442,8 +610,11 @@ def confusion_tab(store: str, stamp: float, df: pd.DataFrame) -> None:
         return
     c = st.columns(3)
     combos = df[["kind", "level"]].drop_duplicates().itertuples(index=False)
-    combos = [(k, lvl) for k, lvl in combos]
-    combo = c[0].selectbox("Model and level", combos, key="exp_cm_level",
+    kinds, levels = list(KIND_LABELS), list(LEVEL_LABELS)  # the models in the headline's order, the CRNN first
+    combos = sorted(((k, lvl) for k, lvl in combos), key=lambda kl: (
+        kinds.index(kl[0]) if kl[0] in kinds else 9, levels.index(kl[1]) if kl[1] in levels else 9))
+    first = next((i for i, kl in enumerate(combos) if kl[1] in ("track_sum", "full")), 0)  # the article's figure
+    combo = c[0].selectbox("Model and level", combos, index=first, key="exp_cm_level",
                            format_func=lambda kl: f"{kind_label(kl[0])} · {level_label(kl[1])}")
     split = c[1].selectbox("Split", ["test", "val"], key="exp_cm_split")
     sub = df[(df["kind"] == combo[0]) & (df["level"] == combo[1]) & (df["split"] == split)]

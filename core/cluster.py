@@ -313,7 +313,7 @@ class _Watch:
             return None
 
     def base(self) -> dict:
-        return {"seed": self.job["seed"], "model": self.job["kind"], "run": self.job["run_id"]}
+        return dict(self.job["base"])
 
     def epochs_from(self, records: list[dict]) -> None:
         new = sorted((r for r in records if int(r["epoch"]) > self.epochs), key=lambda r: r["epoch"])
@@ -353,25 +353,28 @@ class _Watch:
 def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], config, *,
                emit: Callable[[dict], None], should_stop: Callable[[], bool] | None = None, hop_s: float = 1.0,
                splits=("val", "test"), address: str | None = None, cpus_per_task: int = DEFAULT_CPUS_PER_TASK,
-               max_retries: int = DEFAULT_MAX_RETRIES, poll_s: float = 0.5) -> tuple[list[dict], bool]:
-    """Every (seed, kind) run not yet ``done`` in ``store`` as one Ray task; returns ``(runs, stopped)`` like
-    the local loop of ``run_experiment``. Failed runs are recorded and the others carry on; then
-    :class:`ExperimentError` names the failures."""
+               max_retries: int = DEFAULT_MAX_RETRIES, poll_s: float = 0.5,
+               folds: list | tuple = (None,)) -> tuple[list[dict], bool]:
+    """Every (seed, kind, fold) run not yet ``done`` in ``store`` as one Ray task; returns ``(runs, stopped)``
+    like the local loop of ``run_experiment``. ``datasets``: ``{(kind, fold): dataset}`` (``fold`` None without
+    cross-validation; a fold of ``core.folds`` is an ordinary dataset folder, so the task is the same).
+    Failed runs are recorded and the others carry on; then :class:`ExperimentError` names the failures."""
 
     if cpus_per_task < 1:
         raise ClusterError("--ray-cpus-per-task must be >= 1")
-    runs: dict[tuple[int, str], dict] = {}
+    runs: dict[tuple[int, str, Any], dict] = {}
     todo = []
     for seed in seeds:
         for kind in models:
-            ds = datasets[kind]
-            run_id, base, done = plan_run(store, ds, kind, seed, config, emit)
-            if done:
-                runs[(seed, kind)] = done
-                continue
-            todo.append({"seed": seed, "kind": kind, "run_id": run_id, "ds": ds,
-                         "run_dir": store.run_dir(run_id).resolve()})
-    order = [(s, k) for s in seeds for k in models]
+            for fold in folds:
+                ds = datasets[(kind, fold)]
+                run_id, base, done = plan_run(store, ds, kind, seed, config, emit)
+                if done:
+                    runs[(seed, kind, fold)] = done
+                    continue
+                todo.append({"seed": seed, "kind": kind, "fold": fold, "run_id": run_id, "ds": ds, "base": base,
+                             "run_dir": store.run_dir(run_id).resolve()})
+    order = [(s, k, f) for s in seeds for k in models for f in folds]
     if not todo:
         return [runs[key] for key in order], False
     stopped = False
@@ -389,7 +392,7 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                 (rd / stale).unlink(missing_ok=True)
             ds = job["ds"]
             store.upsert_run(job["run_id"], str(ds.path), ds.card.get("build_id"), job["kind"], job["seed"],
-                             config.to_dict(), "queued")
+                             config.to_dict(), "queued", fold=job["fold"], n_folds=job["base"].get("n_folds"))
             spec = {"run_id": job["run_id"], "kind": job["kind"], "seed": job["seed"],
                     "dataset": str(Path(ds.path).resolve()), "run_dir": str(rd), "config": config.to_dict(),
                     "hop_s": hop_s, "splits": list(splits)}
@@ -413,7 +416,7 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                     job, w = pending.pop(ref)
                     w.poll()
                     base = w.base()
-                    key = (job["seed"], job["kind"])
+                    key = (job["seed"], job["kind"], job["fold"])
                     try:
                         res = ray.get(ref)
                     except ray.exceptions.TaskCancelledError:
@@ -425,7 +428,8 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                         store.set_status(job["run_id"], "failed", msg)
                         emit({**base, "state": "failed", "message": msg})
                         runs[key] = {**base, "status": "failed", "message": msg}
-                        failures.append(f"{job['kind']} seed {job['seed']}: {msg}")
+                        where = f" fold {job['fold']}" if job["fold"] is not None else ""
+                        failures.append(f"{job['kind']} seed {job['seed']}{where}: {msg}")
                         continue
                     w.epochs_from(res["history"])
                     store.add_epochs(job["run_id"], res["history"])
@@ -439,7 +443,9 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                     store.write_evaluation(job["run_id"], results, "done")
                     summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
                     emit({**base, "state": "done", "phase": "evaluate", "metrics": summary, "node": res["host"],
-                          "message": f"{job['kind']} seed {job['seed']} done"})
+                          "message": f"{job['kind']} seed {job['seed']}"
+                                     + (f", fold {base['fold'] + 1} of {base['n_folds']}" if base.get("n_folds") else "")
+                                     + " done"})
                     runs[key] = {**base, "status": "done", "metrics": summary, "node": res["host"],
                                  "resumed_from": res["resumed_from"], "attempts": w.attempt,
                                  "task_seconds": res.get("seconds")}

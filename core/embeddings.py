@@ -6,22 +6,25 @@ audio.
 holds the CRNN's 22.05 kHz features, so the audio is decoded again: each track listed in ``manifest.json``
 (``abs_path``) at 16 kHz, musicnn's log-mel of the whole track (:func:`core.musicnn.log_mel`), a 3 s patch
 (187 frames) at each snippet's start time (``{split}_start.npy``, nearest 16 ms frame), the network's
-``penultimate`` output. Also, for the val and test tracks, the patches every ``hop_s`` (1 s) over the whole
-track: the windows that track-level evaluation aggregates (the :class:`core.predictor.Predictor` code path for
-the musicnn front end, computed once per dataset instead of once per trained head). Written into
+``penultimate`` output. Also, for the val and test tracks (every track with ``all_windows``: cross-validation
+tests each track once, ``core.folds``), the patches every ``hop_s`` (1 s) over the whole track: the windows
+that track-level evaluation aggregates (the :class:`core.predictor.Predictor` code path for the musicnn front
+end, computed once per dataset instead of once per trained head). Written into
 ``DATASET/embeddings-msd-musicnn/``:
 
 ```
 card.json             model (name, wheel and weights sha256), dataset build_id, counts, hop, input parameters,
                       library versions, time; written LAST (= complete)
 {split}_E.npy         float32 (N, 200): one row per row of {split}_y.npy (same order)
-{split}_W.npy         float32 (M, 200): windows every hop_s of each val/test track
+{split}_W.npy         float32 (M, 200): windows every hop_s of each val/test track (train too: all_windows)
 {split}_W_track.npy   int64 (M,): manifest index of each window's track
 {split}_W_start.npy   float64 (M,): window start in seconds
 .work-<hash>/         per-track results while computing (resume after a kill); removed when complete
 ```
 
-A second call returns at once when the card matches (same dataset build, same model, same hop).
+A second call returns at once when the card matches (same dataset build, same model, same hop, and windows
+for at least the splits asked for). A cross-validation fold's embeddings (:func:`fold_embeddings`) are the
+parent's rows re-indexed, in the same format, without decoding audio.
 
 **Head** (:func:`train_embedding_head`): standardisation (train statistics) -> [Dense(hidden, ReLU) -> Dropout]
 -> Dense softmax, Adam, seeded; the epoch with the best validation accuracy (snippet level; ties: lower loss)
@@ -35,6 +38,7 @@ without Keras), windows and aggregation as for the CRNNs.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -54,6 +58,8 @@ KIND = "musicnn"
 #: the head the "musicnn" model kind trains: chosen on Emotify's VALIDATION track-level accuracy among four
 #: settings (5 seeds each; docs/musicnn.md), never on the test split
 DEFAULT_HEAD = {"hidden": 128, "dropout": 0.5, "lr": 3e-4, "l2": 1e-3, "monitor": "val_track_accuracy"}
+#: the most epochs a head trains (early stopping on the monitor after ``patience`` epochs without a better one)
+HEAD_EPOCHS = 60
 EMBED_DIRNAME = "embeddings-msd-musicnn"
 EMBED_FORMAT = 1
 SPLITS = ("train", "val", "test")
@@ -122,11 +128,12 @@ def _plan(dataset) -> dict[int, dict[str, Any]]:
 def embed_dataset(dataset_path: str | os.PathLike, model_dir: str | os.PathLike | None = None,
                   hop_s: float = 1.0, progress: ProgressFn | None = None,
                   should_stop: Callable[[], bool] | None = None, batch_size: int = 32,
-                  embedder: MusicnnEmbedder | None = None) -> Path:
+                  embedder: MusicnnEmbedder | None = None, all_windows: bool = False) -> Path:
     """Compute (or find cached) musicnn embeddings of every snippet of a dataset; returns the embeddings folder.
 
-    ``progress(done, total, track)`` after each track. Raises :class:`EmbeddingError` (unreadable dataset,
-    missing audio) or :class:`EmbedStopped` (on ``should_stop()``; run again to resume).
+    ``progress(done, total, track)`` after each track. ``all_windows``: the 1 s windows of the training tracks
+    too (cross-validation). Raises :class:`EmbeddingError` (unreadable dataset, missing audio) or
+    :class:`EmbedStopped` (on ``should_stop()``; run again to resume).
     """
     from core.audio import AudioError, load_audio
     from core.dataset import DatasetError, load_dataset
@@ -139,17 +146,21 @@ def embed_dataset(dataset_path: str | os.PathLike, model_dir: str | os.PathLike 
         raise EmbeddingError(f"{ds.path} is a full-clip dataset: embed the snippet dataset it was derived from")
     emb = embedder or MusicnnEmbedder(model_dir, batch_size)
     ident = emb.identity()
-    key = stable_hash({"build_id": ds.card.get("build_id"), "model": ident, "hop_s": float(hop_s),
-                       "format": EMBED_FORMAT})
+    base_key = stable_hash({"build_id": ds.card.get("build_id"), "model": ident, "hop_s": float(hop_s),
+                            "format": EMBED_FORMAT})
+    window_splits = SPLITS if all_windows else WINDOW_SPLITS
+    key = base_key if not all_windows else stable_hash({"base": base_key, "windows": list(SPLITS)})
     out = embeddings_dir(ds.path)
     card_path = out / "card.json"
     if card_path.exists():
         try:
-            if read_json(card_path).get("key") == key:
+            old = read_json(card_path)
+            if old.get("base_key", old.get("key")) == base_key and \
+                    set(window_splits) <= set(old.get("window_splits", WINDOW_SPLITS)):
                 return out
-        except (ValueError, OSError):
+        except (ValueError, OSError, AttributeError):
             pass
-        card_path.unlink()  # stale (other build or model): recompute
+        card_path.unlink()  # stale (other build or model, or windows missing): recompute
     out.mkdir(parents=True, exist_ok=True)
     work = out / f".work-{key}"
     work.mkdir(exist_ok=True)
@@ -173,20 +184,22 @@ def embed_dataset(dataset_path: str | os.PathLike, model_dir: str | os.PathLike 
                 raise EmbeddingError(f"embeddings need the source audio; {row['abs_path']}: {exc}") from exc
             mel = mn.log_mel(y)
             sf = np.asarray([mn.frames_at(s) for s in job["starts"]], dtype=np.int64)
-            wf = window_start_frames(mel.shape[0], hop_s) if job["split"] in WINDOW_SPLITS else np.zeros(0, np.int64)
+            wf = window_start_frames(mel.shape[0], hop_s) if job["split"] in window_splits else np.zeros(0, np.int64)
             if mel.shape[0] >= mn.PATCH_FRAMES:  # every patch of the track in one pass (shared timbral front end)
                 clipped = np.clip(sf, 0, mel.shape[0] - mn.PATCH_FRAMES)
                 moved = int((clipped != sf).sum())
-                pen = emb.embed_track(mel, np.concatenate([clipped, wf]))
+                # snippet starts fall on the 1 s window grid (the same frame rounding): each patch once
+                uniq, inv = np.unique(np.concatenate([clipped, wf]), return_inverse=True)
+                pen = emb.embed_track(mel, uniq)[inv]
                 arrays = {"E": pen[:len(sf)], "moved": np.array(moved)}
-                if job["split"] in WINDOW_SPLITS:
+                if job["split"] in window_splits:
                     arrays["W"] = pen[len(sf):]
             else:
                 xs, moved = cut_patches(mel, sf)
                 arrays = {"E": emb.embed_patches(xs), "moved": np.array(moved)}
-                if job["split"] in WINDOW_SPLITS:
+                if job["split"] in window_splits:
                     arrays["W"] = emb.embed_patches(cut_patches(mel, wf)[0])
-            if job["split"] in WINDOW_SPLITS:
+            if job["split"] in window_splits:
                 arrays["W_start"] = wf * mn.HOP / mn.SR
             import io
 
@@ -217,7 +230,7 @@ def embed_dataset(dataset_path: str | os.PathLike, model_dir: str | os.PathLike 
                     W_start.append(z["W_start"].astype(np.float64))
         atomic_save_npy(out / f"{split}_E.npy", E)
         counts[split] = {"snippets": n, "tracks": int(sum(1 for j in plan.values() if j["split"] == split))}
-        if split in WINDOW_SPLITS:
+        if split in window_splits:
             atomic_save_npy(out / f"{split}_W.npy", np.concatenate(W) if W else np.zeros((0, mn.EMBEDDING_DIM), np.float32))
             atomic_save_npy(out / f"{split}_W_track.npy", np.concatenate(W_track) if W_track else np.zeros(0, np.int64))
             atomic_save_npy(out / f"{split}_W_start.npy", np.concatenate(W_start) if W_start else np.zeros(0))
@@ -225,7 +238,8 @@ def embed_dataset(dataset_path: str | os.PathLike, model_dir: str | os.PathLike 
     import keras
 
     card = {
-        "format": EMBED_FORMAT, "key": key, "kind": "musicnn-embeddings", "model": ident,
+        "format": EMBED_FORMAT, "key": key, "base_key": base_key, "window_splits": list(window_splits),
+        "kind": "musicnn-embeddings", "model": ident,
         "model_dir": str(emb.model_dir), "dataset": str(ds.path), "dataset_build_id": ds.card.get("build_id"),
         "classes": ds.classes, "counts": counts, "hop_s": float(hop_s), "input": dict(mn.INPUT_PARAMS),
         "snippet_rule": "3 s patch (187 frames) of the track's 16 kHz musicnn log-mel at each snippet's start "
@@ -257,10 +271,73 @@ def load_embeddings(dataset_path: str | os.PathLike) -> Embeddings:
                              f"{dataset_path}` first")
     card = read_json(d / "card.json")
     E = {s: np.load(d / f"{s}_E.npy") for s in SPLITS}
-    W = {s: np.load(d / f"{s}_W.npy") for s in WINDOW_SPLITS}
-    Wt = {s: np.load(d / f"{s}_W_track.npy") for s in WINDOW_SPLITS}
-    Ws = {s: np.load(d / f"{s}_W_start.npy") for s in WINDOW_SPLITS}
+    splits = [s for s in SPLITS if s in card.get("window_splits", WINDOW_SPLITS)]
+    W = {s: np.load(d / f"{s}_W.npy") for s in splits}
+    Wt = {s: np.load(d / f"{s}_W_track.npy") for s in splits}
+    Ws = {s: np.load(d / f"{s}_W_start.npy") for s in splits}
     return Embeddings(d, card, E, W, Wt, Ws)
+
+
+def fold_embeddings(parent_path: str | os.PathLike, fold_ds) -> Path:
+    """The embeddings of a cross-validation fold (``core.folds.fold_dataset``) from its parent's, computed with
+    ``all_windows`` (:func:`embed_dataset`): each fold row's snippet embedding and each val/test track's
+    windows, re-indexed; nothing decoded. Written in the ordinary format; reused while the parent's
+    embeddings and the fold are the same."""
+    from core.dataset import load_dataset
+
+    parent = load_dataset(parent_path)
+    src = load_embeddings(parent.path)
+    if set(src.card.get("window_splits", WINDOW_SPLITS)) != set(SPLITS):
+        raise EmbeddingError(f"the embeddings of {parent.path} lack the training tracks' windows: run "
+                             "embed_dataset(..., all_windows=True) first")
+    key = stable_hash({"parent": src.card.get("key"), "fold": fold_ds.card.get("build_id")})
+    out = embeddings_dir(fold_ds.path)
+    card_path = out / "card.json"
+    try:
+        if card_path.exists() and read_json(card_path).get("key") == key:
+            return out
+    except (OSError, ValueError):
+        pass
+    card_path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # parent row of each (track, start): the fold's rows are the parent's, re-indexed by track
+    where: dict[tuple[int, float], tuple[str, int]] = {}
+    for s in SPLITS:
+        for r, (t, st) in enumerate(zip(np.asarray(parent.track(s)), np.asarray(parent.start(s)))):
+            where[(int(t), round(float(st), 6))] = (s, r)
+    wins: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for s in SPLITS:
+        wt = src.W_track[s]
+        for t in np.unique(wt):
+            sel = wt == t
+            wins[int(t)] = (src.W[s][sel], src.W_start[s][sel])
+    counts = {}
+    for s in SPLITS:
+        tr, st = np.asarray(fold_ds.track(s)), np.asarray(fold_ds.start(s))
+        E = np.zeros((len(tr), mn.EMBEDDING_DIM), np.float32)
+        for i, (t, t0) in enumerate(zip(tr, st)):
+            ps, r = where[(int(t), round(float(t0), 6))]
+            E[i] = src.E[ps][r]
+        atomic_save_npy(out / f"{s}_E.npy", E)
+        counts[s] = {"snippets": int(len(tr)), "tracks": int(len(np.unique(tr)))}
+        if s in WINDOW_SPLITS:
+            ts = [int(t) for t in np.unique(tr)]
+            atomic_save_npy(out / f"{s}_W.npy", np.concatenate([wins[t][0] for t in ts]) if ts
+                            else np.zeros((0, mn.EMBEDDING_DIM), np.float32))
+            atomic_save_npy(out / f"{s}_W_track.npy", np.concatenate([np.full(len(wins[t][0]), t, np.int64)
+                                                                      for t in ts]) if ts else np.zeros(0, np.int64))
+            atomic_save_npy(out / f"{s}_W_start.npy", np.concatenate([wins[t][1] for t in ts]) if ts
+                            else np.zeros(0))
+            counts[s]["windows"] = int(sum(len(wins[t][0]) for t in ts))
+    card = {k: v for k, v in src.card.items() if k not in ("key", "base_key", "window_splits", "counts")}
+    # base_key as embed_dataset computes it for the fold: a call on the fold finds these and decodes nothing
+    base_key = stable_hash({"build_id": fold_ds.card.get("build_id"), "model": src.card.get("model"),
+                            "hop_s": float(src.card.get("hop_s", 1.0)), "format": EMBED_FORMAT})
+    card.update(key=key, base_key=base_key, window_splits=list(WINDOW_SPLITS), counts=counts, dataset=str(fold_ds.path),
+                dataset_build_id=fold_ds.card.get("build_id"), derived_from=str(src.path),
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    atomic_write_json(card_path, card)
+    return out
 
 
 # =========================================================================================================
@@ -330,7 +407,7 @@ def _xent(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int = 0,
-                         run_dir: str | os.PathLike | None = None, *, epochs: int = 60, batch_size: int = 64,
+                         run_dir: str | os.PathLike | None = None, *, epochs: int = HEAD_EPOCHS, batch_size: int = 64,
                          lr: float = 1e-3, dropout: float = 0.3, l2: float = 1e-4, patience: int = 20,
                          monitor: str = "val_accuracy", model_dir: str | os.PathLike | None = None,
                          save_model: bool = True, on_epoch: Callable[[dict], None] | None = None) -> HeadResult:
@@ -368,10 +445,20 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
         track_y = np.array([classes.index(c) for c in ds.manifest.loc[track_ids, "class"]])
     best: tuple = (-np.inf,)
     best_w, best_epoch, wait, history = head.get_weights(), 1, 0, []
+    order_rng = np.random.default_rng([int(seed), 11])
+    E_tr, y_tr = emb.E["train"], y["train"]
     for epoch in range(1, epochs + 1):
         te = time.perf_counter()
-        h = head.fit(emb.E["train"], y["train"], batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
-        rec = {"epoch": epoch, "loss": float(h.history["loss"][-1]), "accuracy": float(h.history["accuracy"][-1]),
+        # minibatches through the compiled train step (Keras' fit() builds a tf.data pipeline per call: ~0.35 s
+        # an epoch for a few hundred 200-d rows, the whole cost of a head)
+        order = order_rng.permutation(len(y_tr))
+        tot = {"loss": 0.0, "accuracy": 0.0}
+        for a in range(0, len(order), batch_size):
+            idx = order[a:a + batch_size]
+            out = head.train_on_batch(E_tr[idx], y_tr[idx], return_dict=True)
+            for k in tot:
+                tot[k] += float(out[k]) * len(idx)
+        rec = {"epoch": epoch, "loss": tot["loss"] / len(order), "accuracy": tot["accuracy"] / len(order),
                "lr": float(lr)}
         if has_val:
             p = head.predict_on_batch(emb.E["val"])
@@ -379,7 +466,7 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
             rec["val_loss"] = _xent(p, y["val"])
             rec["val_accuracy"] = float((p.argmax(1) == y["val"]).mean())
             if track_y is not None:
-                pw = np.asarray(head.predict(emb.W["val"], batch_size=4096, verbose=0))
+                pw = np.asarray(head.predict_on_batch(emb.W["val"]))
                 sums = np.zeros((len(track_ids), pw.shape[1]))
                 np.add.at(sums, track_pos, pw)
                 rec["val_track_accuracy"] = float((sums.argmax(1) == track_y).mean())
@@ -424,7 +511,7 @@ def save_head_model(run_dir, head, ds, emb: Embeddings, res: HeadResult, model_d
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    musicnn_model, mcard = mn.load_musicnn(model_dir or mn.default_model_dir())
+    musicnn_model, mcard = _musicnn(str(model_dir or mn.default_model_dir()))
     full = combined_model(musicnn_model, head)
     for name, m in (("best.keras", full), ("head.keras", head)):
         tmp = run_dir / f".{name}.tmp.keras"
@@ -438,6 +525,13 @@ def save_head_model(run_dir, head, ds, emb: Embeddings, res: HeadResult, model_d
                         n_params=int(full.count_params()), macs_per_sample=mn.count_macs())
     write_model_card(run_dir, card)
     return run_dir / "best.keras"
+
+
+@functools.lru_cache(maxsize=2)
+def _musicnn(model_dir: str):
+    """The converted musicnn, built once per process (an experiment saves a musicnn + head model per run;
+    the combined models share its layers)."""
+    return mn.load_musicnn(model_dir)
 
 
 def musicnn_card(classes: list[str], musicnn_card_: dict, **extra: Any) -> dict:

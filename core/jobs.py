@@ -312,7 +312,7 @@ class EventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(self, event: dict[str, Any] | None = None, **fields: Any) -> dict:
-        ev = {"t": _now(), **(event or {}), **fields}
+        ev = {"t": _now(), "ts": round(time.time(), 2), **(event or {}), **fields}
         line = json.dumps(ev, default=str) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)
@@ -508,15 +508,26 @@ def find_job(job_dir: str | os.PathLike) -> Job | None:
 
 
 def job_status(job: Job) -> dict[str, Any]:
-    """``job.state()`` plus the last event that carried progress numbers (``done`` / ``total`` / ``fraction``)."""
+    """``job.state()`` plus the last event that carried progress numbers (``done`` / ``total`` / ``fraction``),
+    ``elapsed_s`` (since the job's first event; to its last one once it has ended) and ``eta_s`` (that event's
+    estimate of the time left, less the time since; None when it has none)."""
     events, _ = read_events(job.events_path)
     st = job.state()
+    now = time.time()
     for ev in reversed(events):
         if "fraction" in ev:
             st.setdefault("fraction", ev["fraction"])
             st.setdefault("done", ev.get("done"))
             st.setdefault("total", ev.get("total"))
+            eta, ts = ev.get("eta_s"), ev.get("ts")
+            # the estimate as of now: the time since that event is gone from it
+            st["eta_s"] = (max(0.0, float(eta) - (now - float(ts))) if isinstance(eta, (int, float))
+                           and isinstance(ts, (int, float)) else None)
             break
+    first = next((ev.get("ts") for ev in events if isinstance(ev.get("ts"), (int, float))), None)
+    if first is not None:
+        end = st.get("ts") if not st.get("alive") and isinstance(st.get("ts"), (int, float)) else now
+        st["elapsed_s"] = max(0.0, float(end) - float(first))
     return st
 
 
@@ -544,7 +555,9 @@ class JobReport:
     forced one), the stop flag (``--stop-file``, and SIGTERM with ``signals``) and one final event.
 
     Without ``--events`` nothing is written (the command draws its own progress bar). Event fields:
-    ``state`` (running / done / failed / stopped), ``job``, ``message``, ``done``, ``total``, ``fraction``
+    ``state`` (running / done / failed / stopped), ``job``, ``message``, ``done``, ``total``, ``fraction``,
+    ``elapsed_s`` (since the command started) and ``eta_s`` (time left at the rate since the first progress
+    report of this process, which leaves out work a resumed job had already done; None until it can tell)
     and, on success, ``result``.
     """
 
@@ -556,6 +569,8 @@ class JobReport:
         if signals:
             self.should_stop.install_signals()
         self._last = 0.0
+        self._t0 = time.monotonic()
+        self._first: tuple[float, float] | None = None  # (time, fraction) of the first progress report
 
     @property
     def active(self) -> bool:
@@ -573,7 +588,31 @@ class JobReport:
         self._last = now
         frac = (done / total) if total else None
         self.emit(done=done, total=total, message=message,
-                  fraction=None if frac is None else round(min(max(frac, 0.0), 1.0), 4))
+                  fraction=None if frac is None else round(min(max(frac, 0.0), 1.0), 4),
+                  elapsed_s=round(now - self._t0, 1), eta_s=self.eta(frac, now))
+
+    def time_words(self, frac: float | None) -> str:
+        """``"elapsed 0:12, about 0:30 left"`` for command-line progress lines (the events carry the numbers)."""
+        from core.utils import format_duration
+
+        now = time.monotonic()
+        eta = self.eta(frac, now)
+        return f"elapsed {format_duration(now - self._t0)}" + (f", about {format_duration(eta)} left"
+                                                               if eta is not None else "")
+
+    def eta(self, frac: float | None, now: float | None = None) -> float | None:
+        """Seconds left at the rate since the first report with a fraction (None before a rate is known: less
+        than 2 s or 1 % of progress since then)."""
+        if frac is None:
+            return None
+        now = time.monotonic() if now is None else now
+        if self._first is None:
+            self._first = (now, frac)
+            return None
+        t0, f0 = self._first
+        if now - t0 < 2.0 or frac - f0 < 0.01:
+            return None
+        return round((1.0 - frac) * (now - t0) / (frac - f0), 1)
 
     def run(self, work: Callable[[], tuple[str, Any]], *, failed_code: int = 1) -> int:
         """Run ``work()`` (returning ``(message, result)``) and end with one final event; returns the exit code:

@@ -4,7 +4,10 @@ Tables (all writes in transactions; the database is in WAL mode so the dashboard
 
 * ``meta``         ``schema_version`` (a store written by a newer schema is refused, untouched);
 * ``runs``         one row per (dataset build, model kind, seed, config): status queued / running / done /
-                   failed / stopped, timestamps, epochs run;
+                   failed / stopped, timestamps, epochs run; with cross-validation (``core.folds``) one row
+                   per fold (``fold`` 0..k-1, ``n_folds`` k; ``dataset`` is the fold's folder) and one
+                   *pooled* row per (kind, seed) (``fold`` NULL, ``n_folds`` k): the folds' predictions
+                   pooled, every track once, the row that results and summaries read;
 * ``epochs``       per-epoch training history;
 * ``metrics``      per run, level (segment | track_sum | track_vote | track_logprob | full) and split
                    (val | test): accuracy, macro-F1 and a JSON ``extra`` (confusion matrix, per-class P/R);
@@ -34,7 +37,8 @@ from typing import Any, Iterable
 from core.errors import GenreLabError
 from core.utils import atomic_write_bytes, atomic_write_json, read_json, stable_hash
 
-SCHEMA_VERSION = 2  # 2: runs.monitor, runs.best_value, epochs.val_track_accuracy (added to v1 stores in place)
+SCHEMA_VERSION = 3  # 2: runs.monitor, runs.best_value, epochs.val_track_accuracy; 3: runs.fold, runs.n_folds
+#                      (cross-validation); added to older stores in place
 DB_NAME = "experiments.sqlite"
 RUNS_NAME = "runs"
 RESULTS_NAME = "results.json"  # in each evaluated run folder: what the index holds about the run
@@ -48,7 +52,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, dataset TEXT NOT NULL, build_id TEXT, kind TEXT NOT NULL, seed INTEGER NOT NULL,
     config TEXT NOT NULL, status TEXT NOT NULL, created_at TEXT, updated_at TEXT, finished_at TEXT,
     epochs INTEGER NOT NULL DEFAULT 0, best_epoch INTEGER, message TEXT, source TEXT DEFAULT 'local',
-    monitor TEXT, best_value REAL);
+    monitor TEXT, best_value REAL, fold INTEGER, n_folds INTEGER);
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL, epoch INTEGER NOT NULL, loss REAL, accuracy REAL, val_loss REAL,
     val_accuracy REAL, lr REAL, seconds REAL, val_track_accuracy REAL, PRIMARY KEY (run_id, epoch));
@@ -127,15 +131,25 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def make_run_id(build_id: str, kind: str, seed: int, config: dict) -> str:
-    """Deterministic id: the same dataset, model, seed and settings always map to the same run."""
+def make_run_id(build_id: str, kind: str, seed: int, config: dict, fold: int | None = None,
+                n_folds: int | None = None) -> str:
+    """Deterministic id: the same dataset, model, seed and settings always map to the same run.
+
+    Cross-validation: fold ``f`` of ``k`` gives ``KIND-sSEED-fF-HASH`` (``build_id``: the fold's), the pooled run
+    of the ``k`` folds ``KIND-sSEED-cvK-HASH`` (``build_id``: the parent dataset's); held-out runs keep the ids
+    they always had."""
     cfg = {k: v for k, v in config.items() if k not in ("workers",)}
-    return f"{kind}-s{seed}-{stable_hash({'build': build_id, 'kind': kind, 'seed': seed, 'config': cfg}, 10)}"
+    key: dict = {'build': build_id, 'kind': kind, 'seed': seed, 'config': cfg}
+    tag = ""
+    if n_folds:
+        key.update(fold=fold, n_folds=int(n_folds))
+        tag = f"-f{fold}" if fold is not None else f"-cv{int(n_folds)}"
+    return f"{kind}-s{seed}{tag}-{stable_hash(key, 10)}"
 
 
 #: columns added after schema 1: (table, column, type); a v1 store gains them in place (NULL in old rows)
 ADDED_COLUMNS = (("runs", "monitor", "TEXT"), ("runs", "best_value", "REAL"),
-                 ("epochs", "val_track_accuracy", "REAL"))
+                 ("epochs", "val_track_accuracy", "REAL"), ("runs", "fold", "INTEGER"), ("runs", "n_folds", "INTEGER"))
 EPOCH_COLUMNS = ("run_id", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
                  "val_track_accuracy")
 
@@ -314,17 +328,20 @@ class Store:
         return r
 
     def upsert_run(self, run_id: str, dataset: str, build_id: str | None, kind: str, seed: int, config: dict,
-                   status: str = "queued", source: str = "local") -> None:
+                   status: str = "queued", source: str = "local", fold: int | None = None,
+                   n_folds: int | None = None) -> None:
+        """Insert a run, or update its status (and dataset path). ``fold`` / ``n_folds``: a fold run
+        (``fold`` 0..k-1) or a pooled cross-validation run (``fold`` None, ``n_folds`` k)."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         now = _now()
         with self.transaction() as con:
             con.execute(
-                "INSERT INTO runs (id, dataset, build_id, kind, seed, config, status, created_at, updated_at, source)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status,"
-                " updated_at=excluded.updated_at, dataset=excluded.dataset",
+                "INSERT INTO runs (id, dataset, build_id, kind, seed, config, status, created_at, updated_at, source,"
+                " fold, n_folds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+                " status=excluded.status, updated_at=excluded.updated_at, dataset=excluded.dataset",
                 (run_id, str(dataset), build_id, kind, int(seed), json.dumps(config, sort_keys=True), status, now,
-                 now, source))
+                 now, source, None if fold is None else int(fold), int(n_folds) if n_folds else None))
 
     def set_status(self, run_id: str, status: str, message: str | None = None) -> None:
         if status not in STATUSES:
@@ -417,22 +434,27 @@ class Store:
 # frames
 # ---------------------------------------------------------------------------------------------------------
 RESULT_COLUMNS = ["run_id", "kind", "seed", "level", "split", "accuracy", "macro_f1", "n", "status", "epochs",
-                  "best_epoch", "dataset", "build_id", "source", "monitor", "best_value"]
+                  "best_epoch", "dataset", "build_id", "source", "monitor", "best_value", "n_folds", "fold"]
 
 
 def _as_store(store) -> Store:
     return store if isinstance(store, Store) else Store(store, create=False)
 
 
-def results_frame(store):
-    """One row per (run, level, split) with the run's kind, seed and status: the results in one call."""
+def results_frame(store, folds: bool = False):
+    """One row per (run, level, split) with the run's kind, seed and status: the results in one call.
+
+    Cross-validated experiments appear as their pooled runs (one per kind and seed, ``n_folds`` = k, every
+    track once); the single folds' rows only with ``folds=True`` (``fold`` 0..k-1): averaging them with the
+    pooled rows would count every track twice."""
     import pandas as pd
 
     s = _as_store(store)
+    where = "" if folds else " WHERE r.fold IS NULL"
     rows = s.query("SELECT m.run_id, r.kind, r.seed, m.level, m.split, m.accuracy, m.macro_f1, m.n, r.status,"
-                   " r.epochs, r.best_epoch, r.dataset, r.build_id, r.source, r.monitor, r.best_value"
-                   " FROM metrics m JOIN runs r"
-                   " ON r.id = m.run_id ORDER BY r.kind, m.level, m.split, r.seed")
+                   " r.epochs, r.best_epoch, r.dataset, r.build_id, r.source, r.monitor, r.best_value, r.n_folds,"
+                   f" r.fold FROM metrics m JOIN runs r ON r.id = m.run_id{where}"
+                   " ORDER BY r.kind, m.level, m.split, r.seed")
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
@@ -515,11 +537,14 @@ def import_results(path: str | os.PathLike, store=None):
     rows = []
     for m in doc["metrics"]:
         r = runs.get(m["run_id"], {})
+        if r.get("fold") is not None:  # a single fold: its pooled run is the result (as in results_frame)
+            continue
         rows.append({"run_id": m["run_id"], "kind": r.get("kind"), "seed": r.get("seed"), "level": m["level"],
                      "split": m["split"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m.get("n"),
                      "status": r.get("status"), "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
                      "dataset": r.get("dataset"), "build_id": r.get("build_id"), "source": "imported",
-                     "monitor": r.get("monitor"), "best_value": r.get("best_value")})
+                     "monitor": r.get("monitor"), "best_value": r.get("best_value"), "n_folds": r.get("n_folds"),
+                     "fold": None})
     if store is not None:
         s = store if isinstance(store, Store) else Store(store)
         with s.transaction() as con:
@@ -536,8 +561,8 @@ def import_results(path: str | os.PathLike, store=None):
                              r.get("message")))
                 con.executemany(_INSERT_EPOCHS, _epoch_rows(None, [e for e in doc.get("epochs", [])
                                                                     if e["run_id"] == r["id"]]))
-                con.execute("UPDATE runs SET monitor=?, best_value=? WHERE id=?",
-                            (r.get("monitor"), _num(r.get("best_value")), r["id"]))
+                con.execute("UPDATE runs SET monitor=?, best_value=?, fold=?, n_folds=? WHERE id=?",
+                            (r.get("monitor"), _num(r.get("best_value")), r.get("fold"), r.get("n_folds"), r["id"]))
                 con.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?,?)",
                                 [(m["run_id"], m["level"], m["split"], m["accuracy"], m["macro_f1"], m.get("n"),
                                   json.dumps(m.get("extra") or {})) for m in doc["metrics"] if m["run_id"] == r["id"]])

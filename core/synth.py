@@ -197,9 +197,9 @@ def _cli_demo_model(a) -> int:
     tmp = out.with_name(f".{out.name}.training")
 
     def progress(message: str, fraction: float) -> None:
-        report.emit(message=message, fraction=fraction)
+        report.progress(fraction, 1.0, message, force=True)  # with the time elapsed and left
         if not report.active:
-            print(f"{fraction:4.0%} {message}", flush=True)
+            print(f"{fraction:4.0%} {message} ({report.time_words(fraction)})", flush=True)
 
     def work() -> tuple[str, Path]:
         report.emit(message="starting", fraction=0.0)

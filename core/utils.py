@@ -254,3 +254,13 @@ def fmt_bytes(n: int | None) -> str:
             return f"{int(value)} bytes" if unit == "bytes" else f"{value:.2f} {unit}"
         value /= 1000
     return f"{n} bytes"  # pragma: no cover
+
+
+def format_duration(seconds: float | None) -> str:
+    """``75`` -> ``"1:15"``, ``4000`` -> ``"1:06:40"``; ``"?"`` for None."""
+    if seconds is None:
+        return "?"
+    s = int(round(max(0.0, seconds)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

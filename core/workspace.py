@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,8 @@ def model_dirs(home: Path | None = None) -> list[tuple[str, Path]]:
 
 
 def list_model_folders(home: Path | None = None) -> list[dict[str, Any]]:
-    """Model folders (a ``.keras`` file + ``model_card.json``): ``{"name", "path", "origin", "card"}``.
+    """Model folders (a ``.keras`` file + ``model_card.json``): ``{"name", "path", "origin", "card", "modified"}``
+    (``modified``: the model file's time, ``YYYY-MM-DD HH:MM``: tells same-named folders apart).
 
     Folders whose card or model file is unusable (unreadable, against the card schema, truncated ``.keras``)
     are listed with ``"error"`` (which file and why) and ``"card": None``, so the page lists them as unusable
@@ -177,6 +179,7 @@ def list_model_folders(home: Path | None = None) -> list[dict[str, Any]]:
                                          f"are not in {child}")
                 rec["model_file"] = str(files[0][0])
                 rec["card"] = card
+                rec["modified"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(files[0][0].stat().st_mtime))
             except PredictorError as exc:
                 rec["error"] = str(exc)
             except Exception as exc:  # noqa: BLE001 - one odd folder must not take the page down
@@ -202,3 +205,40 @@ def list_tagger_folders(home: Path | None = None) -> list[dict[str, Any]]:
                     model = None
                 out.append({"name": child.name, "path": str(child), "origin": origin, "model": model})
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# telling models apart
+# ---------------------------------------------------------------------------------------------------------
+#: a model within this many points of chance (1 / classes) on its test tracks counts as "at chance"
+CHANCE_MARGIN = 0.05
+
+
+def at_chance(accuracy: float | None, n_classes: int | None) -> bool:
+    """True when a measured accuracy is at most chance level (1 / classes) plus :data:`CHANCE_MARGIN`; False
+    when either is unknown."""
+    if accuracy is None or not n_classes or accuracy != accuracy:
+        return False
+    return float(accuracy) <= 1.0 / int(n_classes) + CHANCE_MARGIN
+
+
+def distinct_labels(models: list[dict[str, Any]]) -> None:
+    """Make the ``label`` of every model unique: labels that two models share gain, in turn, what tells them
+    apart (``details``: e.g. the folder, the data set, the kind, seed / fold, the date), until none is shared."""
+    for step in range(1, 1 + max((len(m.get("details") or []) for m in models), default=0)):
+        seen: dict[str, int] = {}
+        for m in models:
+            seen[m["label"]] = seen.get(m["label"], 0) + 1
+        dup = {k for k, n in seen.items() if n > 1}
+        if not dup:
+            return
+        for m in models:
+            extra = (m.get("details") or [])[step - 1:step]
+            if m["label"] in dup and extra and extra[0] not in m["label"]:
+                m["label"] = f"{m['label']} · {extra[0]}"
+    seen = {}
+    for m in models:  # still equal (same folder name, same minute ...): number them
+        n = seen.get(m["label"], 0) + 1
+        seen[m["label"]] = n
+        if n > 1:
+            m["label"] = f"{m['label']} ({n})"

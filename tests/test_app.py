@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_test_store
+from conftest import make_cv_test_store, make_test_store
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -205,9 +205,18 @@ def test_experiment_page_results(full_home):
     at = open_page("experiment")
     assert_clean(at)
     assert not at.error
-    assert at.multiselect(key="exp_models").value == ["snippet", "full", "linear"]  # the baseline by default
+    # 6 tracks per class, 1 test track per class: the small-data defaults, cross-validated (and said so)
+    assert at.multiselect(key="exp_models").value == ["snippet", "linear", "musicnn"]
+    assert at.selectbox(key="exp_cv").value == "auto" and at.number_input(key="exp_seeds").value == 2
+    assert at.selectbox(key="exp_preset").value == "small" and at.number_input(key="exp_epochs").value is None
+    captions = " ".join(texts(at.caption))
+    assert "5-fold cross-validation (all 18 tracks tested once per seed)" in captions
+    assert "one track = 33.3 points" in captions  # the held-out split's 3 test tracks
+    assert "Settings **small (small datasets: fast)**: the recommended recipe on a budget for small datasets" \
+        in captions  # each preset's line without its name repeated
     md = " ".join(texts(at.markdown))
-    assert "mean ± SD over 3 seeds" in md and "vs linear baseline" in md
+    assert "mean ± SD over 3 seeds, held-out split" in md and "vs linear baseline" in md
+    assert "one track = 3.33 points" in captions  # the test store's 30 test tracks
     assert "beat segment-level in" in md and "paired t-test" in md
     assert "The snippet CRNN's track-level accuracy beat the linear baseline's in 3 of 3 seeds, mean +" in md
     assert "beat the 30 s CRNN's in" in md
@@ -224,9 +233,13 @@ def test_experiment_page_results(full_home):
     # per-seed table: every model and level, test split first, then validation
     table = at.dataframe[0].value
     assert list(table["seed"]) == [0, 1, 2]
-    assert list(table.columns) == ["seed", "CRNN segment", "CRNN track (sum)", "30 s CRNN", "linear segment",
-                                   "linear track (sum)", "epochs"]
-    assert table["epochs"].iloc[0] == "CRNN 5 (best 4), 30 s 5 (best 4)"
+    assert list(table.columns) == ["seed", "evaluation", "CRNN segment", "CRNN track (sum)", "30 s CRNN",
+                                   "linear segment", "linear track (sum)"]
+    assert table["evaluation"].iloc[0] == "held-out: 30 tracks"
+    epochs = at.dataframe[1].value  # the epochs in a table of their own (the accuracies' table stays readable)
+    assert list(epochs.columns) == ["seed", "model", "epochs run", "best epoch"]
+    assert list(epochs["model"]) == ["snippet CRNN", "30 s CRNN"] * 3 and set(epochs["epochs run"]) == {"5"}
+    assert set(epochs["best epoch"]) == {"4"}  # no monitor recorded in the test store: no value beside it
     assert table["linear track (sum)"].nunique() == 1  # the baseline's fit does not depend on the seed
     test_lin = float(table["linear track (sum)"].iloc[0])
     at.segmented_control(key="exp_seed_split").set_value("val").run()
@@ -240,6 +253,131 @@ def test_experiment_page_results(full_home):
     assert any(b.label.startswith("Download results (CSV)") for b in at.get("download_button"))
     # the learning-curve selector offers the CRNNs only (the baseline is one L-BFGS fit)
     assert at.segmented_control(key="exp_curves_kind").options == ["snippet CRNN", "30 s CRNN"]
+
+
+def test_experiment_page_says_a_result_is_cross_validated(empty_home):
+    """A cross-validated experiment: the headline, the captions and the per-seed table say that each seed's figure
+    pools its folds (every track once) and how coarse it is; the epochs are listed fold by fold."""
+    make_cv_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1), kinds=("snippet", "linear"))
+    at = open_page("experiment")
+    assert_clean(at)
+    md = " ".join(texts(at.markdown))
+    # the headline names what ran (no 30 s CRNN here) and how it was evaluated
+    assert "#### Segment vs track vs linear baseline: mean ± SD over 2 seeds of 5-fold cross-validation" in md
+    assert "held-out split" not in md and "**Test** (every track once, the folds pooled)" in md
+    captions = " ".join(texts(at.caption))
+    assert "5-fold cross-validation: each seed's figure pools its 5 folds, every one of the 40 tracks tested once " \
+           "(one track = 2.5 points)" in captions
+    assert "each seed's 5 folds pooled (every track once)" in captions
+    assert "held-out" not in captions and "figures are coarse" not in captions
+    table = at.dataframe[0].value
+    assert list(table["seed"]) == [0, 1] and set(table["evaluation"]) == {"5-fold cross-validation"}
+    epochs = at.dataframe[1].value
+    assert epochs.to_dict("records") == [{"seed": s, "model": "snippet CRNN", "epochs run": "5",
+                                          "best epoch": "4, 4, 4, 4, 4"} for s in (0, 1)]
+    assert "best epoch: the one kept, fold by fold (fold 1 to 5)" in captions
+    # the headline chart: the approaches that ran, no empty 30 s column
+    bars = bar_values(chart_spec(at), "this lab · test")
+    assert [x.split("<br>")[0] for x in bars] == ["segment level", "track level", "linear baseline:",
+                                                  "linear baseline:"]
+    # the pooled figure: each seed's predictions over its folds, every track once (store: 60 % right per fold)
+    assert all(20 <= v <= 100 and abs(v / 2.5 - round(v / 2.5)) < 1e-6 for v in table["CRNN track (sum)"])
+    assert not at.warning  # 60 % for 4 classes is not at chance
+    # the learning curves: one per fold run
+    assert at.segmented_control(key="exp_curves_kind").options == ["snippet CRNN"]
+    # the confusion matrix opens on the snippet CRNN's track level (the article's figure), not the first row found
+    assert at.selectbox(key="exp_cm_level").value == ("snippet", "track_sum")
+
+
+def test_experiment_page_says_a_small_held_out_split_is_coarse(empty_home):
+    """Held out, one test track per class: the figures say so (one track = 25 points, steps that large) and point
+    at cross-validation; the chance advice names cross-validation and musicnn (not run), not the recommended
+    settings (used)."""
+    from core.experiment import preset_config
+
+    make_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1), kinds=("snippet", "linear"),
+                    per_class=1, crnn_accuracy=0.25, config=preset_config("recommended").to_dict())
+    at = open_page("experiment")
+    assert_clean(at)
+    md = " ".join(texts(at.markdown))
+    assert "#### Segment vs track vs linear baseline: mean ± SD over 2 seeds, held-out split" in md
+    assert "**Test** (held-out tracks)" in md and "cross-validation" not in md.split("Segment vs track")[1][:80]
+    captions = " ".join(texts(at.caption))
+    assert "Each test figure: the dataset's held-out split: 4 test tracks (one track = 25 points; a figure moves " \
+           "in steps that large)" in captions
+    assert "With so few test tracks the figures are coarse: cross-validation" in captions
+    assert "Training settings: recommended (default)" in captions
+    table = at.dataframe[0].value
+    assert set(table["evaluation"]) == {"held-out: 4 tracks"}
+    assert list(table["CRNN track (sum)"]) == [25.0, 25.0]
+    warn = " ".join(texts(at.warning))
+    assert warn.startswith("At chance level (25% for 4 classes): snippet CRNN, segment; snippet CRNN, track (sum). "
+                           "Try: ")
+    tips = warn.split("Try: ", 1)[1]
+    assert tips.startswith("cross-validation (*Cross-validation*: auto or a number of folds)")
+    assert "the *musicnn embedding + head*" in tips
+    assert "recommended* settings" not in tips and "more epochs" not in tips  # recommended used; best 4 of 30
+
+
+def test_chance_warning_names_what_the_experiment_has_not_tried(empty_home):
+    """A CRNN at chance in a cross-validated experiment: the advice comes from the run's own settings, never 'the
+    recommended settings' when they were used, never cross-validation when the experiment was cross-validated;
+    the tracks per class from the pooled figure (40 tracks tested once: 10 per class)."""
+    make_cv_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1), kinds=("snippet", "linear"),
+                       accuracy={"snippet": 0.2})
+    at = open_page("experiment")
+    assert_clean(at)
+    warn = " ".join(texts(at.warning))
+    assert "At chance level (25% for 4 classes): snippet CRNN" in warn
+    tips = warn.split("Try: ", 1)[1]
+    # best epoch 4 of at most 5 in every fold; no musicnn run; 40 tracks
+    assert tips.startswith("more epochs: every run's best epoch was one of its last (of at most 5)")
+    assert "the *musicnn embedding + head*" in tips and "more tracks: 10 per class are few" in tips
+    assert "recommended* settings" not in tips and "cross-validation" not in tips
+
+
+def test_chance_advice_after_the_small_default_names_the_full_budget(empty_home):
+    """The page's small-data default (snippet CRNN with the *small* settings, linear, musicnn; cross-validated)
+    with the CRNN at chance: the advice is the recommended settings' full budget and more tracks, never musicnn or
+    cross-validation (both done), nor more epochs (the best epochs were not the last ones)."""
+    from core.experiment import preset_config
+
+    make_cv_test_store(empty_home / "experiments", ["a", "b", "c", "d"], seeds=(0, 1),
+                       kinds=("snippet", "linear", "musicnn"), accuracy={"snippet": 0.25},
+                       config=preset_config("small").to_dict())
+    at = open_page("experiment")
+    assert_clean(at)
+    captions = " ".join(texts(at.caption))
+    assert "Training settings: small (small datasets: fast)" in captions
+    warn = " ".join(texts(at.warning))
+    assert "At chance level (25% for 4 classes): snippet CRNN, segment; snippet CRNN, track (sum). Try: " in warn
+    tips = warn.split("Try: ", 1)[1]
+    assert tips.startswith("the *recommended* settings: up to 30 epochs of all 14 snippets per track (the *small* "
+                           "settings train 8 epochs of 7")
+    assert "more tracks: 10 per class are few" in tips
+    assert "musicnn" not in tips and "cross-validation" not in tips and "more epochs" not in tips
+
+
+def test_chance_advice_follows_the_runs_settings():
+    from ui.text import chance_advice
+
+    rec = {"lr": 1e-3, "max_epochs": 12, "monitor": "val_track_accuracy", "bn_recalibrate": 1024,
+           "schedule": "cosine", "warmup_epochs": 1.0, "patience": 10, "snippets_per_track": 14,
+           "snippet_selection": "random", "full_crop": "random", "full_batch_size": 16}
+    held_out = chance_advice(rec, ["snippet", "linear"], None, 10, [1, 1, 1])
+    assert any(t.startswith("cross-validation") for t in held_out) and any("musicnn" in t for t in held_out)
+    assert not any("recommended" in t for t in held_out)  # the run used the recommended recipe
+    paper = chance_advice({"lr": 1e-4, "max_epochs": 50}, ["snippet", "musicnn"], 5, 10, [3, 4])
+    assert paper[0].startswith("the *recommended* settings: the learning rate 0.0001")
+    assert not any("musicnn" in t or t.startswith("cross-validation") for t in paper)
+    short = chance_advice({**rec, "max_epochs": 6}, ["snippet", "musicnn"], 5, 10, [6, 5, 6])
+    assert short[0].startswith("more epochs") and "at most 6" in short[0]
+    first = chance_advice(rec, ["snippet", "musicnn"], 5, 10, [1, 1])
+    assert first == ["more tracks per class: the best epoch was the first in every run, so the validation part "
+                     "could not tell the epochs apart"]
+    assert chance_advice(rec, ["snippet", "musicnn"], 5, 100, [4])  # never empty
+    small = {**rec, "max_epochs": 8, "snippets_per_track": 7}  # the small preset: the full recipe is a next step
+    assert chance_advice(small, ["snippet", "musicnn"], 5, 10, [4])[0].startswith("the *recommended* settings: up to")
 
 
 def test_experiment_page_reference_results(empty_home, tmp_path, monkeypatch):
@@ -316,6 +454,56 @@ def test_demo_lists_models_and_card(full_home):
     md = " ".join(texts(at.markdown))  # the model card facts
     assert "- **model**: snippet CRNN (votes over windows)" in md and "- **classes**: 4: " in md
     assert "Measured accuracy" not in md  # the synthetic model has no measured accuracy or reproduction
+
+
+def test_demo_keeps_experiment_models_apart_and_hides_those_at_chance(empty_home, demo_model_dir):
+    """The model list with many runs: model folders and experiment runs in two groups, runs at chance level hidden
+    until asked for, and two folders whose cards have the same name told apart."""
+    import json
+
+    from core.store import Store
+
+    classes = json.loads((demo_model_dir / "model_card.json").read_text())["classes"]
+    make_cv_test_store(empty_home / "experiments", classes, seeds=(0,), kinds=("snippet", "linear"), n_folds=3,
+                       per_class=3, accuracy={"snippet": 1.0, "linear": 0.0})
+    store = Store(empty_home / "experiments")
+    for r in store.runs():
+        if r["fold"] is not None:  # a model for every fold run (the pooled runs have none of their own)
+            rd = store.run_dir(r["id"])
+            rd.mkdir(parents=True)
+            shutil.copyfile(demo_model_dir / "model.keras", rd / "best.keras")
+            shutil.copyfile(demo_model_dir / "model_card.json", rd / "model_card.json")
+    for name in ("demo-a", "demo-b"):  # two folders, the same name on their cards
+        shutil.copytree(demo_model_dir, empty_home / "models" / name)
+    at = open_page("demo")
+    assert_clean(at)
+    assert at.segmented_control(key="demo_group").value == "shipped"
+    options = at.selectbox(key="demo_model").options
+    assert len(options) == 2 and len(set(options)) == 2 and all("folder demo-" in o for o in options)
+    at.segmented_control(key="demo_group").set_value("experiment").run()
+    assert_clean(at)
+    options = at.selectbox(key="demo_model").options
+    assert sorted(o.split(", test")[0] for o in options) == [f"snippet CRNN, seed 0, fold {f}/3" for f in (1, 2, 3)]
+    assert all("test 100% of " in o and "small" in o for o in options)  # accuracy, its tracks, the data set
+    box = at.checkbox(key="demo_show_chance")
+    assert box.label == "Show the 3 models at chance level" and not box.value
+    box.check().run()
+    options = at.selectbox(key="demo_model").options
+    assert len(options) == 6 and sum("(at chance)" in o for o in options) == 3
+    assert not [m for m in texts(at.markdown) if "cannot be used" in m]
+
+
+def test_model_labels_are_told_apart_and_chance_is_judged_by_class_count():
+    from core.workspace import at_chance, distinct_labels
+
+    assert at_chance(0.29, 4) and not at_chance(0.31, 4) and at_chance(0.5, 2) and not at_chance(None, 4)
+    models = [{"label": "emotify-crnn", "details": ["folder a", "snippet CRNN", "2026-01-01 10:00"]},
+              {"label": "emotify-crnn", "details": ["folder b", "snippet CRNN", "2026-01-02 10:00"]},
+              {"label": "other", "details": ["folder c"]},
+              {"label": "same", "details": ["x"]}, {"label": "same", "details": ["x"]}]
+    distinct_labels(models)
+    assert [m["label"] for m in models] == ["emotify-crnn · folder a", "emotify-crnn · folder b", "other",
+                                            "same · x", "same · x (2)"]
 
 
 def _shipped_model(folder: Path, demo_model_dir: Path, name: str) -> Path:
@@ -534,7 +722,43 @@ def test_experiment_progress_from_events():
     prog = experiment_progress(events, plan["n_runs"])
     assert prog["n_done"] == 1 and prog["run"] == "r2" and prog["model"] == "full" and prog["curves"] == []
     prog1 = experiment_progress(events[:4], 4)
-    assert prog1["epoch"] == 1 and len(prog1["curves"]) == 1 and prog1["max_epochs"] == 5
+    # between epochs: epoch 1 done, the bar is on epoch 2 (not "epoch 1, batch 0")
+    assert prog1["epoch"] == 2 and prog1["epochs_done"] == 1 and prog1["batch"] == 0
+    assert len(prog1["curves"]) == 1 and prog1["max_epochs"] == 5
+
+
+def test_experiment_progress_knows_max_epochs_from_the_start_and_estimates_the_time_left():
+    from core.experiment import experiment_progress, time_left_words
+
+    t0 = 1_000_000.0
+    plan = {"state": "running", "phase": "plan", "n_runs": 6, "n_folds": 3, "seeds": [0], "models": ["linear", "snippet"],
+            "ts": t0}
+    base = {"seed": 0, "model": "linear"}
+    events = [plan,
+              {**base, "run": "linear-s0-f0-a", "fold": 0, "state": "running", "phase": "train", "ts": t0 + 1,
+               "max_epochs": 1, "message": "starting"},
+              {**base, "run": "linear-s0-f0-a", "fold": 0, "state": "done", "phase": "evaluate", "ts": t0 + 11}]
+    p = experiment_progress(events, 2, now=t0 + 12)
+    assert p["n_runs"] == 6 and p["n_folds"] == 3 and p["elapsed_s"] == 12
+    # two linear folds left at 10 s each; the snippet CRNN has not run: a lower bound
+    assert p["eta_s"] == pytest.approx(20) and p["eta_partial"]
+    assert time_left_words(p) == "elapsed 0:12 · at least 0:20 left"
+    snip = {"seed": 0, "model": "snippet", "run": "snippet-s0-f0-b", "fold": 0}
+    events += [{"seed": 0, "model": "linear", "run": f"linear-s0-f{f}-a", "fold": f, "state": "done",
+                "phase": "evaluate", "ts": t0 + 11 + 10 * f} for f in (1, 2)]
+    events[-2]["ts"] = t0 + 21
+    events += [{**snip, "state": "running", "phase": "train", "ts": t0 + 32, "max_epochs": 10, "message": "starting"},
+               {**snip, "state": "running", "phase": "batch", "epoch": 1, "batch": 3, "n_batches": 10,
+                "max_epochs": 10, "ts": t0 + 33}]
+    p = experiment_progress(events, 2, now=t0 + 34)
+    assert p["epoch"] == 1 and p["max_epochs"] == 10 and p["fold"] == 0  # "of max 10" before epoch 1 ends
+    assert p["eta_s"] is None and p["eta_partial"]  # nothing known about the CRNN yet
+    events.append({**snip, "state": "running", "phase": "train", "epoch": 1, "max_epochs": 10, "ts": t0 + 37,
+                   "metrics": {"loss": 1.0, "seconds": 5.0}})
+    p = experiment_progress(events, 2, now=t0 + 37)
+    # this fold: 9 epochs of 5 s left; the two other folds: at most 10 epochs of 5 s each
+    assert p["epoch"] == 2 and p["eta_s"] == pytest.approx(9 * 5 + 2 * 50) and not p["eta_partial"]
+    assert time_left_words(p).startswith("elapsed 0:37 · about 2:25 left")
 
 
 def test_divide_and_conquer_example_is_computed():
@@ -626,18 +850,24 @@ def test_run_an_experiment_from_the_page(empty_home):
     at.number_input(key="exp_seeds").set_value(1)
     at.selectbox(key="exp_preset").set_value("fast")
     at.multiselect(key="exp_models").set_value(["snippet"])
+    at.selectbox(key="exp_cv").set_value("3")  # 5 tracks per class: cross-validated, in 3 folds to be quick
     next(b for b in at.button if b.label == "Start in the background").click().run()
     assert_clean(at)
     assert (empty_home / "jobs" / "experiment" / "job.json").exists()
-    status = _wait_job(empty_home / "jobs" / "experiment", timeout=300)
+    status = _wait_job(empty_home / "jobs" / "experiment", timeout=600)
     assert status["state"] == "done", status
     at.run()
     assert_clean(at)
     assert any("Last experiment finished" in t for t in texts(at.success))
-    assert "mean ± SD over 1 seed" in " ".join(texts(at.markdown))
-    # the trained model is offered on the demo page
+    assert "mean ± SD over 1 seed of 3-fold cross-validation" in " ".join(texts(at.markdown))
+    assert "every one of the 10 tracks tested once" in " ".join(texts(at.caption))
+    # the trained models (one per fold) are offered on the demo page, told apart by their fold
     at.switch_page(PAGES["demo"]).run()
-    assert any("snippet CRNN, seed 0" in o for o in at.selectbox(key="demo_model").options)
+    options = at.selectbox(key="demo_model").options
+    if any("Show the" in c.label for c in at.checkbox):
+        at.checkbox(key="demo_show_chance").check().run()
+        options = at.selectbox(key="demo_model").options
+    assert sorted(o.split(", test")[0] for o in options) == [f"snippet CRNN, seed 0, fold {f}/3" for f in (1, 2, 3)]
 
 
 @pytest.mark.slow
@@ -654,6 +884,7 @@ def test_stop_and_resume_an_experiment(empty_home):
     at.selectbox(key="exp_preset").set_value("tuned")
     at.multiselect(key="exp_models").set_value(["snippet"])
     at.number_input(key="exp_epochs").set_value(200)
+    at.selectbox(key="exp_cv").set_value("off")  # one run on the dataset's own split
     next(b for b in at.button if b.label == "Start in the background").click().run()
     t0 = time.time()
     while time.time() - t0 < 120:  # until the first epoch is done

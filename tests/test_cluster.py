@@ -43,7 +43,7 @@ def ray():
     return pytest.importorskip("ray")
 
 #: a tiny fast experiment: 3 short epochs (the worker is killed after the first)
-ARGS = ("--preset", "fast", "--epochs", "3", "--max-batches", "3")
+ARGS = ("--preset", "fast", "--epochs", "3", "--max-batches", "3", "--cv", "off")  # the dataset's own split
 THREADS = {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "2"}
 
 
@@ -185,3 +185,27 @@ def test_driver_killed_and_restarted_submits_only_unfinished_runs(tiny, tmp_path
     assert any(e.get("seed") == 1 and "resuming snippet model, seed 1 from epoch" in e.get("message", "") for e in ev2)
     ids = {row[0] for row in _stored(store)["runs"]}
     assert _stored(store) == _stored(ref, ids) and len(ids) == 2
+
+
+def test_cross_validation_on_ray_gives_the_local_executors_results(ray, tiny, tmp_path):
+    """--cv: every fold run is an ordinary Ray task (a fold is a dataset folder of its own); the driver pools each
+    seed's folds as the local executor does, to the same stored results."""
+    from core.cluster import job_runtime_env
+    from core.experiment import run_experiment
+
+    ds, _ = tiny
+    ref = tmp_path / "ref"
+    local = [a for a in ARGS if a not in ("--cv", "off")]
+    r = run_core("run-experiment", str(ds), "--store", str(ref), "--seeds", "0,", "--models", "snippet,linear",
+                 *local, "--cv", "3", env=THREADS, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=job_runtime_env())
+    try:
+        out = run_experiment(ds, tmp_path / "store", seeds=[0], models=["snippet", "linear"], config=_cfg(), cv=3,
+                             executor="ray", ray_cpus_per_task=2)
+    finally:
+        ray.shutdown()
+    assert out["n_folds"] == 3 and [r["status"] for r in out["runs"]] == ["done"] * 6 and len(out["pooled"]) == 2
+    assert [(r["model"], r["fold"]) for r in out["runs"]] == [("snippet", f) for f in range(3)] + \
+        [("linear", f) for f in range(3)]
+    assert _stored(tmp_path / "store") == _stored(ref)  # folds and pooled runs, prediction scores included

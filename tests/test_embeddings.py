@@ -222,3 +222,52 @@ def test_run_experiment_with_the_musicnn_kind(embedded, tmp_path):
     a = df.sort_values(["level", "split"])["accuracy"].to_numpy()
     b = ray_out["results"].sort_values(["level", "split"])["accuracy"].to_numpy()
     assert list(a) == list(b)
+
+
+def test_cross_validation_folds_take_their_embeddings_from_the_parent(embedded, tmp_path):
+    """--cv with the musicnn kind: the dataset's embeddings once with every track's 1 s windows (a fold tests
+    tracks that were training tracks), each fold's embeddings re-indexed from them (nothing decoded), the head
+    trained per fold and pooled to every track once."""
+    from core.dataset import load_dataset
+    from core.embeddings import embed_dataset, fold_embeddings, load_embeddings
+    from core.experiment import run_experiment
+    from core.folds import fold_assignment, fold_dataset
+    from core.store import Store
+
+    path, out, _ = embedded
+    ds = load_dataset(path)
+    with pytest.raises(Exception, match="lack the training tracks' windows"):
+        fold_embeddings(path, fold_dataset(ds, 3, 0, fold_assignment(ds, 3)))
+    calls = []
+    embed_dataset(path, all_windows=True, progress=lambda d, t, p: calls.append(d))
+    assert calls  # recomputed: the cache had the val/test windows only
+    parent = load_embeddings(path)
+    assert set(parent.W) == {"train", "val", "test"}
+    assert len(parent.W["train"]) == 6 * len(ds.tracks("train"))
+    again = []
+    embed_dataset(path, progress=lambda d, t, p: again.append(d))  # windows of val/test asked: the cache has them
+    assert again == []
+    fd = fold_dataset(ds, 3, 1, fold_assignment(ds, 3))
+    fold_embeddings(path, fd)
+    emb = load_embeddings(fd.path)
+    for s in ("train", "val", "test"):
+        for i, (t, st) in enumerate(zip(np.asarray(fd.track(s)), np.asarray(fd.start(s)))):
+            ps, rows, starts = ds.snippet_rows(int(t))
+            r = rows[int(np.argmin(np.abs(starts - st)))]
+            np.testing.assert_array_equal(emb.E[s][i], parent.E[ps][r])
+    for s in ("val", "test"):
+        assert set(emb.W_track[s]) == set(np.unique(fd.track(s)))
+        for t in set(emb.W_track[s]):
+            ps = ds.manifest.iloc[int(t)]["split"]
+            np.testing.assert_array_equal(emb.W[s][emb.W_track[s] == t], parent.W[ps][parent.W_track[ps] == t])
+    before = []
+    embed_dataset(fd.path, progress=lambda d, t, p: before.append(d))  # the fold's own call: nothing decoded
+    assert before == []
+    res = run_experiment(path, tmp_path / "store", seeds=[0], models=["musicnn"], cv=3)
+    assert len(res["runs"]) == 3 and len(res["pooled"]) == 1
+    st = Store(tmp_path / "store")
+    pooled = res["pooled"][0]["run"]
+    tracks = st.predictions_frame(pooled, "track_sum", "test")["track"]
+    assert sorted(tracks) == sorted(ds.manifest[~ds.manifest["skipped"].astype(bool)]["path"])
+    card = json.loads((st.run_dir(res["runs"][0]["run"]) / "model_card.json").read_text())
+    assert card["kind"] == "musicnn" and card["fold"] == 0 and card["n_folds"] == 3

@@ -115,3 +115,19 @@ def test_cli_prints_engine_errors_without_a_traceback(tmp_path, raised, code, li
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1] == line
+
+
+def test_real_data_tests_skip_saying_what_to_download(monkeypatch, tmp_path):
+    """Tests on real music skip where it is absent, and the reason names the command that fetches it (a user has
+    no ../shared/README.md to read)."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "SHARED_DATA", tmp_path / "data")
+    for call, want in ((lambda: conftest.shared_path("emotify"), "python -m core download-emotify"),
+                       (lambda: conftest.gtzan_path(), "python -m core download-gtzan"),
+                       (lambda: conftest.shared_path("gtzan-splits", "fault-filtered"), "train_filtered.txt")):
+        with pytest.raises(pytest.skip.Exception) as info:
+            call()
+        assert want in str(info.value) and "README" not in str(info.value)
+    (tmp_path / "data" / "genres").mkdir(parents=True)  # where download-gtzan puts GTZAN
+    assert conftest.gtzan_path() == tmp_path / "data" / "genres"

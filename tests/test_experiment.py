@@ -124,7 +124,7 @@ def test_sigkilled_job_resumes_from_its_last_epoch(tiny_ds, tmp_path):
 
     store = tmp_path / "store"
     args = ["run-experiment", str(tiny_ds), "--store", str(store), "--seeds", "0,", "--models", "snippet",
-            "--preset", "fast", "--epochs", "6", "--patience", "10", "--max-batches", "0"]
+            "--preset", "fast", "--epochs", "6", "--patience", "10", "--max-batches", "0", "--cv", "off"]
     job = start_job(args, tmp_path / "job1", store=store)
     deadline = time.time() + 180
     while time.time() < deadline:

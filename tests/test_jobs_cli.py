@@ -90,3 +90,33 @@ def test_feature_params_round_trip_through_build_dataset_options():
     for p in (FeatureParams(), FeatureParams(sample_rate=16000, log=False, mode="full", full_clip_s=10.0)):
         args = build_dataset_args(Path("/s"), Path("/o"), p, SplitConfig())
         assert params_from_args(build_parser().parse_args(args)) == p
+
+
+def test_job_report_gives_elapsed_time_and_time_left(tmp_path, monkeypatch):
+    """Every long job's progress events carry the time so far and an estimate of the time left (at the rate
+    since this process's first report: a resumed build's finished tracks do not make it look fast), and
+    job_status hands both to the dashboard's job panel, counted down to now."""
+    import argparse
+
+    import core.jobs as jobs
+    from core.jobs import Job, JobReport, job_status, read_events
+    from ui.jobs_view import time_words
+
+    clock = [100.0]
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    args = argparse.Namespace(events=str(tmp_path / "events.jsonl"), stop_file=None)
+    rep = JobReport(args, "build", signals=False)
+    rep.progress(40, 100, "40 already done", force=True)  # a resumed build: 40 % at once
+    clock[0] += 10
+    rep.progress(50, 100, "10 more in 10 s", force=True)
+    clock[0] += 10
+    rep.progress(60, 100, "10 more in 10 s", force=True)
+    evs, _ = read_events(tmp_path / "events.jsonl")
+    assert evs[0]["eta_s"] is None and evs[0]["elapsed_s"] == 0.0
+    assert evs[1]["eta_s"] == pytest.approx(50.0) and evs[2]["eta_s"] == pytest.approx(40.0)  # 1 % per second
+    assert evs[2]["elapsed_s"] == 20.0 and all(isinstance(e["ts"], float) for e in evs)
+    job = Job(tmp_path, pid=2**22 + 12345, command=["python", "-m", "core", "build-dataset"])
+    status = job_status(job)
+    assert status["eta_s"] is not None and status["eta_s"] <= 40.0 and status["elapsed_s"] >= 0
+    assert time_words({"elapsed_s": 83, "eta_s": 45}) == "elapsed 1:23 · about 0:45 left"
+    assert time_words({"elapsed_s": 5, "eta_s": None}) == "elapsed 0:05 · estimating the time left"

@@ -33,7 +33,7 @@ def test_store_results_summary_and_export_roundtrip(tmp_path):
     from core.store import SCHEMA_VERSION, Store, export_results, import_results, results_frame, summary_frame
 
     s = Store(tmp_path / "store")
-    assert (tmp_path / "store" / "experiments.sqlite").exists() and s.schema_version == SCHEMA_VERSION == 2
+    assert (tmp_path / "store" / "experiments.sqlite").exists() and s.schema_version == SCHEMA_VERSION == 3
     _fill(s)
     df = results_frame(s)
     assert len(df) == 6 and set(df["level"]) == {"segment", "track_sum"}

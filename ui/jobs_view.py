@@ -14,6 +14,7 @@ from typing import Callable
 import streamlit as st
 
 from core.jobs import Job, find_job, job_status, log_tail, restart_job
+from core.utils import format_duration
 from ui.common import guarded
 
 POLL_S = 1.0
@@ -46,11 +47,25 @@ def _restart(job_dir: str) -> None:
     st.session_state.pop(f"_stopping:{job_dir}", None)
 
 
+def time_words(status: dict) -> str:
+    """``"elapsed 1:23 · about 0:45 left"`` from a job's status (``core.jobs.job_status``); '' before its
+    first event."""
+    if status.get("elapsed_s") is None:
+        return ""
+    el = f"elapsed {format_duration(status['elapsed_s'])}"
+    eta = status.get("eta_s")
+    return f"{el} · about {format_duration(eta)} left" if eta is not None else f"{el} · estimating the time left"
+
+
 def _progress_bar(job: Job, status: dict, label: str, stopping: bool) -> None:
-    """The default drawing of a running job: one bar from the last event's fraction and message."""
+    """The default drawing of a running job: one bar from the last event's fraction and message, and the time
+    elapsed and left."""
     frac = status.get("fraction")
     text = f"{label}: {'stopping after the current step ... ' if stopping else ''}{status.get('message') or ''}"
     st.progress(min(max(float(frac or 0.0), 0.0), 1.0), text=text[:200])
+    words = time_words(status)
+    if words:
+        st.caption(words[:1].upper() + words[1:])
 
 
 def _draw(job_dir: Path, label: str, key: str, finished_hint: str, resumable: bool,

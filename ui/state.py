@@ -48,8 +48,9 @@ def _results(path: str, stamp: float) -> dict[str, Any]:
     from core.store import Store, results_frame, summary_frame
 
     store = Store(path, create=False)
-    df = results_frame(store)
-    return {"results": df, "summary": summary_frame(df), "runs": store.runs()}
+    every = results_frame(store, folds=True)  # cross-validation folds too (the model list; their pooled runs
+    df = every[every["fold"].isna()].reset_index(drop=True)  # are the results)
+    return {"results": df, "summary": summary_frame(df), "runs": store.runs(), "fold_results": every}
 
 
 def local_results() -> dict[str, Any] | None:
@@ -168,45 +169,75 @@ def experiment_overview() -> str:
 # ---------------------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------------------
+#: the demo page's model groups
+MODEL_GROUPS = {"shipped": "shipped and your model folders", "experiment": "from experiments"}
+
+
 def available_models() -> list[dict[str, Any]]:
-    """Every model the demo can use: finished runs of the local store, then shipped / local model folders.
+    """Every model the demo can use: shipped / local model folders (group ``"shipped"``), then the finished runs
+    of the local store (group ``"experiment"``, newest first; the folds of a cross-validation too).
 
-    Each: ``{"key", "label", "path", "origin", "card", "error"?}``; ``path`` is what ``Predictor`` takes.
+    Each: ``{"key", "label", "path", "origin", "group", "card", "error"?, "accuracy", "at_chance", "when"}``;
+    ``path`` is what ``Predictor`` takes; ``accuracy`` the model's test accuracy (track level, or the 30 s
+    model's) as measured, ``at_chance`` whether it is within a few points of chance (``core.workspace``);
+    labels are unique (``core.workspace.distinct_labels``: data set, kind, seed / fold, date).
     """
+    from core.folds import fold_parent
     from core.predictor import CARD_NAME, PredictorError, read_model_card
+    from core.workspace import at_chance, distinct_labels
 
-    out: list[dict[str, Any]] = []
+    folders: list[dict[str, Any]] = []
     for m in list_model_folders():
         card = m.get("card") or {}
         acc = (card.get("accuracy") or {}).get("full/test" if card.get("kind") == "full" else "track_sum/test")
-        note = f", test {acc:.0%}" if isinstance(acc, (int, float)) else ""
-        label = f"{card.get('name') or m['name']}{note}  ·  {'shipped' if m['origin'] == 'shipped' else 'local'}"
-        out.append({"key": f"{m['origin']}:{m['path']}", "label": label, "path": m["path"], "origin": m["origin"],
-                    "card": m.get("card"), "error": m.get("error")})
+        acc = float(acc) if isinstance(acc, (int, float)) else None
+        chance = at_chance(acc, len(card.get("classes") or []))
+        note = f", test {acc:.0%}" + (" (at chance)" if chance else "") if acc is not None else ""
+        origin = "shipped" if m["origin"] == "shipped" else "local"
+        label = f"{card.get('name') or m['name']}{note}  ·  {origin}"
+        trained_on = (card.get("training_data") or {}).get("source") or card.get("dataset") or "?"
+        folders.append({"key": f"{m['origin']}:{m['path']}", "label": label, "path": m["path"],
+                        "origin": m["origin"], "group": "shipped", "card": m.get("card"), "error": m.get("error"),
+                        "accuracy": acc, "at_chance": chance, "when": m.get("modified"),
+                        "details": [f"folder {m['name']}", kind_label(str(card.get("kind"))),
+                                    f"trained on {Path(str(trained_on)).name}", m.get("modified") or ""]})
+    distinct_labels(folders)
+    runs_out: list[dict[str, Any]] = []
     try:
         res = local_results()
     except Exception:  # noqa: BLE001
         res = None
     if res is not None:
-        acc = res["results"]
-        for r in res["runs"]:
+        acc_df = res.get("fold_results", res["results"])
+        for r in sorted(res["runs"], key=lambda r: str(r.get("finished_at") or r.get("updated_at") or ""),
+                        reverse=True):
             if r["status"] != "done" or r.get("source") == "imported":
                 continue
             run_dir = store_path() / "runs" / r["id"]
             if not (run_dir / CARD_NAME).exists() or not (run_dir / "best.keras").exists():
-                continue
+                continue  # a pooled cross-validation run has no model of its own (its folds do)
             try:
                 card = read_model_card(run_dir / CARD_NAME)
             except PredictorError:
                 continue
-            sub = acc[(acc["run_id"] == r["id"]) & (acc["split"] == "test")]
+            sub = acc_df[(acc_df["run_id"] == r["id"]) & (acc_df["split"] == "test")]
             level = "full" if r["kind"] == "full" else "track_sum"
-            a = sub[sub["level"] == level]["accuracy"]
-            note = f", test {a.iloc[0]:.0%}" if len(a) and a.iloc[0] == a.iloc[0] else ""
-            kind = kind_label(r["kind"])
-            out.append({"key": f"run:{r['id']}", "origin": "experiment", "path": str(run_dir), "card": card,
-                        "label": f"{kind}, seed {r['seed']}{note}  ·  experiment {Path(r['dataset']).name}"})
-    return out
+            a = sub[sub["level"] == level]
+            acc = float(a["accuracy"].iloc[0]) if len(a) and a["accuracy"].iloc[0] == a["accuracy"].iloc[0] else None
+            n = int(a["n"].iloc[0]) if len(a) and a["n"].iloc[0] == a["n"].iloc[0] else None
+            chance = at_chance(acc, len(card.get("classes") or []))
+            fold = f", fold {int(r['fold']) + 1}/{int(r['n_folds'])}" if r.get("fold") is not None else ""
+            when = str(r.get("finished_at") or r.get("updated_at") or "")[:16].replace("T", " ")
+            ds_name = Path(fold_parent(str(r["dataset"]))).name
+            note = (f", test {acc:.0%}" + (f" of {n} tracks" if n else "") + (" (at chance)" if chance else "")
+                    if acc is not None else "")
+            runs_out.append({"key": f"run:{r['id']}", "origin": "experiment", "group": "experiment",
+                             "path": str(run_dir), "card": card, "accuracy": acc, "at_chance": chance,
+                             "when": when, "label": f"{kind_label(r['kind'])}, seed {r['seed']}{fold}{note}  ·  "
+                                                    f"{ds_name}  ·  {when}",
+                             "details": [r["id"]]})
+        distinct_labels(runs_out)
+    return folders + runs_out
 
 
 def default_model_key(models: list[dict[str, Any]], prefer: str = "emotify") -> str | None:

@@ -96,3 +96,55 @@ def paired_models_sentence(results, a: tuple[str, str] = ("snippet", "track_sum"
     ``b`` are ``(kind, level)``. None when no seed has both."""
     return _paired_words(_accuracy_by_seed(results, *a, split), _accuracy_by_seed(results, *b, split),
                          model_phrases(*a)[0], model_phrases(*b)[1])
+
+
+def evaluation_basis(n_folds: int | None, n_tracks: int | None, split: str = "test") -> str:
+    """What one accuracy figure rests on, in words: cross-validation (every track once per seed) or the
+    held-out split, and how coarse it is (one track = X points)."""
+    step = f"one track = {100 / n_tracks:.3g} points" if n_tracks else ""
+    if n_folds:
+        what = "tested" if split == "test" else "in the validation part"
+        return (f"{n_folds}-fold cross-validation: each seed's figure pools its {n_folds} folds, every one of the "
+                f"{n_tracks or '?'} tracks {what} once ({step})")
+    coarse = "; a figure moves in steps that large" if n_tracks and 100 / n_tracks >= 5 else ""
+    name = "test" if split == "test" else "validation"
+    return f"the dataset's held-out split: {n_tracks or '?'} {name} tracks ({step}{coarse})"
+
+
+def chance_advice(config: dict | None, models: list[str], n_folds: int | None, tracks_per_class: int | None,
+                  best_epochs: list[int] | None = None) -> list[str]:
+    """What to try when a CRNN sits at chance level, computed from what the experiment did: only things its
+    settings did not already do (a lower learning rate than the recommended one, epochs the runs ran out of,
+    no cross-validation, no musicnn, few tracks), most telling first."""
+    from core.experiment import preset_name
+
+    cfg = config or {}
+    tips: list[str] = []
+    lr = cfg.get("lr", 1e-4)
+    max_epochs = cfg.get("max_epochs")
+    best = [int(b) for b in (best_epochs or []) if b]
+    if lr < 5e-4:
+        tips.append(f"the *recommended* settings: the learning rate {lr:g} (the article's) is too low to learn in a "
+                    "few epochs on a small dataset")
+    elif preset_name(cfg) != "recommended" and (cfg.get("monitor", "val_loss") != "val_track_accuracy"
+                                                  or not cfg.get("bn_recalibrate")):
+        tips.append("the *recommended* settings: best epoch by validation track accuracy and batch-norm statistics "
+                    "re-estimated every epoch (what made the CRNNs learn on small data in results/ablation)")
+    if preset_name(cfg) == "small":
+        tips.append("the *recommended* settings: up to 30 epochs of all 14 snippets per track (the *small* "
+                    "settings train 8 epochs of 7; about 4x the time)")
+    if max_epochs and best and min(best) >= max_epochs - 1:
+        tips.append(f"more epochs: every run's best epoch was one of its last (of at most {max_epochs}); raise "
+                    "*Max epochs*")
+    if not n_folds:
+        tips.append("cross-validation (*Cross-validation*: auto or a number of folds): every track is then in a "
+                    "validation part once, so the best epoch is chosen on many tracks instead of a handful")
+    elif best and max(best) <= 1:
+        tips.append("more tracks per class: the best epoch was the first in every run, so the validation part could "
+                    "not tell the epochs apart")
+    if "musicnn" not in models:
+        tips.append("the *musicnn embedding + head*: a network pretrained on a million songs, with a small head "
+                    "that learns from a few tracks per class in seconds")
+    if tracks_per_class and (not tips or tracks_per_class < 30) and not any(t.startswith("more tracks") for t in tips):
+        tips.append(f"more tracks: {tracks_per_class} per class are few for a CRNN trained from scratch")
+    return tips
