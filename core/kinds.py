@@ -124,6 +124,14 @@ def get_kind(key: str) -> ModelKind:
     raise KeyError(f"unknown model kind {key!r} (one of {', '.join(kind_keys())})")
 
 
+def track_level_of(key: str) -> str:
+    """The level a kind's track accuracy is read at (``track_sum`` for a kind the table does not know)."""
+    try:
+        return get_kind(key).track_level
+    except KeyError:
+        return "track_sum"
+
+
 def cheap_first(keys) -> list[str]:
     """``keys`` in the order a seed trains them: by ``cost``, unknown ones last."""
     cost = {k.key: k.cost for k in kinds()}
