@@ -38,7 +38,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.errors import GenreLabError
 from core.experiment import ExperimentError
@@ -326,16 +326,15 @@ class _Watch:
                 self.emit({**self.base(), "state": "running", "phase": "evaluate", "message": prog["message"]})
 
 
-def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], config, *,
-               emit: Callable[[dict], None], should_stop: Callable[[], bool] | None = None, hop_s: float = 1.0,
-               splits=("val", "test"), address: str | None = None, cpus_per_task: int = DEFAULT_CPUS_PER_TASK,
-               max_retries: int = DEFAULT_MAX_RETRIES, poll_s: float = 0.5,
-               folds: list | tuple = (None,)) -> tuple[list[dict], bool]:
-    """Every (seed, kind, fold) run not yet ``done`` in ``store`` as one Ray task; returns ``(runs, stopped)``
-    like the local loop of ``run_experiment``. ``datasets``: ``{(kind, fold): dataset}`` (``fold`` None without
-    cross-validation; a fold of ``core.folds`` is an ordinary dataset folder, so the task is the same).
-    Failed runs are recorded and the others carry on; then :class:`ExperimentError` names the failures."""
-
+def run_on_ray(batch: RunBatch, options: ExecutorOptions, *, max_retries: int = DEFAULT_MAX_RETRIES,
+               poll_s: float = 0.5) -> tuple[list[dict], bool]:
+    """Every (seed, kind, fold) run of ``batch`` not yet ``done`` in its store as one Ray task (``options``: the
+    cluster's ``address``, ``cpus_per_task``); returns ``(runs, stopped)`` like the local executor. A fold of
+    ``core.folds`` is an ordinary dataset folder, so its task is the same. Failed runs are recorded and the
+    others carry on; then :class:`ExperimentError` names the failures."""
+    store, datasets, config, emit = batch.store, batch.datasets, batch.config, batch.emit
+    seeds, models, folds = batch.seeds, batch.kinds, batch.folds
+    address, cpus_per_task = options.address, options.cpus_per_task
     if cpus_per_task < 1:
         raise ClusterError("--cpus-per-task must be >= 1")
     runs: dict[tuple[int, str, Any], dict] = {}
@@ -371,7 +370,7 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                              config.to_dict(), "queued", fold=job["fold"], n_folds=job["base"].get("n_folds"))
             spec = {"run_id": job["run_id"], "kind": job["kind"], "seed": job["seed"],
                     "dataset": str(Path(ds.path).resolve()), "run_dir": str(rd), "config": config.to_dict(),
-                    "hop_s": hop_s, "splits": list(splits)}
+                    "hop_s": batch.hop_s, "splits": list(batch.splits)}
             watch = _Watch(job, store, emit, get_kind(job["kind"]).max_epochs(config))
             pending[remote.remote(spec)] = (job, watch)
         emit({"state": "running", "phase": "submit", "n_runs": len(todo),
@@ -379,7 +378,7 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                          f"{len(order) - len(todo)} already done"})
         try:
             while pending:
-                if not stopped and should_stop and should_stop():
+                if not stopped and batch.stop_requested():
                     stopped = True
                     for ref, (job, w) in pending.items():
                         if w.attempt:  # running: stops at its next batch, resumable
@@ -454,11 +453,7 @@ class RayExecutor(Executor):
         import_ray()  # fails now, with the install command, when Ray is missing
 
     def run(self, batch: RunBatch) -> tuple[list[dict], list[dict], bool]:
-        runs, stopped = run_on_ray(batch.store, batch.datasets, batch.seeds, batch.kinds, batch.config,
-                                   emit=batch.emit, should_stop=batch.should_stop, hop_s=batch.hop_s,
-                                   splits=batch.splits, address=self.options.address,
-                                   cpus_per_task=self.options.cpus_per_task, max_retries=self.max_retries,
-                                   poll_s=self.poll_s, folds=batch.folds)
+        runs, stopped = run_on_ray(batch, self.options, max_retries=self.max_retries, poll_s=self.poll_s)
         pooled: list[dict] = []
         if batch.n_folds and not stopped:
             for seed in batch.seeds:

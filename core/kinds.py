@@ -21,12 +21,21 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
+from core.errors import GenreLabError
+
 #: what a kind trains on (``ModelKind.needs``): the snippet dataset itself; its full-clip twin
 #: (``DATASET-full``, built from the same tracks and split); the snippet dataset with cached pretrained
 #: embeddings (``core.embeddings.embed_dataset``, folded with the dataset under cross-validation)
 NEEDS = ("snippets", "full_twin", "embeddings")
 #: ``ModelKind.colour``: the article's models in the lab's colours; the others drawn lighter, on a shaded band
 COLOURS = ("lab", "reference")
+
+
+class UnknownKind(GenreLabError, KeyError):
+    """A model kind the table does not have; the message names the known ones. Also a ``KeyError`` (a lookup
+    that failed)."""
+
+    __str__ = Exception.__str__  # the message as it is (KeyError quotes it)
 
 
 @dataclass(frozen=True)
@@ -117,18 +126,18 @@ def kind_keys() -> tuple[str, ...]:
 
 
 def get_kind(key: str) -> ModelKind:
-    """The row of ``key``; ``KeyError`` naming the known kinds."""
+    """The row of ``key``; :class:`UnknownKind` naming the known kinds."""
     for k in kinds():
         if k.key == key:
             return k
-    raise KeyError(f"unknown model kind {key!r} (one of {', '.join(kind_keys())})")
+    raise UnknownKind(f"unknown model kind {key!r} (one of {', '.join(kind_keys())})")
 
 
 def track_level_of(key: str) -> str:
     """The level a kind's track accuracy is read at (``track_sum`` for a kind the table does not know)."""
     try:
         return get_kind(key).track_level
-    except KeyError:
+    except UnknownKind:
         return "track_sum"
 
 

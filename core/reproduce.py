@@ -87,15 +87,15 @@ def versions() -> dict[str, str]:
 
 
 def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: str = "recommended",
-              seeds: int | None = None, epochs: int | None = None, models: tuple[str, ...] = ("snippet", "full",
-              "linear", "musicnn"), full_clip_s: float = 30.0, limit_per_class: int | None = None,
+              seeds: int | None = None, models: tuple[str, ...] = ("snippet", "full", "linear", "musicnn"),
+              full_clip_s: float = 30.0, limit_per_class: int | None = None,
               workers: int | None = None, progress: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, command: str | None = None,
               overrides: dict[str, Any] | None = None, executor: str | Executor = "local") -> dict[str, Any]:
     """Run the whole reproduction (resumable); returns the ``results.json`` document. ``overrides`` change
-    the preset's training settings (``TrainConfig`` fields); ``executor`` (a name or ``core.runs.make_executor``'s
-    executor with its options) goes to :func:`core.experiment.run_experiment` (``"ray"``: the runs as Ray
-    tasks)."""
+    the preset's training settings (``TrainConfig`` fields, ``max_epochs`` included; None values are ignored);
+    ``executor`` (a name or ``core.runs.make_executor``'s executor with its options) goes to
+    :func:`core.experiment.run_experiment` (``"ray"``: the runs as Ray tasks)."""
     from core.dataset import build_dataset, load_dataset
     from core.experiment import preset_config, run_experiment
     from core.features import FeatureParams
@@ -117,7 +117,7 @@ def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: st
     ds_path = build_dataset(data_dir, out / "dataset", params, workers=workers, progress=on_build,
                             should_stop=should_stop, limit_per_class=limit)
     dataset = load_dataset(ds_path)
-    config = preset_config(spec["train"], **{**(overrides or {}), "max_epochs": epochs})
+    config = preset_config(spec["train"], **(overrides or {}))
     t0 = time.time()
     res = run_experiment(ds_path, out / "store", seeds=list(range(n_seeds)), models=models, config=config,
                          progress=emit, should_stop=should_stop, executor=executor)
@@ -389,11 +389,10 @@ def _cli_reproduce(a) -> int:
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
     cmd = "python -m core reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
     try:
-        doc = reproduce(a.data_dir, a.out, preset=a.preset, seeds=a.seeds, epochs=a.max_epochs, models=models,
+        doc = reproduce(a.data_dir, a.out, preset=a.preset, seeds=a.seeds, models=models,
                         full_clip_s=a.full_clip, limit_per_class=a.limit_per_class, workers=a.workers,
                         progress=progress, command=cmd,
-                        overrides={k: getattr(a, k) for k in TRAINING_ARGS if k != "max_epochs"
-                                   and getattr(a, k, None) is not None},
+                        overrides={k: getattr(a, k) for k in TRAINING_ARGS if getattr(a, k, None) is not None},
                         executor=executor_from_args(a))
     except (ReproduceError, DatasetError, ExperimentError, StoreError, TrainError, LockError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
