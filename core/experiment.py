@@ -318,7 +318,7 @@ def _kind_datasets(dataset, models: list[str], config, emit, should_stop, all_wi
                 embed_dataset(dataset.path, should_stop=should_stop, all_windows=all_windows,
                               progress=lambda d, t, p, kind=kind: emit(
                                   {"state": "running", "phase": "dataset", "model": kind, "done": d, "total": t,
-                                   "message": f"musicnn embeddings: {d}/{t} tracks"}))
+                                   "message": f"{get_kind(kind).short} embeddings: {d}/{t} tracks"}))
             except EmbedStopped as exc:
                 emit({"state": "stopped", "phase": "dataset", "model": kind, "message": str(exc)})
                 return None
