@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from core.experiment import (DEFAULT_PRESET, PRESET_HELP, PRESETS, experiment_groups, experiment_plan,
-                             experiment_progress, preset_config, preset_name, time_left_words)
+                             experiment_progress, preset_config, preset_name, run_experiment_args, time_left_words)
+from core.kinds import kinds
 from core.jobs import find_job, read_events, start_job
 from core.reproduce import PUBLISHED
 from core.workspace import home_dir, list_datasets
@@ -19,13 +20,10 @@ from ui.jobs_view import job_panel
 from ui.nav import page
 from ui.state import (local_results, reference_files, reference_info, reference_results, results_csv, results_json,
                       run_epochs, run_metrics_extra, store_path, store_stamp)
-from ui.text import (KIND_LABELS, LEVEL_LABELS, chance_advice, evaluation_basis, kind_label, level_label,
-                     paired_models_sentence, paired_sentence)
-
-PRESET_LABELS = {"recommended": "recommended (default)", "paper": "paper (the article's settings)",
-                 "tuned": "tuned (first reference results)", "fast": "fast (smoke run)",
-                 "small": "small (small datasets: fast)"}
-MODEL_CHOICES = ["snippet", "full", "linear", "musicnn"]  # what run-experiment --models takes
+from ui.text import (CV_LABELS, EXECUTOR_LABELS, LEVEL_LABELS, MONITOR_WORDS, PRESET_LABELS, chance_advice,
+                     compared_words, evaluation_basis, kind_label, kind_order, level_label, model_choices,
+                     one_fit_kinds, paired_comparisons, paired_models_sentence, paired_sentence, table_columns,
+                     table_help)
 
 
 def job_dir() -> Path:
@@ -36,7 +34,6 @@ def job_dir() -> Path:
 # 1. run
 # ---------------------------------------------------------------------------------------------------------
 CV_CHOICES = ["auto", "off", "3", "4", "5", "6", "8", "10"]  # what run-experiment --cv takes (a few of the Ks)
-CV_LABELS = {"auto": "auto (folds when the test split is small)", "off": "off (the dataset's own split)"}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -142,7 +139,7 @@ def run_section() -> None:
                                  f"that many folds (at most {facts['max_folds']} here: the smallest class's tracks). "
                                  "Each fold trains every model once: k folds take about k times as long.")
         c = st.columns([2, 1, 1])
-        models = c[0].multiselect("Models", MODEL_CHOICES, key="exp_models", format_func=kind_label,
+        models = c[0].multiselect("Models", model_choices(), key="exp_models", format_func=kind_label,
                                   help="**snippet CRNN**: scores 3 s snippets, a track's snippets vote. "
                                        "**30 s CRNN**: one look at the whole clip. **linear baseline**: per-snippet "
                                        "mel-band mean and standard deviation, softmax regression, voting like the "
@@ -159,8 +156,8 @@ def run_section() -> None:
         executor, ray_address = "local", ""
         if importlib.util.find_spec("ray") is not None:  # Ray installed: the runs may go to a cluster
             c = st.columns([1, 2])
-            executor = c[0].selectbox("Executor", ["local", "ray"], key="exp_executor",
-                                      format_func={"local": "local (this machine)", "ray": "Ray cluster"}.get,
+            executor = c[0].selectbox("Executor", list(EXECUTOR_LABELS), key="exp_executor",
+                                      format_func=EXECUTOR_LABELS.get,
                                       help="**local**: one run after the other in this process. **Ray**: each "
                                            "(model, seed, fold) run as a Ray task; every node must see the dataset, "
                                            "its source audio and the results folder at the same paths.")
@@ -185,13 +182,9 @@ def run_section() -> None:
     if hosted_mode():  # Community Cloud: capped, and the page says so (hosted_note above the form)
         seeds = min(int(seeds), HOSTED_CAPS["seeds"])
         epochs = min(int(epochs or HOSTED_CAPS["epochs"]), HOSTED_CAPS["epochs"])
-    args = ["run-experiment", ds_path, "--store", str(store_path()), "--seeds", str(int(seeds)),
-            "--models", ",".join(models), "--preset", preset, "--cv", str(cv)]
-    if epochs:
-        args += ["--epochs", str(int(epochs))]
-    if executor == "ray":
-        args += ["--executor", "ray"] + (["--ray-address", ray_address.strip()] if ray_address.strip() else [])
     try:
+        args = run_experiment_args(ds_path, store_path(), seeds=int(seeds), models=models, preset=preset, cv=cv,
+                                   epochs=int(epochs) if epochs else None, executor=executor, address=ray_address)
         start_job(args, job_dir(), store=store_path())
     except Exception as exc:  # noqa: BLE001 - LockError and friends carry a message for the user
         show_error(exc, "could not start the experiment")
@@ -208,7 +201,7 @@ def _last_settings(job) -> dict:
     out: dict = {"dataset": plan["dataset"]}
     if plan["seeds"] == list(range(len(plan["seeds"]))) and 1 <= len(plan["seeds"]) <= 30:
         out["seeds"] = len(plan["seeds"])
-    models = [m for m in plan["models"] if m in MODEL_CHOICES]
+    models = [m for m in plan["models"] if m in model_choices()]
     if models:
         out["models"] = models
     if plan["preset"] in PRESET_HELP:
@@ -370,11 +363,9 @@ def show_results(store: str, res: dict, label: str) -> None:
     has_linear = bool((df["kind"] == "linear").any())
     has_musicnn = bool((df["kind"] == "musicnn").any())
     over = (f"{n_seeds} seed{'s' if n_seeds != 1 else ''}" if per_kind.nunique() <= 1 else
-            "seeds: " + ", ".join(f"{kind_label(k)} {int(per_kind[k])}" for k in sorted(
-                per_kind.index, key=lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)))
-    compared = (["segment", "track"] if (df["kind"] == "snippet").any() else []) + \
-        [name for kind, name in (("full", "30 s"), ("linear", "linear baseline"), ("musicnn", "musicnn"))
-         if (df["kind"] == kind).any()]
+            "seeds: " + ", ".join(f"{kind_label(k)} {int(per_kind[k])}" for k in sorted(per_kind.index,
+                                                                                        key=kind_order)))
+    compared = compared_words(set(df["kind"]))
     st.markdown(f"#### {' vs '.join(compared)[:1].upper() + ' vs '.join(compared)[1:]}: mean ± SD over {over}"
                 + (f" of {n_folds}-fold cross-validation" if n_folds else ", held-out split"))
     if n_folds:
@@ -385,7 +376,7 @@ def show_results(store: str, res: dict, label: str) -> None:
                    + (f" Validation: {evaluation_basis(n_folds, n_val, 'val')}." if n_val else "")
                    + (" With so few test tracks the figures are coarse: cross-validation (*Cross-validation: auto* or "
                       "a number of folds) tests every track once per seed." if n_test and n_test < 20 else ""))
-    configs = [r.get("config") for r in res["runs"] if r.get("kind") in ("snippet", "full")]
+    configs = [r.get("config") for r in res["runs"] if r.get("kind") in {k.key for k in kinds() if k.uses_config}]
     cfg = configs[0] if configs else None
     if isinstance(cfg, str):
         import json
@@ -413,10 +404,8 @@ def show_results(store: str, res: dict, label: str) -> None:
                   "deterministic, so every seed gives the same figure." if has_linear else "")
                + (" **Pretrained musicnn** + head: embeddings of a network trained on a million songs (MSD), a small "
                   "classifier on top, the same windows and the same tracks." if has_musicnn else ""))
-    comparisons = [lambda sp: paired_sentence(df, "track_sum", "segment", sp),
-                   lambda sp: paired_models_sentence(df, ("snippet", "track_sum"), ("full", "full"), sp),
-                   lambda sp: paired_models_sentence(df, ("snippet", "track_sum"), ("linear", "track_sum"), sp),
-                   lambda sp: paired_models_sentence(df, ("musicnn", "track_sum"), ("snippet", "track_sum"), sp)]
+    comparisons = [lambda sp: paired_sentence(df, "track_sum", "segment", sp)] + \
+        [lambda sp, a=a, b=b: paired_models_sentence(df, a, b, sp) for a, b in paired_comparisons()]
     for split in ("test", "val"):
         lines = [s["text"] for s in (f(split) for f in comparisons) if s]
         if lines:
@@ -441,7 +430,7 @@ def show_results(store: str, res: dict, label: str) -> None:
             "evaluation": st.column_config.TextColumn("evaluation", width=155, help=(
                 "What each seed's figure rests on: every track once (cross-validation, the folds pooled"
                 + (f"; {n_items} tracks" if n_folds and n_items else "") + ") or the dataset's held-out tracks.")),
-            **{c: st.column_config.NumberColumn(c, format="%.1f %%", help=TABLE_HELP.get(c),
+            **{c: st.column_config.NumberColumn(c, format="%.1f %%", help=table_help().get(c),
                                                 width=int(18 + 6.3 * len(c)))  # as wide as the header
                for c in table.columns if c not in ("seed", "evaluation")}})
         st.caption(f"Accuracy in % per seed on the {'test' if split == 'test' else 'validation'} split"
@@ -449,7 +438,7 @@ def show_results(store: str, res: dict, label: str) -> None:
                       ", the dataset's held-out tracks")
                    + ". CRNN = the snippet CRNN; linear = the linear baseline (majority vote and log-prob "
                      "aggregation: the Aggregation tab).")
-        ep = epochs_table([r for r in res["runs"] if r["kind"] != "linear"])
+        ep = epochs_table([r for r in res["runs"] if r["kind"] not in one_fit_kinds()])
         if len(ep):
             st.dataframe(ep, hide_index=True, width="content")
             st.caption("How many epochs each CRNN (and musicnn head) trained, and its best epoch: the one kept"
@@ -464,11 +453,10 @@ def show_results(store: str, res: dict, label: str) -> None:
     runs = [r for r in res["runs"] if r["id"] in set(df["run_id"]) or r["status"] != "done"
             or r.get("fold") is not None]
     with tab_curves:
-        kinds = sorted({r["kind"] for r in runs if r["kind"] != "linear"},
-                       key=lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)
-        if kinds:
-            kind = st.segmented_control("Model", kinds, default=kinds[0], format_func=kind_label,
-                                        key="exp_curves_kind") or kinds[0]
+        curve_kinds = sorted({r["kind"] for r in runs if r["kind"] not in one_fit_kinds()}, key=kind_order)
+        if curve_kinds:
+            kind = st.segmented_control("Model", curve_kinds, default=curve_kinds[0], format_func=kind_label,
+                                        key="exp_curves_kind") or curve_kinds[0]
             hist = {f"seed {r['seed']}" + (f" fold {r['fold'] + 1}" if r.get("fold") is not None else ""):
                     run_epochs(store, stamp, r["id"]) for r in runs if r["kind"] == kind}
             hist = {k: v for k, v in hist.items() if v}
@@ -476,42 +464,31 @@ def show_results(store: str, res: dict, label: str) -> None:
                 st.plotly_chart(curves_figure(hist), key="exp_curves", config={"displayModeBar": False})
             else:
                 st.caption("No per-epoch history recorded for these runs.")
-        if any(r["kind"] == "linear" for r in runs):
+        if any(r["kind"] in one_fit_kinds() for r in runs):
             st.caption("The linear baseline is fitted in one step (L-BFGS on a convex problem): it has no learning "
                        "curve.")
     with tab_cm:
         confusion_tab(store, stamp, df)
     with tab_agg:
-        if (summary["kind"].isin(["snippet", "linear"]) & summary["level"].str.startswith("track")).any():
+        agg_kinds = [k.key for k in kinds() if k.aggregations]
+        if (summary["kind"].isin(agg_kinds) & summary["level"].str.startswith("track")).any():
             st.plotly_chart(aggregation_figure(summary), key="exp_agg", config={"displayModeBar": False})
             st.caption("Three ways to turn window scores into a track's class: sum of scores (the article), "
                        "majority vote of the windows' top classes, mean log-probability"
                        + (" (lighter bars: the linear baseline's snippets aggregated the same ways)."
                           if has_linear else "."))
             lines = []
-            for kind in ("snippet", "linear"):
+            for kind in agg_kinds:
                 for split in ("test", "val"):
                     for other in ("track_vote", "track_logprob"):
                         s = paired_sentence(df, "track_sum", other, split, kind)
-                        if s and s["n"] > 1 and (kind == "snippet" or (s["p"] is not None and s["p"] == s["p"])):
+                        if s and s["n"] > 1 and (kind == agg_kinds[0] or (s["p"] is not None and s["p"] == s["p"])):
                             lines.append(f"- {kind_label(kind)}, {'test' if split == 'test' else 'validation'}: "
                                          f"{s['text']}")
             if lines:
                 st.markdown("\n".join(lines))
         else:
             st.caption("No track-level results yet.")
-
-
-#: The per-seed table's columns: the headline's approaches (the other aggregations: the Aggregation tab)
-TABLE_COLUMNS = {("snippet", "segment"): "CRNN segment", ("snippet", "track_sum"): "CRNN track (sum)",
-                 ("full", "full"): "30 s CRNN", ("linear", "segment"): "linear segment",
-                 ("linear", "track_sum"): "linear track (sum)", ("musicnn", "segment"): "musicnn segment",
-                 ("musicnn", "track_sum"): "musicnn track (sum)"}
-TABLE_HELP = {name: f"{kind_label(kind)}, {level_label(level)} level" if kind != "full" else
-              "30 s CRNN: one prediction per clip" for (kind, level), name in TABLE_COLUMNS.items()}
-
-
-MONITOR_WORDS = {"val_track_accuracy": "val track acc", "val_accuracy": "val acc", "val_loss": "val loss"}
 
 
 def evaluation_of(df: pd.DataFrame) -> tuple[int | None, int | None, int | None]:
@@ -534,8 +511,9 @@ def chance_warning(summary: pd.DataFrame, n_classes: int | None, config: dict | 
     if not n_classes or summary.empty:
         return None
     chance = 1.0 / n_classes
-    crnn = summary[(summary["split"] == "test") & summary["kind"].isin(["snippet", "full"])
-                   & summary["level"].isin(["segment", "track_sum", "full"])]
+    lab = [k for k in kinds() if k.colour == "lab"]  # the CRNNs trained here from scratch
+    crnn = summary[(summary["split"] == "test") & summary["kind"].isin([k.key for k in lab])
+                   & summary["level"].isin({lvl for k in lab for lvl in k.levels})]
     low = [(k, f"{kind_label(k)}, {level_label(lv)}") for k, lv, m in
            zip(crnn["kind"], crnn["level"], crnn["accuracy_mean"]) if m <= chance + 0.05]
     if not low:
@@ -557,7 +535,7 @@ def _dataset_tracks(runs: list[dict]) -> int | None:
     from core.utils import read_json
 
     for r in runs:
-        if r.get("kind") in ("snippet", "linear", "musicnn") and r.get("dataset"):
+        if r.get("kind") in {k.key for k in kinds() if k.needs != "full_twin"} and r.get("dataset"):
             card = Path(fold_parent(str(r["dataset"]))) / "card.json"
             try:
                 counts = read_json(card).get("counts", {}) if card.is_file() else {}
@@ -569,13 +547,14 @@ def _dataset_tracks(runs: list[dict]) -> int | None:
 
 def per_seed_table(df: pd.DataFrame, runs: list[dict], split: str = "test") -> pd.DataFrame:
     """Accuracy per seed (rows) and approach (columns, those of the headline) on one split, in %."""
-    d = df[(df["split"] == split) & pd.Series([kl in TABLE_COLUMNS for kl in zip(df["kind"], df["level"])],
+    columns = table_columns()
+    d = df[(df["split"] == split) & pd.Series([kl in columns for kl in zip(df["kind"], df["level"])],
                                               index=df.index)].copy()
     if d.empty:
         return pd.DataFrame({"seed": []})
-    d["column"] = [TABLE_COLUMNS[kl] for kl in zip(d["kind"], d["level"])]
+    d["column"] = [columns[kl] for kl in zip(d["kind"], d["level"])]
     t = d.pivot_table(index="seed", columns="column", values="accuracy", aggfunc="first")
-    t = t[[c for c in TABLE_COLUMNS.values() if c in t.columns]] * 100
+    t = t[[c for c in columns.values() if c in t.columns]] * 100
     return t.reset_index()
 
 
@@ -583,23 +562,21 @@ def epochs_table(runs: list[dict]) -> pd.DataFrame:
     """How long each CRNN and musicnn head trained, one row per seed and model: the epochs run and the best epoch
     (with cross-validation fold by fold; held out, with the value it was chosen on). The linear baseline is one
     L-BFGS fit: no epochs to speak of."""
-    names = {"snippet": "snippet CRNN", "full": "30 s CRNN", "musicnn": "musicnn head"}
-    order = {"snippet": 0, "full": 1, "musicnn": 2}
     groups: dict[tuple[int, str], list[dict]] = {}
     for r in runs:
-        if r["kind"] == "linear" or not r.get("epochs") or r.get("status") != "done":
+        if r["kind"] in one_fit_kinds() or not r.get("epochs") or r.get("status") != "done":
             continue
         if r.get("fold") is None and r.get("n_folds"):  # a pooled run: its folds are the runs
             continue
         groups.setdefault((r["seed"], r["kind"]), []).append(r)
     rows = []
-    for (seed, kind), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 3))):
+    for (seed, kind), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kind_order(kv[0][1]))):
         rs = sorted(rs, key=lambda r: -1 if r.get("fold") is None else r["fold"])
         ran = sorted({int(r["epochs"]) for r in rs})
         best = ", ".join(str(r["best_epoch"] or "–") for r in rs)
         if len(rs) == 1 and rs[0].get("monitor") and rs[0].get("best_value") is not None:
             best += f" ({MONITOR_WORDS.get(rs[0]['monitor'], rs[0]['monitor'])} {rs[0]['best_value']:.3g})"
-        rows.append({"seed": seed, "model": names.get(kind, kind),
+        rows.append({"seed": seed, "model": kind_label(kind),
                      "epochs run": ", ".join(str(int(r["epochs"])) for r in rs) if len(ran) > 1 else str(ran[0]),
                      "best epoch": best})
     return pd.DataFrame(rows, columns=["seed", "model", "epochs run", "best epoch"])
@@ -610,9 +587,9 @@ def confusion_tab(store: str, stamp: float, df: pd.DataFrame) -> None:
         return
     c = st.columns(3)
     combos = df[["kind", "level"]].drop_duplicates().itertuples(index=False)
-    kinds, levels = list(KIND_LABELS), list(LEVEL_LABELS)  # the models in the headline's order, the CRNN first
+    levels = list(LEVEL_LABELS)  # the models in the headline's order, the CRNN first
     combos = sorted(((k, lvl) for k, lvl in combos), key=lambda kl: (
-        kinds.index(kl[0]) if kl[0] in kinds else 9, levels.index(kl[1]) if kl[1] in levels else 9))
+        kind_order(kl[0]), levels.index(kl[1]) if kl[1] in levels else 9))
     first = next((i for i, kl in enumerate(combos) if kl[1] in ("track_sum", "full")), 0)  # the article's figure
     combo = c[0].selectbox("Model and level", combos, index=first, key="exp_cm_level",
                            format_func=lambda kl: f"{kind_label(kl[0])} · {level_label(kl[1])}")

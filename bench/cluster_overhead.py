@@ -6,12 +6,12 @@ track level). Three ways, each into a fresh store, each driver in this process (
 
 * ``local``      ``run_experiment(executor="local")``: one run after the other, ``--threads`` TF threads;
 * ``ray 2 CPUs`` a two-node ``ray.cluster_utils.Cluster`` (a head with 0 CPUs, like a login node, and one worker
-                 node with 2 CPUs), ``--ray-cpus-per-task 2``: one run at a time with the same threads as
+                 node with 2 CPUs), ``--cpus-per-task 2``: one run at a time with the same threads as
                  ``local``, so the difference in wall time is Ray's overhead;
-* ``ray 1+1``    a head with 1 CPU and a worker node with 1 CPU, ``--ray-cpus-per-task 1``: two runs at a time,
+* ``ray 1+1``    a head with 1 CPU and a worker node with 1 CPU, ``--cpus-per-task 1``: two runs at a time,
                  one thread each (on 2 shared cores this shows thread scaling, not a cluster's speed-up).
 
-``run_experiment`` connects to the running cluster (``ray_address``) as the CLI does, ships ``core``, checks the
+``run_experiment`` connects to the running cluster (the executor's ``address``) as the CLI does, ships ``core``, checks the
 shared folders on every node, submits, relays progress and writes the store. Reported per way: the wall time;
 connect + storage check (start to the ``submit`` event); per run, the time from its ``starting`` event to its
 ``done`` event (for Ray: in the worker, including the worker's TensorFlow import on its first task, plus the
@@ -92,6 +92,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from core.experiment import preset_config
+    from core.runs import ExecutorOptions, make_executor
 
     config = preset_config("fast", max_epochs=a.epochs, max_train_batches=a.max_batches)
     rows = []
@@ -104,8 +105,8 @@ def main() -> None:
             cluster.add_node(num_cpus=node)
             cluster.wait_for_nodes()
             try:
-                res[name] = timed(ds, root / name.replace(" ", "-"), a.seeds, config, executor="ray",
-                                  ray_address=cluster.address, ray_cpus_per_task=cpt)
+                res[name] = timed(ds, root / name.replace(" ", "-"), a.seeds, config,
+                                  executor=make_executor("ray", ExecutorOptions(cluster.address, cpt)))
             finally:
                 if ray.is_initialized():
                     ray.shutdown()

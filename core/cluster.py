@@ -1,10 +1,10 @@
 """Experiments on a Ray cluster: the same (model kind, seed) runs as the local executor, one Ray task each.
 
-``run_experiment(..., executor="ray")`` hands its runs to :func:`run_on_ray`. Each task trains (or resumes)
-one run in its run folder and evaluates it there: ``core.train.train_run`` / ``core.baseline.train_linear``,
-then ``core.evaluate.evaluate_run`` on ``core.evaluate.run_predictor(run_dir)``, exactly the calls of the local
-loop. The task returns the training history and the evaluation to the driver, which alone writes the SQLite
-store (one writer, as with the local executor).
+``run_experiment(..., executor="ray")`` hands its runs to :class:`RayExecutor` (``core.runs`` executors), which
+runs them with :func:`run_on_ray`. Each task trains (or resumes) one run in its run folder and evaluates it
+there with ``core.runs.execute_run``: the local executor's run body (the kind's card writer, trainer and
+evaluator from ``core.kinds``). The task returns the training history and the evaluation to the driver,
+which alone writes the SQLite store (one writer, as with the local executor).
 
 **Shared storage.** Every node must see, at the same absolute paths as the driver: the dataset folder(s)
 (``<dataset>`` and ``<dataset>-full*`` for the 30 s model), the source audio the dataset was built from
@@ -38,9 +38,12 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from core.experiment import ExperimentError, plan_run
+from core.errors import GenreLabError
+from core.experiment import ExperimentError
+from core.kinds import get_kind
+from core.runs import Executor, ExecutorOptions, RunBatch, epoch_event, plan_run, run_words, summarise
 
 INSTALL_HINT = "pip install -r requirements-cluster.txt"
 #: written by the task into its run folder: where it runs and what it does (the driver relays it as events)
@@ -133,10 +136,14 @@ def probe_paths(checks: list[tuple[str, str, str]]) -> dict[str, Any]:
 
 
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
-    """On a worker: train (or resume) and evaluate one run in ``spec["run_dir"]``; returns what the driver
-    writes to the store. Errors propagate (the driver records them as the run's failure)."""
+    """On a worker: train (or resume) and evaluate one run in ``spec["run_dir"]`` (``core.runs.execute_run``,
+    the local executor's run); returns what the driver writes to the store. Errors propagate (the driver
+    records them as the run's failure)."""
     import logging
 
+    from core.dataset import load_dataset
+    from core.runs import Run, RunHooks, execute_run
+    from core.train_config import TrainConfig
     from core.utils import atomic_write_json, read_json
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing warnings, as in the CLI
@@ -155,18 +162,6 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         atomic_write_json(run_dir / PROGRESS_NAME, {**where, "seq": seq[0], "phase": phase, "message": message})
 
     report("train", "")
-    from core.baseline import train_linear
-    from core.dataset import load_dataset
-    from core.evaluate import evaluate_run, run_predictor
-    from core.experiment import _model_card
-    from core.predictor import write_model_card
-    from core.train import TrainConfig, train_run
-
-    kind, seed = spec["kind"], int(spec["seed"])
-    config = TrainConfig.from_dict(spec["config"])
-    ds = load_dataset(spec["dataset"])
-    if not (run_dir / "model_card.json").exists():
-        write_model_card(run_dir, _model_card(spec["run_id"], kind, seed, ds, config))
     last_check = [0.0, False]
 
     def should_stop() -> bool:
@@ -175,26 +170,15 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
             last_check[0], last_check[1] = now, stop_path.exists()
         return last_check[1]
 
-    if kind == "linear":
-        result = train_linear(ds, seed, run_dir, norm_method=config.norm_method)
-    else:
-        result = train_run(ds, kind, seed, config, run_dir, should_stop=should_stop)
-    out = {"status": result.status, "history": result.history, "epochs_run": result.epochs_run,
-           "best_epoch": result.best_epoch, "monitor": result.monitor, "best_value": result.best_value,
-           **where}
-    if result.status == "stopped":
+    run = Run(spec["run_id"], spec["kind"], int(spec["seed"]), load_dataset(spec["dataset"]), run_dir,
+              TrainConfig.from_dict(spec["config"]), float(spec["hop_s"]), tuple(spec["splits"]))
+    outcome = execute_run(run, RunHooks(should_stop=should_stop, report=report))
+    result = outcome.result
+    out = {"status": outcome.status, "history": result.history, "epochs_run": result.epochs_run,
+           "best_epoch": result.best_epoch, "monitor": result.monitor, "best_value": result.best_value, **where}
+    if outcome.status == "stopped":
         return out
-    best = (f"best epoch {result.best_epoch} of {result.epochs_run}"
-            + (f", {result.monitor} {result.best_value:.3f}" if result.best_value is not None
-               and kind != "linear" else ""))
-    report("evaluate", f"evaluating ({best})")
-
-    def on_track(done, total, path):
-        if done == total or done % 20 == 0:
-            report("evaluate", f"track-level evaluation {done}/{total} tracks")
-
-    out["results"] = evaluate_run(run_predictor(run_dir), ds, kind, tuple(spec["splits"]), float(spec["hop_s"]),
-                                  progress=on_track)
+    out["results"] = outcome.results
     out["seconds"] = round(time.time() - t0, 3)
     return out
 
@@ -216,7 +200,7 @@ def check_shared_storage(ray, checks: list[tuple[str, str, str]], cpus_per_task:
     if not nodes:
         total = ray.cluster_resources().get("CPU", 0)
         raise ClusterError(f"no node of the Ray cluster has {cpus_per_task} CPUs for a task (the cluster has "
-                           f"{total:g} CPUs in all): lower --ray-cpus-per-task or add nodes")
+                           f"{total:g} CPUs in all): lower --cpus-per-task or add nodes")
     probe = ray.remote(probe_paths)
     refs = {probe.options(num_cpus=0, max_retries=0, runtime_env=runtime_env,
                           scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(checks):
@@ -267,11 +251,7 @@ def _error_message(exc: BaseException, max_retries: int) -> str:
     if isinstance(exc, rex.RayTaskError):
         cause = getattr(exc, "cause", None)
         if cause is not None and not isinstance(cause, rex.RayError):
-            from core.dataset import DatasetError
-            from core.predictor import PredictorError
-            from core.train import TrainError
-
-            if isinstance(cause, (TrainError, PredictorError, DatasetError, ExperimentError)):
+            if isinstance(cause, GenreLabError):  # raised on purpose: its message is for the user
                 return str(cause)
             return f"{type(cause).__name__}: {cause}"[:500]
     if isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError)) or "died" in str(exc).lower():
@@ -284,7 +264,7 @@ class _Watch:
     """Driver-side view of one submitted run: relays its run folder's files as events and epoch rows."""
 
     def __init__(self, job: dict, store, emit, max_epochs: int):
-        self.job, self.store, self.emit, self.max_epochs = job, store, emit, max_epochs
+        self.job, self.store, self.emit, self.max_epochs = job, store, emit, max_epochs  # the kind's
         self.run_dir: Path = job["run_dir"]
         self.seq = self.attempt = 0
         self.started_at = None
@@ -321,11 +301,7 @@ class _Watch:
             return
         self.store.add_epochs(self.job["run_id"], new)
         for r in new:
-            self.emit({**self.base(), "state": "running", "phase": "train", "epoch": r["epoch"],
-                       "max_epochs": self.max_epochs if self.job["kind"] != "linear" else 1,
-                       "metrics": {k: r[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy",
-                                                     "val_track_accuracy", "lr", "seconds") if k in r},
-                       "message": f"epoch {r['epoch']} done"})
+            self.emit(epoch_event(self.base(), r, self.max_epochs))
         self.epochs = max(int(r["epoch"]) for r in new)
 
     def poll(self) -> None:
@@ -350,18 +326,17 @@ class _Watch:
                 self.emit({**self.base(), "state": "running", "phase": "evaluate", "message": prog["message"]})
 
 
-def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], config, *,
-               emit: Callable[[dict], None], should_stop: Callable[[], bool] | None = None, hop_s: float = 1.0,
-               splits=("val", "test"), address: str | None = None, cpus_per_task: int = DEFAULT_CPUS_PER_TASK,
-               max_retries: int = DEFAULT_MAX_RETRIES, poll_s: float = 0.5,
-               folds: list | tuple = (None,)) -> tuple[list[dict], bool]:
-    """Every (seed, kind, fold) run not yet ``done`` in ``store`` as one Ray task; returns ``(runs, stopped)``
-    like the local loop of ``run_experiment``. ``datasets``: ``{(kind, fold): dataset}`` (``fold`` None without
-    cross-validation; a fold of ``core.folds`` is an ordinary dataset folder, so the task is the same).
-    Failed runs are recorded and the others carry on; then :class:`ExperimentError` names the failures."""
-
+def run_on_ray(batch: RunBatch, options: ExecutorOptions, *, max_retries: int = DEFAULT_MAX_RETRIES,
+               poll_s: float = 0.5) -> tuple[list[dict], bool]:
+    """Every (seed, kind, fold) run of ``batch`` not yet ``done`` in its store as one Ray task (``options``: the
+    cluster's ``address``, ``cpus_per_task``); returns ``(runs, stopped)`` like the local executor. A fold of
+    ``core.folds`` is an ordinary dataset folder, so its task is the same. Failed runs are recorded and the
+    others carry on; then :class:`ExperimentError` names the failures."""
+    store, datasets, config, emit = batch.store, batch.datasets, batch.config, batch.emit
+    seeds, models, folds = batch.seeds, batch.kinds, batch.folds
+    address, cpus_per_task = options.address, options.cpus_per_task
     if cpus_per_task < 1:
-        raise ClusterError("--ray-cpus-per-task must be >= 1")
+        raise ClusterError("--cpus-per-task must be >= 1")
     runs: dict[tuple[int, str, Any], dict] = {}
     todo = []
     for seed in seeds:
@@ -395,14 +370,15 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                              config.to_dict(), "queued", fold=job["fold"], n_folds=job["base"].get("n_folds"))
             spec = {"run_id": job["run_id"], "kind": job["kind"], "seed": job["seed"],
                     "dataset": str(Path(ds.path).resolve()), "run_dir": str(rd), "config": config.to_dict(),
-                    "hop_s": hop_s, "splits": list(splits)}
-            pending[remote.remote(spec)] = (job, _Watch(job, store, emit, config.max_epochs))
+                    "hop_s": batch.hop_s, "splits": list(batch.splits)}
+            watch = _Watch(job, store, emit, get_kind(job["kind"]).max_epochs(config))
+            pending[remote.remote(spec)] = (job, watch)
         emit({"state": "running", "phase": "submit", "n_runs": len(todo),
               "message": f"submitted {len(todo)} run(s) to Ray ({cpus_per_task} CPUs each); "
                          f"{len(order) - len(todo)} already done"})
         try:
             while pending:
-                if not stopped and should_stop and should_stop():
+                if not stopped and batch.stop_requested():
                     stopped = True
                     for ref, (job, w) in pending.items():
                         if w.attempt:  # running: stops at its next batch, resumable
@@ -441,11 +417,9 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
                         continue
                     results = res["results"]
                     store.write_evaluation(job["run_id"], results, "done")
-                    summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
+                    summary = summarise(results)
                     emit({**base, "state": "done", "phase": "evaluate", "metrics": summary, "node": res["host"],
-                          "message": f"{job['kind']} seed {job['seed']}"
-                                     + (f", fold {base['fold'] + 1} of {base['n_folds']}" if base.get("n_folds") else "")
-                                     + " done"})
+                          "message": f"{run_words(base)} done"})
                     runs[key] = {**base, "status": "done", "metrics": summary, "node": res["host"],
                                  "resumed_from": res["resumed_from"], "attempts": w.attempt,
                                  "task_seconds": res.get("seconds")}
@@ -460,3 +434,29 @@ def run_on_ray(store, datasets: dict, seeds: list[int], models: list[str], confi
     if failures:
         raise ExperimentError(f"{len(failures)} of {len(todo)} run(s) failed on Ray: " + "; ".join(failures))
     return [runs[key] for key in order if key in runs], stopped
+
+
+class RayExecutor(Executor):
+    """``--executor ray``: each run of the kinds marked ``remote`` (``core.kinds``) as one Ray task
+    (:func:`run_on_ray`; ``options.address``: the cluster, else ``$RAY_ADDRESS``, else a local Ray for the run;
+    ``options.cpus_per_task`` CPUs each); each seed's folds pooled when every run is back."""
+
+    name = "ray"
+    remote = True
+
+    def __init__(self, options: ExecutorOptions | None = None, *, max_retries: int = DEFAULT_MAX_RETRIES,
+                 poll_s: float = 0.5):
+        super().__init__(options)
+        self.max_retries, self.poll_s = max_retries, poll_s
+
+    def check(self) -> None:
+        import_ray()  # fails now, with the install command, when Ray is missing
+
+    def run(self, batch: RunBatch) -> tuple[list[dict], list[dict], bool]:
+        runs, stopped = run_on_ray(batch, self.options, max_retries=self.max_retries, poll_s=self.poll_s)
+        pooled: list[dict] = []
+        if batch.n_folds and not stopped:
+            for seed in batch.seeds:
+                for kind in batch.kinds:
+                    pooled += batch.pool(seed, kind)
+        return runs, pooled, stopped

@@ -72,6 +72,10 @@ class EmbeddingError(GenreLabError):
     """Embeddings cannot be computed or are missing; the message is for the user."""
 
 
+class HeadSettingsError(EmbeddingError, ValueError):
+    """A head setting :func:`train_embedding_head` does not take; also a ``ValueError`` (a bad argument)."""
+
+
 class EmbedStopped(Stopped):
     """``should_stop()`` returned True; what was computed so far is kept (run again to resume)."""
 
@@ -384,10 +388,6 @@ class HeadResult:
     monitor: str = "val_accuracy"
     extra: dict = field(default_factory=dict)
 
-    @property
-    def best_val_accuracy(self) -> float:
-        return float(self.history[self.best_epoch - 1].get("val_accuracy", float("nan")))
-
     # the fields of core.train.TrainResult that the experiment loop reads
     @property
     def best_value(self) -> float | None:
@@ -438,7 +438,7 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
     head.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     has_val = len(y["val"]) > 0
     if monitor not in ("val_accuracy", "val_track_accuracy"):
-        raise ValueError("monitor must be 'val_accuracy' or 'val_track_accuracy'")
+        raise HeadSettingsError("monitor must be 'val_accuracy' or 'val_track_accuracy'")
     track_y = None
     if monitor == "val_track_accuracy" and has_val and len(emb.W["val"]):
         track_ids, track_pos = np.unique(emb.W_track["val"], return_inverse=True)

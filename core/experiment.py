@@ -23,6 +23,7 @@ from core.train_config import ARCH_NAMES
 from core.utils import format_duration
 
 if TYPE_CHECKING:  # core.train imports keras: keep `python -m core --help` fast
+    from core.runs import Executor
     from core.train_config import TrainConfig
 
 ProgressFn = Callable[[dict], None]
@@ -179,51 +180,6 @@ def ensure_full_dataset(dataset, progress: ProgressFn | None = None, should_stop
     return full
 
 
-def _model_card(run_id: str, kind: str, seed: int, dataset, config: TrainConfig) -> dict:
-    from core.models import build_model, describe
-    from core.predictor import make_model_card
-
-    p = dataset.params
-    frames = p.input_frames
-    info = describe(build_model(kind, len(dataset.classes), p.n_mels, frames, arch=config.arch), (frames, p.n_mels))
-    cv = dataset.card.get("cv") or {}
-    return make_model_card(kind, dataset.classes, p, dataset.norm, config.norm_method, model_file="best.keras",
-                           run_id=run_id, seed=seed, dataset=str(dataset.path),
-                           dataset_build_id=dataset.card.get("build_id"), input_shape=[frames, p.n_mels, 1],
-                           n_params=info["params"], macs_per_sample=info["macs_per_sample"],
-                           config=config.to_dict(), **_fold_fields(cv))
-
-
-def _fold_fields(cv: dict) -> dict:
-    """A fold dataset's ``card["cv"]`` as model-card fields (none for a held-out dataset)."""
-    return {"fold": cv["fold"], "n_folds": cv["k"], "cv_parent": cv.get("parent")} if cv else {}
-
-
-def run_fold(ds) -> tuple[int | None, int | None]:
-    """``(fold, k)`` of a cross-validation fold dataset (``core.folds``), ``(None, None)`` otherwise."""
-    cv = ds.card.get("cv") or {}
-    return (int(cv["fold"]), int(cv["k"])) if cv else (None, None)
-
-
-def plan_run(store, ds, kind: str, seed: int, config, emit) -> tuple[str, dict, dict | None]:
-    """The run of ``kind`` x ``seed`` on dataset ``ds`` (a fold of a cross-validation too: its fold is in the
-    run id and the events): ``(run_id, base event fields, done)``; ``done`` is the run's record (after a "skip"
-    event) when the store already has it finished, else ``None``. Shared by the local loop and the Ray executor
-    (``core.cluster``)."""
-    from core.store import make_run_id
-
-    fold, k = run_fold(ds)
-    run_id = make_run_id(ds.card.get("build_id"), kind, seed, config.to_dict(), fold, k)
-    base = {"seed": seed, "model": kind, "run": run_id}
-    if k:
-        base.update(fold=fold, n_folds=k)
-    rec = store.get_run(run_id)
-    if rec and rec["status"] == "done":
-        emit({**base, "state": "done", "phase": "skip", "message": f"{run_id} already done"})
-        return run_id, base, {**base, "status": "done", "skipped": True}
-    return run_id, base, None
-
-
 def run_experiment(
     dataset_path: str | os.PathLike,
     store_path: str | os.PathLike,
@@ -235,9 +191,7 @@ def run_experiment(
     hop_s: float = 1.0,
     splits: Iterable[str] = ("val", "test"),
     lock: bool = True,
-    executor: str = "local",
-    ray_address: str | None = None,
-    ray_cpus_per_task: int = 2,
+    executor: str | Executor = "local",
     cv: int | str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every (seed, model) pair; returns ``{"runs": [...], "stopped": bool, "results": df,
@@ -249,46 +203,43 @@ def run_experiment(
     resumable. Raises :class:`ExperimentError`, ``DatasetError``, ``TrainError``, ``StoreError`` or
     ``LockError`` with a message for the user.
 
-    ``cv``: cross-validation (``core.folds``): ``None``/``0``/``"off"`` trains on the dataset's own split;
-    ``k`` trains every (seed, model) on each of ``k`` track-wise stratified folds (every track tested once per
-    seed) and pools each seed's predictions over the folds into one run (``n_folds`` k in the store);
-    ``"auto"`` (the command line's and the experiment page's default) uses folds when the held-out test split
-    has fewer than ``core.folds.MIN_TEST_PER_CLASS`` tracks of some class.
+    ``models``: keys of the kind table (``core.kinds``). ``cv``: cross-validation (``core.folds``):
+    ``None``/``0``/``"off"`` trains on the dataset's own split; ``k`` trains every (seed, model) on each of
+    ``k`` track-wise stratified folds (every track tested once per seed) and pools each seed's predictions over
+    the folds into one run (``n_folds`` k in the store); ``"auto"`` (the command line's and the experiment
+    page's default) uses folds when the held-out test split has fewer than ``core.folds.MIN_TEST_PER_CLASS``
+    tracks of some class.
 
-    ``executor="ray"`` runs each (seed, model) as a Ray task (``core.cluster``: ``ray_address``, else
-    ``$RAY_ADDRESS``, else a local Ray for the run; ``ray_cpus_per_task`` CPUs each); the store is still
-    written here only.
+    ``executor``: ``"local"``, ``"ray"`` or an executor (``core.runs.make_executor(name, ExecutorOptions(address,
+    cpus_per_task))``): the kinds that may run remotely go to a remote executor (``core.cluster``: Ray tasks), the
+    others run here after them; the store is written here only.
     """
     from core.dataset import DatasetError, load_dataset
-    from core.evaluate import evaluate_run, run_predictor
     from core.jobs import StoreLock
-    from core.predictor import PredictorError, write_model_card
+    from core.kinds import get_kind, kind_keys, models_help
+    from core.runs import LocalExecutor, RunBatch, RunError, make_executor
     from core.store import Store, make_run_id, results_frame
-    from core.baseline import train_linear
-    from core.train import TrainConfig, TrainError, train_run
-    from core.train_config import KINDS
+    from core.train import TrainConfig
 
     config = config or TrainConfig()
     seeds = parse_seeds(seeds) if not isinstance(seeds, (list, tuple)) else [int(s) for s in seeds]
     models = list(models)
-    bad = [m for m in models if m not in KINDS]
+    bad = [m for m in models if m not in kind_keys()]
     if bad or not models:
-        raise ExperimentError("models must be among snippet, full, linear and musicnn "
-                              f"(got {', '.join(bad) or 'none'})")
+        raise ExperimentError(f"models must be among {models_help()} (got {', '.join(bad) or 'none'})")
     splits = tuple(splits)
     emit = progress or (lambda ev: None)
-    if executor not in ("local", "ray"):
-        raise ExperimentError(f"executor must be local or ray (got {executor!r})")
-    if executor == "ray":
-        from core.cluster import import_ray
-
-        import_ray()  # fails now, with the install command, when Ray is missing
+    try:
+        executor = make_executor(executor)
+    except RunError as exc:
+        raise ExperimentError(str(exc)) from exc
+    executor.check()  # fails now (e.g. Ray missing: the install command), before anything is written
 
     try:
         dataset = load_dataset(dataset_path)
     except DatasetError as exc:
         raise ExperimentError(str(exc)) from exc
-    if dataset.params.mode == "full" and "snippet" in models:
+    if dataset.params.mode == "full" and any(get_kind(m).needs != "full_twin" for m in models):
         raise ExperimentError(f"{dataset.path} is a full-clip dataset: pass the snippet dataset (the full-clip "
                               "one is derived from it), or use --models full")
     try:
@@ -311,28 +262,10 @@ def run_experiment(
           "n_folds": n_folds, "max_epochs": config.max_epochs, "seeds": seeds, "models": models,
           "message": _plan_message(dataset, n_folds, seeds, models)})
     try:
-        base_ds = {}  # kind -> the dataset it trains on (held-out layout); folds are derived from these
-        if "snippet" in models:
-            base_ds["snippet"] = dataset
-        if "linear" in models:
-            base_ds["linear"] = dataset
-        if "musicnn" in models:  # pretrained musicnn embeddings (core.embeddings), computed once per dataset
-            from core.embeddings import EmbeddingError, EmbedStopped, embed_dataset
-
-            base_ds["musicnn"] = dataset
-            try:
-                embed_dataset(dataset.path, should_stop=should_stop, all_windows=bool(n_folds),
-                              progress=lambda d, t, p: emit(
-                                  {"state": "running", "phase": "dataset", "model": "musicnn", "done": d, "total": t,
-                                   "message": f"musicnn embeddings: {d}/{t} tracks"}))
-            except EmbedStopped as exc:
-                emit({"state": "stopped", "phase": "dataset", "model": "musicnn", "message": str(exc)})
-                return {"runs": [], "stopped": True, "results": results_frame(store).iloc[0:0], "n_folds": n_folds}
-            except EmbeddingError as exc:
-                raise ExperimentError(str(exc)) from exc
-        if "full" in models:
-            base_ds["full"] = dataset if dataset.params.mode == "full" else ensure_full_dataset(
-                dataset, emit, should_stop, FULL_STORE_S if config.full_crop == "random" else 0.0)
+        # kind -> the dataset it trains on (held-out layout); folds are derived from these
+        base_ds = _kind_datasets(dataset, models, config, emit, should_stop, bool(n_folds))
+        if base_ds is None:  # stopped while preparing
+            return {"runs": [], "stopped": True, "results": results_frame(store).iloc[0:0], "n_folds": n_folds}
         datasets = _fold_datasets(dataset, base_ds, n_folds, emit)  # (kind, fold) -> dataset
         for seed in seeds:  # the plan, visible to readers of the store before training starts
             for kind in models:
@@ -342,113 +275,20 @@ def run_experiment(
                     if store.get_run(rid) is None:
                         store.upsert_run(rid, str(ds.path), ds.card.get("build_id"), kind, seed, config.to_dict(),
                                          "queued", fold=fold, n_folds=n_folds)
-        # with Ray, the CRNNs and the baseline train as tasks; the musicnn head (seconds on cached embeddings,
-        # computed once above) trains here in the driver afterwards
-        ray_kinds = [m for m in models if m != "musicnn"] if executor == "ray" else []
-        local_kinds = [m for m in models if m not in ray_kinds]
-        if ray_kinds:
-            from core.cluster import run_on_ray
 
-            runs, stopped = run_on_ray(store, datasets, seeds, ray_kinds, config, emit=emit, should_stop=should_stop,
-                                       hop_s=hop_s, splits=splits, address=ray_address,
-                                       cpus_per_task=ray_cpus_per_task, folds=folds)
-            if n_folds and not stopped:
-                for seed in seeds:
-                    for kind in ray_kinds:
-                        pooled += _pool(store, base_ds[kind], datasets, kind, seed, config, folds, emit)
-        units = [(seed, kind, fold) for seed in seeds for kind in _cheap_first(local_kinds) for fold in folds]
-        for seed, kind, fold in units if not stopped else ():
-            if should_stop and should_stop():
-                stopped = True
-                break
-            ds = datasets[(kind, fold)]
-            run_id, base, done = plan_run(store, ds, kind, seed, config, emit)
-            if done:
-                runs.append(done)
-            else:
-                run_dir = store.run_dir(run_id)
-                store.upsert_run(run_id, str(ds.path), ds.card.get("build_id"), kind, seed, config.to_dict(),
-                                 "running", fold=fold, n_folds=n_folds)
-                resumed = (run_dir / "state.json").exists()
-                where = f", fold {fold + 1} of {n_folds}" if n_folds else ""
-                emit({**base, "state": "running", "phase": "train", "max_epochs": _max_epochs(kind, config),
-                      "message": f"{'resuming' if resumed else 'starting'} {kind} model, seed {seed}{where}"})
-                try:
-                    if kind != "musicnn" and not (run_dir / "model_card.json").exists():
-                        write_model_card(run_dir, _model_card(run_id, kind, seed, ds, config))
+        def batch(kinds: list[str]) -> RunBatch:
+            return RunBatch(store, datasets, seeds, kinds, folds, config, emit, should_stop, hop_s, splits,
+                            pool=lambda seed, kind: _pool(store, base_ds[kind], datasets, kind, seed, config, folds,
+                                                          emit))
 
-                    def on_epoch(r, base=base, run_id=run_id):
-                        store.add_epochs(run_id, [r])
-                        emit({**base, "state": "running", "phase": "train", "epoch": r["epoch"],
-                              "max_epochs": r["max_epochs"],
-                              "metrics": {k: r[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy",
-                                                            "val_track_accuracy", "lr", "seconds") if k in r},
-                              "message": f"epoch {r['epoch']} done"})
-
-                    def on_batch(epoch, batch, n, base=base):
-                        emit({**base, "state": "running", "phase": "batch", "epoch": epoch + 1, "batch": batch,
-                              "n_batches": n, "max_epochs": config.max_epochs})
-
-                    if kind == "musicnn":  # a head on the cached embeddings; writes its own card
-                        from core.embeddings import DEFAULT_HEAD, train_embedding_head
-
-                        result = train_embedding_head(ds.path, seed, run_dir=run_dir, on_epoch=on_epoch,
-                                                      **DEFAULT_HEAD)
-                        if n_folds:  # the fold in the card, as the CRNNs' (the demo tells the folds apart)
-                            from core.predictor import read_model_card
-
-                            write_model_card(run_dir, {**read_model_card(run_dir / "model_card.json"),
-                                                       **_fold_fields(ds.card.get("cv") or {})})
-                    elif kind == "linear":
-                        result = train_linear(ds, seed, run_dir, norm_method=config.norm_method,
-                                              on_epoch=lambda r, on_epoch=on_epoch: on_epoch(
-                                                  dict(r, max_epochs=1)))
-                    else:
-                        result = train_run(ds, kind, seed, config, run_dir, on_epoch=on_epoch,
-                                           should_stop=should_stop, on_batch=on_batch)
-                    store.add_epochs(run_id, result.history)
-                    if result.status == "stopped":
-                        store.set_status(run_id, "stopped", f"stopped after epoch {result.epochs_run}")
-                        emit({**base, "state": "stopped", "phase": "train", "epoch": result.epochs_run,
-                              "message": "stopped on request; run again to resume"})
-                        runs.append({**base, "status": "stopped"})
-                        stopped = True
-                        break
-                    best = (f"best epoch {result.best_epoch} of {result.epochs_run}"
-                            + (f", {result.monitor} {result.best_value:.3f}" if result.best_value is not None
-                               and kind != "linear" else ""))
-                    emit({**base, "state": "running", "phase": "evaluate", "message": f"evaluating ({best})"})
-                    def on_track(done, total, path, base=base):
-                        if done == total or done % 20 == 0:
-                            emit({**base, "state": "running", "phase": "evaluate",
-                                  "message": f"track-level evaluation {done}/{total} tracks"})
-
-                    if kind == "musicnn":  # from the cached snippet and 1 s-window embeddings: no audio decoding
-                        from core.embeddings import embedding_results
-
-                        results = embedding_results(ds, result, splits)
-                    else:
-                        results = evaluate_run(run_predictor(run_dir), ds, kind, splits, hop_s, progress=on_track)
-                    store.write_evaluation(run_id, results, "done")
-                    summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
-                    emit({**base, "state": "done", "phase": "evaluate", "metrics": summary,
-                          "message": f"{kind} seed {seed}{where} done"})
-                    runs.append({**base, "status": "done", "metrics": summary})
-                except KeyboardInterrupt:
-                    store.set_status(run_id, "stopped", "interrupted; run again to resume")
-                    raise
-                except (TrainError, PredictorError, DatasetError, ExperimentError) as exc:
-                    store.set_status(run_id, "failed", str(exc))
-                    emit({**base, "state": "failed", "message": str(exc)})
-                    raise
-                except Exception as exc:
-                    store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}"[:500])
-                    emit({**base, "state": "failed", "message": f"{type(exc).__name__}: {exc}"})
-                    raise
-            if stopped:
-                break
-            if n_folds and fold == folds[-1]:  # the last fold of this (seed, kind): one accuracy per seed
-                pooled += _pool(store, base_ds[kind], datasets, kind, seed, config, folds, emit)
+        # a remote executor takes the kinds that may run remotely; the others (the musicnn head: seconds on
+        # cached embeddings, computed once above) train here afterwards
+        remote = [m for m in models if get_kind(m).remote] if executor.remote else []
+        for ex, kinds in ((executor, remote), (LocalExecutor(), [m for m in models if m not in remote])):
+            if kinds and not stopped:
+                r, p, stopped = ex.run(batch(kinds))
+                runs += r
+                pooled += p
     finally:
         if store_lock:
             store_lock.release()
@@ -458,24 +298,34 @@ def run_experiment(
             "results": df[df["run_id"].isin(ids)].reset_index(drop=True)}
 
 
-#: the order in which a seed's models train: the cheap ones first (their results, and the time estimates, come
-#: early)
-COST_ORDER = ("linear", "musicnn", "snippet", "full")
+def _kind_datasets(dataset, models: list[str], config, emit, should_stop, all_windows: bool) -> dict | None:
+    """``{kind: the dataset it trains on}``, what each kind ``needs`` (``core.kinds``) prepared: the snippet
+    dataset; its full-clip twin (built on first use); the snippet dataset with its pretrained embeddings
+    (computed once per dataset; ``all_windows`` for cross-validation). None when stopped while preparing."""
+    from core.kinds import get_kind
 
+    out: dict = {}
+    for kind in models:
+        needs = get_kind(kind).needs
+        if needs == "full_twin":
+            out[kind] = dataset if dataset.params.mode == "full" else ensure_full_dataset(
+                dataset, emit, should_stop, FULL_STORE_S if config.full_crop == "random" else 0.0)
+            continue
+        if needs == "embeddings":
+            from core.embeddings import EmbeddingError, EmbedStopped, embed_dataset
 
-def _cheap_first(kinds: list[str]) -> list[str]:
-    return sorted(kinds, key=lambda k: COST_ORDER.index(k) if k in COST_ORDER else len(COST_ORDER))
-
-
-def _max_epochs(kind: str, config) -> int:
-    """The most epochs a run of ``kind`` trains (the linear baseline: one fit; the musicnn head: its own)."""
-    if kind == "linear":
-        return 1
-    if kind == "musicnn":
-        from core.embeddings import HEAD_EPOCHS
-
-        return HEAD_EPOCHS
-    return int(config.max_epochs)
+            try:
+                embed_dataset(dataset.path, should_stop=should_stop, all_windows=all_windows,
+                              progress=lambda d, t, p, kind=kind: emit(
+                                  {"state": "running", "phase": "dataset", "model": kind, "done": d, "total": t,
+                                   "message": f"{get_kind(kind).short} embeddings: {d}/{t} tracks"}))
+            except EmbedStopped as exc:
+                emit({"state": "stopped", "phase": "dataset", "model": kind, "message": str(exc)})
+                return None
+            except EmbeddingError as exc:
+                raise ExperimentError(str(exc)) from exc
+        out[kind] = dataset
+    return out
 
 
 def _plan_message(dataset, n_folds: int, seeds: list[int], models: list[str]) -> str:
@@ -495,10 +345,11 @@ def _plan_message(dataset, n_folds: int, seeds: list[int], models: list[str]) ->
 
 def _fold_datasets(dataset, base_ds: dict, n_folds: int, emit) -> dict:
     """``{(kind, fold): dataset}``: ``{(kind, None): its dataset}`` without cross-validation; else each kind's
-    dataset folded (``core.folds``: the snippet dataset's assignment for every kind; musicnn's embeddings too)."""
+    dataset folded (``core.folds``: the snippet dataset's assignment for every kind; cached embeddings too)."""
     if not n_folds:
         return {(kind, None): ds for kind, ds in base_ds.items()}
     from core.folds import FoldError, fold_assignment, fold_dataset
+    from core.kinds import get_kind
 
     assignment = fold_assignment(dataset, n_folds)
     out: dict = {}
@@ -514,7 +365,7 @@ def _fold_datasets(dataset, base_ds: dict, n_folds: int, emit) -> dict:
                 except FoldError as exc:
                     raise ExperimentError(str(exc)) from exc
             out[(kind, f)] = built[key]
-            if kind == "musicnn":
+            if get_kind(kind).needs == "embeddings":
                 from core.embeddings import fold_embeddings
 
                 fold_embeddings(dataset.path, out[(kind, f)])
@@ -525,6 +376,8 @@ def _pool(store, parent, datasets: dict, kind: str, seed: int, config, folds: li
     """Pool the fold runs of (``kind``, ``seed``) into one run (``core.folds.pool_fold_runs``) once every fold
     is done; returns ``[its record]`` (``[]`` while a fold is missing; already pooled: as it is)."""
     from core.folds import pool_fold_runs
+    from core.kinds import get_kind
+    from core.runs import summarise
     from core.store import make_run_id
 
     n_folds = len(folds)
@@ -540,8 +393,8 @@ def _pool(store, parent, datasets: dict, kind: str, seed: int, config, folds: li
         return [{**base, "run": pooled_id, "status": "done", "skipped": True}]
     results = pool_fold_runs(store, ids, pooled_id, dataset=str(parent.path), build_id=parent.card.get("build_id"),
                              kind=kind, seed=seed, config=cfg, n_folds=n_folds)
-    summary = {f"{lvl}/{sp}": round(r["metrics"]["accuracy"], 4) for (lvl, sp), r in results.items()}
-    head = "full" if kind == "full" else "track_sum"
+    summary = summarise(results)
+    head = get_kind(kind).track_level
     n = results.get((head, "test"), {}).get("metrics", {}).get("n")
     acc = summary.get(f"{head}/test")
     emit({**base, "state": "done", "phase": "pool", "metrics": summary,
@@ -553,7 +406,45 @@ def _pool(store, parent, datasets: dict, kind: str, seed: int, config, folds: li
 # ---------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------
+def run_experiment_args(dataset: str | os.PathLike, store: str | os.PathLike, *, seeds: int | str = 1,
+                        models: Iterable[str] = ("snippet", "full"), preset: str = DEFAULT_PRESET,
+                        cv: int | str = "auto", epochs: int | None = None, executor: str = "local",
+                        address: str | None = None) -> list[str]:
+    """The ``run-experiment`` command line (without ``python -m core``; ``core.jobs.start_job`` adds the job
+    options) of an experiment: what the experiment page starts, read back by :func:`experiment_plan`.
+    ``seeds``: a count or a ``--seeds`` text; ``epochs`` None: the preset's; ``address``: a remote executor's
+    cluster (empty: its default). :class:`ExperimentError` for a model kind, preset, executor or cross-validation
+    the command does not take."""
+    from core.folds import MIN_FOLDS
+    from core.kinds import kind_keys, models_help
+    from core.runs import EXECUTORS
+
+    models = [str(m) for m in models]
+    bad = [m for m in models if m not in kind_keys()]
+    if bad or not models:
+        raise ExperimentError(f"models must be among {models_help()} (got {', '.join(bad) or 'none'})")
+    if preset not in PRESETS:
+        raise ExperimentError(f"unknown preset {preset!r} (use one of {', '.join(PRESETS)})")
+    if executor not in EXECUTORS:
+        raise ExperimentError(f"executor must be {' or '.join(EXECUTORS)} (got {executor!r})")
+    if str(cv) not in ("auto", "off") and not (str(cv).isdigit() and int(cv) >= MIN_FOLDS):
+        raise ExperimentError(f"--cv takes auto, off or a number of folds ({MIN_FOLDS} or more), not {cv!r}")
+    seeds_text = str(int(seeds)) if isinstance(seeds, int) else str(seeds)
+    parse_seeds(seeds_text)  # ExperimentError for anything --seeds does not take
+    args = ["run-experiment", str(dataset), "--store", str(store), "--seeds", seeds_text, "--models", ",".join(models),
+            "--preset", preset, "--cv", str(cv)]
+    if epochs:
+        args += ["--epochs", str(int(epochs))]
+    if executor != "local":
+        args += ["--executor", executor] + (["--address", address.strip()] if address and address.strip() else [])
+    return args
+
+
 def register_cli(sub) -> None:
+    from core.jobs import add_job_args
+    from core.kinds import kinds
+    from core.runs import add_executor_args
+
     p = sub.add_parser(
         "run-experiment", help="train and evaluate models over several seeds into an experiment store",
         description="Train the snippet and/or full-clip CRNN (and the linear baseline, musicnn + head) for each "
@@ -566,8 +457,8 @@ def register_cli(sub) -> None:
     p.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2), a list (0,5,7) or a range (0-4) "
                                                   "(default: 1)")
     p.add_argument("--models", default="snippet,full",
-                   help="comma list of snippet, full, linear (the reference baseline) and musicnn (pretrained musicnn "
-                        "embeddings + a small head, core.embeddings) (%(default)s)")
+                   help="comma list of model kinds: " + ", ".join(f"{k.key} ({k.label})" for k in kinds())
+                        + " (default: %(default)s)")
     p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + " (default: %(default)s)")
     p.add_argument("--cv", default="auto", metavar="auto|off|K",
@@ -578,8 +469,7 @@ def register_cli(sub) -> None:
                         "else its own split; off: the dataset's own split (default: %(default)s)")
     add_training_args(p)
     p.add_argument("--hop", type=float, default=1.0, help="hop between track-level windows in s (%(default)s)")
-    p.add_argument("--events", help="append progress events (JSON lines) to this file")
-    p.add_argument("--stop-file", help="stop (resumably) when this file appears")
+    add_job_args(p)
     add_executor_args(p)
     p.set_defaults(func=_cli_run)
 
@@ -597,20 +487,6 @@ TRAINING_ARGS = ("max_epochs", "lr", "batch_size", "patience", "lr_patience", "l
                  "max_train_batches", "precision", "monitor", "schedule", "warmup_epochs", "label_smoothing",
                  "time_masks", "freq_masks", "mixup", "snippets_per_track", "snippet_selection", "full_crop", "arch",
                  "bn_recalibrate", "full_batch_size")
-
-
-def add_executor_args(p) -> None:
-    """Where the runs train (run-experiment and reproduce): this process, or Ray tasks (``core.cluster``)."""
-    g = p.add_argument_group("executor (where the runs train)")
-    g.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: one run after the other in this process (default); ray: each (model, seed) run as "
-                        "a Ray task, on a cluster or a local Ray (pip install -r requirements-cluster.txt)")
-    g.add_argument("--ray-address",
-                   help="the Ray cluster: auto (the `ray start` cluster this machine belongs to), HEAD:6379 "
-                        "(default: $RAY_ADDRESS, else a local Ray started for the run). Every node must see the "
-                        "dataset, its source audio and the store at the same paths")
-    g.add_argument("--ray-cpus-per-task", type=int, default=2,
-                   help="CPUs per run with --executor ray (= TensorFlow threads) (default: %(default)s)")
 
 
 def add_training_args(p) -> None:
@@ -654,23 +530,23 @@ def _cli_run(a) -> int:
     _quiet_backend_logs()
     from tqdm import tqdm
 
-    from core.dataset import DatasetError
-    from core.jobs import EventLog, LockError, StopFlag
-    from core.store import StoreError
+    from core.errors import Stopped
+    from core.jobs import JobReport
+    from core.runs import RunError, executor_from_args
     from core.train_config import TrainError
 
     try:
         config = preset_config(a.preset, **{k: getattr(a, k) for k in TRAINING_ARGS})
         seeds = parse_seeds(a.seeds)
-    except (ExperimentError, TrainError) as exc:
+        executor = executor_from_args(a)
+    except (ExperimentError, TrainError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log = EventLog(a.events) if a.events else None
-    stop = StopFlag(a.stop_file).install_signals()
+    report = JobReport(a, "experiment")
     bar = None
     last_batch_event = [0.0]
     models = [m.strip() for m in a.models.split(",") if m.strip()]
-    runs_bar = None  # --executor ray: parallel runs, a bar of finished runs (no batch bar)
+    runs_bar = None  # a remote executor: parallel runs, a bar of finished runs (no batch bar)
     seen: list[dict] = []  # the events so far but batches (elapsed time and time left: experiment_progress)
 
     def progress(ev: dict) -> None:
@@ -679,16 +555,16 @@ def _cli_run(a) -> int:
         ev = {"ts": round(time.time(), 2), **ev}
         if phase != "batch":
             seen.append(ev)
-        if a.executor == "ray" and ev.get("run"):
+        if executor.remote and ev.get("run"):
             if runs_bar is None:
                 prog = experiment_progress(seen, len(seeds) * len(models))
                 runs_bar = tqdm(total=prog["n_runs"], desc="runs", unit="run", dynamic_ncols=True)
             if ev.get("state") in ("done", "failed", "stopped"):
                 runs_bar.update(1)
-        if log and (phase != "batch" or time.time() - last_batch_event[0] > 2.0):
+        if phase != "batch" or time.time() - last_batch_event[0] > 2.0:
             if phase == "batch":
                 last_batch_event[0] = time.time()
-            log.emit(ev)
+            report.emit(**ev)
         if phase == "dataset" and ev.get("total") and ev.get("state") == "running":  # embeddings, folds: a bar
             desc = str(ev.get("message", "")).split(":")[0]
             if bar is None or bar.desc != desc:
@@ -719,35 +595,27 @@ def _cli_run(a) -> int:
             when = f" ({time_left_words(experiment_progress(seen, len(seeds) * len(models)))})"
         tqdm.write(f"[{ev.get('state')}] {ev.get('message', '')} {detail}".rstrip() + when)
 
-    if log:
-        log.emit(state="running", phase="start", message=f"run-experiment {a.dataset} seeds {seeds}")
+    def work() -> tuple[str, str]:
+        report.emit(phase="start", message=f"run-experiment {a.dataset} seeds {seeds}")
+        try:
+            out = run_experiment(a.dataset, a.store, seeds, models, config, progress=progress,
+                                 should_stop=report.should_stop, hop_s=a.hop, executor=executor, cv=a.cv)
+        finally:
+            for b in (bar, runs_bar):
+                if b is not None:
+                    b.close()
+        if out["stopped"]:
+            raise Stopped("experiment stopped")
+        return "experiment finished", a.store
+
     try:
-        out = run_experiment(a.dataset, a.store, seeds, models, config, progress=progress, should_stop=stop,
-                             hop_s=a.hop, executor=a.executor, ray_address=a.ray_address,
-                             ray_cpus_per_task=a.ray_cpus_per_task, cv=a.cv)
-    except (ExperimentError, DatasetError, TrainError, StoreError, LockError) as exc:
-        if log:
-            log.emit(state="failed", phase="end", message=str(exc))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = report.run(work, failed_code=2)
     except KeyboardInterrupt:
-        if log:
-            log.emit(state="stopped", phase="end", message="interrupted; run again to resume")
+        report.emit("stopped", message="interrupted; run again to resume")
         raise
-    finally:
-        if bar is not None:
-            bar.close()
-        if runs_bar is not None:
-            runs_bar.close()
-    if out["stopped"]:
-        if log:
-            log.emit(state="stopped", phase="end", message="stopped; run the same command again to resume")
-        print("stopped; run the same command again to resume.", file=sys.stderr)
-        return 3
-    if log:
-        log.emit(state="done", phase="end", message="experiment finished")
-    _print_results(a.store)
-    return 0
+    if code == 0:
+        _print_results(a.store)
+    return code
 
 
 def _print_results(store) -> None:
@@ -1005,11 +873,13 @@ def experiment_groups(runs: list[dict]) -> list[dict[str, Any]]:
     import re
 
     from core.folds import fold_parent
+    from core.kinds import kinds
 
+    twins = {k.key for k in kinds() if k.needs == "full_twin"}
     groups: dict[str, dict[str, Any]] = {}
     for r in runs:
         ds = fold_parent(str(r.get("dataset") or ""))
-        if r.get("kind") == "full":
+        if r.get("kind") in twins:
             ds = re.sub(r"-full(\d+(\.\d+)?s)?$", "", ds)  # X-full or X-full60s: derived from X
         cfg = r.get("config") or {}
         if isinstance(cfg, str):

@@ -25,12 +25,15 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from core.errors import GenreLabError
 from core.utils import atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:
+    from core.runs import Executor
 
 #: Presets of the reproduction: feature parameters, training preset (core.experiment.PRESETS), seeds, cap.
 REPRO_PRESETS: dict[str, dict[str, Any]] = {
@@ -84,15 +87,15 @@ def versions() -> dict[str, str]:
 
 
 def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: str = "recommended",
-              seeds: int | None = None, epochs: int | None = None, models: tuple[str, ...] = ("snippet", "full",
-              "linear", "musicnn"), full_clip_s: float = 30.0, limit_per_class: int | None = None,
+              seeds: int | None = None, models: tuple[str, ...] = ("snippet", "full", "linear", "musicnn"),
+              full_clip_s: float = 30.0, limit_per_class: int | None = None,
               workers: int | None = None, progress: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, command: str | None = None,
-              overrides: dict[str, Any] | None = None, executor: str = "local", ray_address: str | None = None,
-              ray_cpus_per_task: int = 2) -> dict[str, Any]:
+              overrides: dict[str, Any] | None = None, executor: str | Executor = "local") -> dict[str, Any]:
     """Run the whole reproduction (resumable); returns the ``results.json`` document. ``overrides`` change
-    the preset's training settings (``TrainConfig`` fields); ``executor``, ``ray_address`` and
-    ``ray_cpus_per_task`` go to :func:`core.experiment.run_experiment` (``"ray"``: the runs as Ray tasks)."""
+    the preset's training settings (``TrainConfig`` fields, ``max_epochs`` included; None values are ignored);
+    ``executor`` (a name or ``core.runs.make_executor``'s executor with its options) goes to
+    :func:`core.experiment.run_experiment` (``"ray"``: the runs as Ray tasks)."""
     from core.dataset import build_dataset, load_dataset
     from core.experiment import preset_config, run_experiment
     from core.features import FeatureParams
@@ -114,11 +117,10 @@ def reproduce(data_dir: str | os.PathLike, out: str | os.PathLike, *, preset: st
     ds_path = build_dataset(data_dir, out / "dataset", params, workers=workers, progress=on_build,
                             should_stop=should_stop, limit_per_class=limit)
     dataset = load_dataset(ds_path)
-    config = preset_config(spec["train"], **{**(overrides or {}), "max_epochs": epochs})
+    config = preset_config(spec["train"], **(overrides or {}))
     t0 = time.time()
     res = run_experiment(ds_path, out / "store", seeds=list(range(n_seeds)), models=models, config=config,
-                         progress=emit, should_stop=should_stop, executor=executor, ray_address=ray_address,
-                         ray_cpus_per_task=ray_cpus_per_task)
+                         progress=emit, should_stop=should_stop, executor=executor)
     if res["stopped"]:
         return {"stopped": True}
     doc = write_results(out / "store", out / "results", dataset, preset=preset, config=config.to_dict(),
@@ -172,11 +174,7 @@ def write_results(store_path: Path, folder: Path, dataset, *, preset: str, confi
                 t["seeds"] = [int(s) for s in common]
                 tests[f"{name}/{split}"] = t
 
-    approaches = [("snippet", "segment", "CRNN segment-level"), ("snippet", "track_sum", "CRNN track-level (sum)"),
-                  ("full", "full", "30 s CRNN"), ("linear", "segment", "linear segment-level"),
-                  ("linear", "track_sum", "linear track-level"),
-                  ("musicnn", "segment", "musicnn + head segment-level"),
-                  ("musicnn", "track_sum", "musicnn + head track-level")]
+    approaches = approach_labels()
     approaches = [a for a in approaches if not series(a[0], a[1], "test").empty or not series(a[0], a[1], "val").empty]
     means = [[mean_sd(series(k, lvl, sp))[0] if not series(k, lvl, sp).empty else None for k, lvl, _ in approaches]
              for sp in ("val", "test")]
@@ -221,6 +219,15 @@ def write_results(store_path: Path, folder: Path, dataset, *, preset: str, confi
     return doc
 
 
+def approach_labels() -> list[tuple[str, str, str]]:
+    """``(kind, level, label)`` of every approach the figure and the headline show, from the kind table
+    (``core.kinds``): ``("snippet", "segment", "CRNN segment-level")`` ... ``("full", "full", "30 s CRNN")``."""
+    from core.kinds import kinds
+
+    return [(k.key, lvl, k.short if len(k.levels) == 1 else f"{k.short} {LEVEL_NAMES.get(lvl, lvl)}")
+            for k in kinds() for lvl in k.levels]
+
+
 def headline_markdown(doc: dict[str, Any]) -> str:
     """A Markdown table of the headline figures (test and validation, mean ± SD in %)."""
     rows = ["| approach | validation | test |", "| --- | --- | --- |"]
@@ -240,6 +247,11 @@ def headline_markdown(doc: dict[str, Any]) -> str:
 
 
 def register_cli(sub) -> None:
+    from core.experiment import add_training_args
+    from core.kinds import kind_keys, kinds
+    from core.runs import add_executor_args
+
+    shippable = [k.key for k in kinds() if k.shippable]
     p = sub.add_parser(
         "reproduce", help="the article's comparison end to end on a class-folder tree of audio",
         description="Build the dataset, train the snippet CRNN, the 30 s CRNN and the linear baseline over N "
@@ -256,16 +268,14 @@ def register_cli(sub) -> None:
                         "tuned: the first reference results' settings (Adam 1e-3), 5 seeds; fast: smoke run "
                         "(10 tracks/class, 2 short epochs, 2 seeds)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
-    p.add_argument("--models", default="snippet,full,linear,musicnn",
-                   help="comma list of snippet, full, linear, musicnn (pretrained musicnn embeddings + a small head) "
-                        "(default: all four)")
+    p.add_argument("--models", default=",".join(kind_keys()),
+                   help="comma list of model kinds: " + ", ".join(f"{k.key} ({k.label})" for k in kinds())
+                        + " (default: all)")
     p.add_argument("--full-clip", type=float, default=30.0,
                    help="seconds the full-clip model sees: the first N s of each track (default 30)")
     p.add_argument("--limit-per-class", type=int, default=None,
                    help="use only the first N tracks per class (default: the preset's; 0 = all)")
     p.add_argument("--workers", type=int, default=None, help="dataset build worker processes")
-    from core.experiment import add_executor_args, add_training_args
-
     add_training_args(p)
     add_executor_args(p)
     p.set_defaults(func=_cli_reproduce)
@@ -279,7 +289,7 @@ def register_cli(sub) -> None:
     q.add_argument("--name", required=True, help="model name")
     q.add_argument("--citation", required=True, help="the training data's citation")
     q.add_argument("--description", default="", help="one line about the model")
-    q.add_argument("--kind", default="snippet", choices=["snippet", "full", "linear"])
+    q.add_argument("--kind", default="snippet", choices=shippable)
     q.set_defaults(func=_cli_ship)
     e = sub.add_parser(
         "ship-ensemble", help="every fold model of a cross-validation as one ensemble model folder",
@@ -294,7 +304,7 @@ def register_cli(sub) -> None:
     e.add_argument("--name", required=True, help="model name")
     e.add_argument("--citation", required=True, help="the training data's citation")
     e.add_argument("--description", default="", help="one line about the model")
-    e.add_argument("--kind", default="snippet", choices=["snippet", "full", "linear"])
+    e.add_argument("--kind", default="snippet", choices=shippable)
     e.set_defaults(func=_cli_ship_ensemble)
 
 
@@ -346,6 +356,7 @@ def _cli_reproduce(a) -> int:
     from core.dataset import DatasetError
     from core.experiment import TRAINING_ARGS, ExperimentError
     from core.jobs import LockError
+    from core.runs import RunError, executor_from_args
     from core.store import StoreError
     from core.train import TrainError
 
@@ -378,13 +389,12 @@ def _cli_reproduce(a) -> int:
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
     cmd = "python -m core reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
     try:
-        doc = reproduce(a.data_dir, a.out, preset=a.preset, seeds=a.seeds, epochs=a.max_epochs, models=models,
+        doc = reproduce(a.data_dir, a.out, preset=a.preset, seeds=a.seeds, models=models,
                         full_clip_s=a.full_clip, limit_per_class=a.limit_per_class, workers=a.workers,
                         progress=progress, command=cmd,
-                        overrides={k: getattr(a, k) for k in TRAINING_ARGS if k != "max_epochs"
-                                   and getattr(a, k, None) is not None},
-                        executor=a.executor, ray_address=a.ray_address, ray_cpus_per_task=a.ray_cpus_per_task)
-    except (ReproduceError, DatasetError, ExperimentError, StoreError, TrainError, LockError) as exc:
+                        overrides={k: getattr(a, k) for k in TRAINING_ARGS if getattr(a, k, None) is not None},
+                        executor=executor_from_args(a))
+    except (ReproduceError, DatasetError, ExperimentError, StoreError, TrainError, LockError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -7,14 +7,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from core.errors import GenreLabError
+from core.kinds import KIND_TABLE
 
 #: the names of core.models.ARCHS (here so that validating a config imports no Keras; a test keeps them equal)
 ARCH_NAMES = ("standard", "lean", "keras_bn")
-#: every model kind: core.models.BUILDERS (snippet, full, linear) and the musicnn head (core.embeddings), with the
-#: name each kind's saved model carries; here so that checking a model card imports no Keras (a test keeps them
-#: equal to the registry and the builders)
-KIND_MODEL_NAMES = {"snippet": "snippet_crnn", "full": "full_crnn", "linear": "linear_baseline",
-                    "musicnn": "musicnn_classifier"}
+#: every model kind (the table of core.kinds: core.models.BUILDERS' snippet, full, linear and the musicnn head of
+#: core.embeddings), with the name each kind's saved model carries; Keras-free, so that checking a model card
+#: imports no Keras (a test keeps them equal to the registry and the builders)
+KIND_MODEL_NAMES = {k.key: k.model_name for k in KIND_TABLE}
 KINDS = tuple(KIND_MODEL_NAMES)
 
 

@@ -255,6 +255,25 @@ def test_experiment_page_results(full_home):
     assert at.segmented_control(key="exp_curves_kind").options == ["snippet CRNN", "30 s CRNN"]
 
 
+def test_experiment_page_model_choices_come_from_the_kind_table(empty_home, monkeypatch):
+    """A kind put into core.kinds' table is offered by the page, under its label (test_kinds: every other list)."""
+    from dataclasses import replace
+
+    import core.kinds
+    from core.dataset import build_dataset
+    from core.synth import make_dataset_folder
+
+    src = make_dataset_folder(empty_home / "sources" / "tiny", n_classes=2, per_class=4, seconds=4.0)
+    build_dataset(src, empty_home / "datasets" / "tiny", workers=1)
+    fake = replace(core.kinds.get_kind("linear"), key="fake", label="fake model", short="fake")
+    monkeypatch.setattr(core.kinds, "KIND_TABLE", core.kinds.KIND_TABLE + (fake,))
+    at = open_page("experiment")
+    assert_clean(at)
+    models = at.multiselect(key="exp_models")
+    assert models.options == ["snippet CRNN", "30 s CRNN", "linear baseline", "musicnn embedding + head",
+                              "fake model"]
+
+
 def test_experiment_page_says_a_result_is_cross_validated(empty_home):
     """A cross-validated experiment: the headline, the captions and the per-seed table say that each seed's figure
     pools its folds (every track once) and how coarse it is; the epochs are listed fold by fold."""

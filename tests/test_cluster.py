@@ -4,7 +4,7 @@ mid-run (retried, resumed), a driver killed and restarted (only unfinished runs 
 Equality is exact: a run is deterministic given (seed, epoch) *and* TensorFlow's intra-op thread count, which
 changes the summation order in oneDNN's kernels (measured: 1 thread against 2 moves the first epoch's loss in
 the 7th digit and the scores in the 4th decimal after 2 epochs). So the reference runs with 2 threads
-(``TF_NUM_INTRAOP_THREADS=2`` in a subprocess) and the Ray tasks with ``--ray-cpus-per-task 2``.
+(``TF_NUM_INTRAOP_THREADS=2`` in a subprocess) and the Ray tasks with ``--cpus-per-task 2``.
 """
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ def ray():
 #: a tiny fast experiment: 3 short epochs (the worker is killed after the first)
 ARGS = ("--preset", "fast", "--epochs", "3", "--max-batches", "3", "--cv", "off")  # the dataset's own split
 THREADS = {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "2"}
+
+
+def _ray_executor():
+    """Ray tasks of 2 CPUs (2 TensorFlow threads, as the reference run)."""
+    from core.runs import ExecutorOptions, make_executor
+
+    return make_executor("ray", ExecutorOptions(cpus_per_task=2))
 
 
 def _cfg():
@@ -98,7 +105,7 @@ def test_local_ray_gives_the_local_executors_results_seed_for_seed(ray, tiny, tm
     try:
         events: list[dict] = []
         out = run_experiment(ds, tmp_path / "store", seeds=[0, 1], models=["snippet", "linear"], config=_cfg(),
-                             progress=events.append, executor="ray", ray_cpus_per_task=2)
+                             progress=events.append, executor=_ray_executor())
         # the folder check: a path a worker cannot see is refused, naming the node and the path
         with pytest.raises(ClusterError, match="shared storage") as err:
             check_shared_storage(ray, [("the dataset", str(tmp_path / "nowhere" / "card.json"), "file")], 2)
@@ -135,7 +142,7 @@ def test_worker_node_killed_mid_run_is_retried_and_resumes_to_the_same_result(ra
     try:
         ray.init(address=cluster.address, logging_level="WARNING", runtime_env=job_runtime_env())
         out = run_experiment(ds, tmp_path / "store", seeds=[0], models=["snippet"], config=_cfg(),
-                             progress=progress, executor="ray", ray_cpus_per_task=2)
+                             progress=progress, executor=_ray_executor())
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -202,7 +209,7 @@ def test_cross_validation_on_ray_gives_the_local_executors_results(ray, tiny, tm
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=job_runtime_env())
     try:
         out = run_experiment(ds, tmp_path / "store", seeds=[0], models=["snippet", "linear"], config=_cfg(), cv=3,
-                             executor="ray", ray_cpus_per_task=2)
+                             executor=_ray_executor())
     finally:
         ray.shutdown()
     assert out["n_folds"] == 3 and [r["status"] for r in out["runs"]] == ["done"] * 6 and len(out["pooled"]) == 2

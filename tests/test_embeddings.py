@@ -174,8 +174,11 @@ def test_head_selected_on_validation_track_accuracy(embedded):
     # epochs are marked like core.train's (the experiment store takes the last "best" epoch)
     assert [h["epoch"] for h in r.history if h["best"]][-1] == r.best_epoch
     assert all(h["monitor"] == "val_track_accuracy" for h in r.history)
-    with pytest.raises(ValueError):
+    from core.errors import GenreLabError
+
+    with pytest.raises(ValueError) as e:  # a bad argument, and an error of the one root (message for the user)
         train_embedding_head(path, seed=1, epochs=1, monitor="loss")
+    assert isinstance(e.value, GenreLabError)
 
 
 def test_ship_head_model(embedded, tmp_path):

@@ -164,3 +164,25 @@ def test_one_seed_parser_for_every_seeds_option():
     for bad in ("x", "1-x", "4-2", "0,0", "-1"):
         with pytest.raises(ExperimentError):
             parse_seeds(bad)
+
+
+def test_cli_stop_exits_130_with_the_common_job_events_and_resumes(tiny_ds, tmp_path):
+    """run-experiment takes the common job options (core.jobs.add_job_args / JobReport): a stop is exit 130
+    (as every long command) with a final ``stopped`` event; the same command without the stop file finishes."""
+    from core.jobs import read_events
+
+    events, stop = tmp_path / "events.jsonl", tmp_path / "STOP"
+    stop.write_text("now")
+    cmd = ("run-experiment", str(tiny_ds), "--store", str(tmp_path / "store"), "--seeds", "0,", "--models", "linear",
+           "--preset", "fast", "--cv", "off", "--events", str(events), "--stop-file", str(stop))
+    r = run_core(*cmd)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "run the same command again to resume" in r.stderr
+    evs, _ = read_events(events)
+    assert evs[-1]["state"] == "stopped" and evs[-1]["job"] == "experiment"
+    assert not any(e.get("phase") == "train" for e in evs)  # stopped before the first run
+    stop.unlink()
+    r = run_core(*cmd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    evs, _ = read_events(events)
+    assert evs[-1]["state"] == "done" and any(e.get("state") == "done" and e.get("phase") == "evaluate" for e in evs)

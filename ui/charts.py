@@ -8,7 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ui.text import kind_label
+from core.kinds import kinds
+from ui.text import band_labels, headline_groups, kind_label
 
 CLASS_PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D",
                  "#EECA3B", "#BAB0AC", "#1F77B4", "#D62728", "#2CA02C", "#9467BD", "#8C564B", "#17BECF"]
@@ -204,16 +205,9 @@ def mel_figure(mel: np.ndarray, sr: int, hop: int, start_s: float = 0.0, title: 
 # ---------------------------------------------------------------------------------------------------------
 # experiment page
 # ---------------------------------------------------------------------------------------------------------
-HEADLINE_GROUPS = [("snippet", "segment", "segment level<br>(each 3 s snippet)"),
-                   ("snippet", "track_sum", "track level<br>(sum of snippet votes)"),
-                   ("full", "full", "30 s model<br>(whole clip at once)"),
-                   ("linear", "segment", "linear baseline:<br>segment level"),
-                   ("linear", "track_sum", "linear baseline:<br>track level (sum)"),
-                   ("musicnn", "segment", "musicnn + head:<br>segment level"),
-                   ("musicnn", "track_sum", "musicnn + head:<br>track level (sum)")]
-#: approaches drawn on a shaded band of their own (not the article's CRNNs): the reference baseline and the
-#: pretrained-embedding classifier
-BANDS = {"linear": "<b>linear baseline</b> (reference)", "musicnn": "<b>pretrained musicnn</b> + head"}
+# the headline's bar groups and bands come from the kind table (ui.text.headline_groups / band_labels): kinds of
+# colour "reference" (the baseline, the pretrained-embedding classifier) are drawn lighter on a shaded band of
+# their own, never mistaken for the article's CRNNs
 LAB_COLORS = {"val": "#4C78A8", "test": "#F58518"}
 BASELINE_COLORS = {"val": "#9FBAD6", "test": "#F8C08A"}  # lighter tints: the reference, not the model
 BASELINE_BAND = "#EEF1F5"
@@ -226,12 +220,13 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
     ``summary`` is ``core.store.summary_frame``; ``published`` is ``core.reproduce.PUBLISHED``."""
     # the approaches that ran (a small-data experiment without the 30 s CRNN shows no empty 30 s column); with
     # nothing at all, the article's three
-    groups = [g for g in HEADLINE_GROUPS if ((summary["kind"] == g[0]) & (summary["level"] == g[1])).any()] \
-        or [g for g in HEADLINE_GROUPS if g[0] not in BANDS]
+    all_groups, bands = headline_groups(), band_labels()
+    groups = [g for g in all_groups if ((summary["kind"] == g[0]) & (summary["level"] == g[1])).any()] \
+        or [g for g in all_groups if g[0] not in bands]
     x = [g[2] for g in groups]
     # explicit bar positions, so that each group is centred on its label: the baseline's groups have no
     # published bar and so two bars, the others three
-    slots = [["val", "test"] + (["published"] if published and kind not in BANDS else []) for kind, _, _ in groups]
+    slots = [["val", "test"] + (["published"] if published and kind not in bands else []) for kind, _, _ in groups]
     width = 0.78 / max(len(s) for s in slots)
 
     def place(slot: str) -> dict[str, list[float]]:
@@ -246,7 +241,7 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
             means.append(float(row["accuracy_mean"].iloc[0]) if len(row) else None)
             sds.append(float(row["accuracy_sd"].iloc[0]) if len(row) else None)
             ns.append(int(row["n_seeds"].iloc[0]) if len(row) else 0)
-        lin = [g[0] in BANDS for g in groups]
+        lin = [g[0] in bands for g in groups]
         fig.add_trace(go.Bar(
             x=x, y=means, name=f"{source_label} · {'validation' if split == 'val' else 'test'}", **place(split),
             marker_color=[BASELINE_COLORS[split] if is_lin else LAB_COLORS[split] for is_lin in lin],
@@ -266,7 +261,7 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
                         f"{published['full_mean']:.1%} ± {published['full_sd']:.1%} over runs")}
         ys, es, hs, texts = [], [], [], []
         for kind, level, _ in groups:
-            v = pub.get(level) if kind not in BANDS else None
+            v = pub.get(level) if kind not in bands else None
             ys.append(v[0] if v else None)
             es.append(v[1] or 0 if v else 0)
             hs.append(v[2] if v else "")
@@ -279,7 +274,7 @@ def headline_figure(summary, published: dict[str, Any] | None, source_label: str
             text=texts, textposition="inside", textangle=0, insidetextanchor="start", hovertext=hs,
             textfont=dict(size=11, color="#222"),
             hovertemplate="%{x}<br>published: %{hovertext}<extra>Hilsdorf 2022</extra>"))
-    for kind, label in BANDS.items():  # each on a shaded band of its own, never mistaken for the CRNNs
+    for kind, label in bands.items():  # each on a shaded band of its own, never mistaken for the CRNNs
         idx = [i for i, g in enumerate(groups) if g[0] == kind]
         if not idx:
             continue
@@ -335,13 +330,14 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
 
 
 def aggregation_figure(summary) -> go.Figure:
-    """Segment level vs the three track-level aggregations, mean ± SD, val and test: the snippet CRNN and, when
-    present, the linear baseline (lighter bars) aggregated the same way."""
+    """Segment level vs the three track-level aggregations, mean ± SD, val and test: the kinds whose
+    aggregations are compared (``core.kinds``: the snippet CRNN and the linear baseline, lighter bars)."""
     levels = [("segment", "segment level"), ("track_sum", "sum of scores"), ("track_vote", "majority vote"),
               ("track_logprob", "mean log-probability")]
-    kinds = [k for k in ("snippet", "linear") if (summary["kind"] == k).any()]
+    lab = {k.key: k.colour == "lab" for k in kinds()}
+    present = [k.key for k in kinds() if k.aggregations and (summary["kind"] == k.key).any()]
     fig = go.Figure()
-    for kind in kinds:
+    for kind in present:
         for split in ("val", "test"):
             sub = summary[(summary["kind"] == kind) & (summary["split"] == split)]
             means, sds = [], []
@@ -350,14 +346,14 @@ def aggregation_figure(summary) -> go.Figure:
                 means.append(float(r["accuracy_mean"].iloc[0]) if len(r) else None)
                 sds.append(float(r["accuracy_sd"].iloc[0]) if len(r) else None)
             split_name = "validation" if split == "val" else "test"
-            name = split_name if len(kinds) == 1 else \
+            name = split_name if len(present) == 1 else \
                 f"{kind_label(kind)} · {split_name}"
-            color = (LAB_COLORS if kind == "snippet" else BASELINE_COLORS)[split]
+            color = (LAB_COLORS if lab[kind] else BASELINE_COLORS)[split]
             fig.add_trace(go.Bar(x=[n for _, n in levels], y=means, name=name, marker_color=color,
                                  error_y=dict(type="data", array=sds, visible=True),
                                  text=[f"{m:.1%}" if m is not None else "" for m in means], textposition="inside",
                                  insidetextanchor="start",
-                                 textfont=dict(color="white" if kind == "snippet" else "#222"),
+                                 textfont=dict(color="white" if lab[kind] else "#222"),
                                  hovertemplate="%{x}: %{y:.1%}<extra>" + name + "</extra>"))
     fig.update_layout(barmode="group", uniformtext=dict(minsize=9, mode="hide"),
                       yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1.08]))

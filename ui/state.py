@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.kinds import kinds, track_level_of
 from core.workspace import REPO_ROOT, home_dir, list_model_folders
 from ui.text import kind_label
 
@@ -189,7 +190,7 @@ def available_models() -> list[dict[str, Any]]:
     folders: list[dict[str, Any]] = []
     for m in list_model_folders():
         card = m.get("card") or {}
-        acc = (card.get("accuracy") or {}).get("full/test" if card.get("kind") == "full" else "track_sum/test")
+        acc = (card.get("accuracy") or {}).get(f"{track_level_of(str(card.get('kind')))}/test")
         acc = float(acc) if isinstance(acc, (int, float)) else None
         chance = at_chance(acc, len(card.get("classes") or []))
         note = f", test {acc:.0%}" + (" (at chance)" if chance else "") if acc is not None else ""
@@ -221,7 +222,7 @@ def available_models() -> list[dict[str, Any]]:
             except PredictorError:
                 continue
             sub = acc_df[(acc_df["run_id"] == r["id"]) & (acc_df["split"] == "test")]
-            level = "full" if r["kind"] == "full" else "track_sum"
+            level = track_level_of(r["kind"])
             a = sub[sub["level"] == level]
             acc = float(a["accuracy"].iloc[0]) if len(a) and a["accuracy"].iloc[0] == a["accuracy"].iloc[0] else None
             n = int(a["n"].iloc[0]) if len(a) and a["n"].iloc[0] == a["n"].iloc[0] else None
@@ -245,7 +246,8 @@ def default_model_key(models: list[dict[str, Any]], prefer: str = "emotify") -> 
     first), else the first listed; among those, a CRNN or the baseline before a musicnn classifier (both run in
     NumPy; the CRNN classifies a clip in about a third of musicnn's time: a quick first answer)."""
     usable = [m for m in models if m.get("card") and not m.get("error")]
-    usable.sort(key=lambda m: (m.get("card") or {}).get("kind") == "musicnn")  # stable: the lighter models first
+    heavy = {k.key for k in kinds() if k.needs == "embeddings"}  # a pretrained network in front: slower
+    usable.sort(key=lambda m: (m.get("card") or {}).get("kind") in heavy)  # stable: the lighter models first
     if not usable:
         return None
     shipped = [m for m in usable if m.get("origin") == "shipped"]

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-#: Model kinds (``runs.kind`` in the store, ``kind`` in a model card).
-KIND_LABELS = {"snippet": "snippet CRNN", "full": "30 s CRNN", "linear": "linear baseline",
-               "musicnn": "musicnn embedding + head"}
+from core.kinds import kinds
+
+#: Model kinds (``runs.kind`` in the store, ``kind`` in a model card): their words come from the kind table
+#: (``core.kinds``); the functions below read it when called, so every list follows the table.
+KIND_LABELS = {k.key: k.label for k in kinds()}
 #: What each kind does, in a line (the demo page's model card).
-KIND_DESCRIPTIONS = {"snippet": "snippet CRNN (votes over windows)", "full": "30 s CRNN (one look at the clip)",
-                     "linear": "linear baseline: mel-band mean/std + softmax regression (votes over windows)",
-                     "musicnn": "pretrained musicnn embeddings + a small head (votes over windows)"}
+KIND_DESCRIPTIONS = {k.key: k.description for k in kinds()}
 #: Evaluation levels (``metrics.level`` in the store): short labels for tables and selectors ...
 LEVEL_LABELS = {"segment": "segment", "track_sum": "track (sum)", "track_vote": "track (vote)",
                 "track_logprob": "track (log-prob)", "full": "30 s clip"}
@@ -23,7 +23,72 @@ LEVEL_PHRASES = {"segment": "segment-level", "track_sum": "track-level (sum)", "
 
 
 def kind_label(kind: str) -> str:
-    return KIND_LABELS.get(kind, kind)
+    return next((k.label for k in kinds() if k.key == kind), kind)
+
+
+def kind_order(kind: str) -> int:
+    """A kind's place in the table (the headline's order, the snippet CRNN first); unknown kinds last."""
+    return next((i for i, k in enumerate(kinds()) if k.key == kind), len(kinds()))
+
+
+def model_choices() -> list[str]:
+    """The kinds an experiment can train (``run-experiment --models``): the experiment page's choices."""
+    return [k.key for k in kinds()]
+
+
+def one_fit_kinds() -> list[str]:
+    """Kinds fitted in one step (the linear baseline): no learning curve, no epochs to speak of."""
+    return [k.key for k in kinds() if k.epochs == "1"]
+
+
+def headline_groups() -> list[tuple[str, str, str]]:
+    """The headline figure's bar groups: ``(kind, level, label)`` of every kind's levels, in table order."""
+    return [(k.key, lvl, label) for k in kinds() for lvl, label in zip(k.levels, k.headline)]
+
+
+def band_labels() -> dict[str, str]:
+    """Kinds drawn on a shaded band of their own (colour ``reference``: not the article's CRNNs) -> the band's
+    label."""
+    return {k.key: k.band or k.label for k in kinds() if k.colour == "reference"}
+
+
+def table_columns() -> dict[tuple[str, str], str]:
+    """The per-seed table's columns: ``(kind, level) -> "CRNN segment"`` (the headline's approaches)."""
+    return {(k.key, lvl): k.short if len(k.levels) == 1 else f"{k.short} {LEVEL_LABELS.get(lvl, lvl)}"
+            for k in kinds() for lvl in k.levels}
+
+
+def table_help() -> dict[str, str]:
+    """A column's help: what model and level it is."""
+    cols = table_columns()
+    return {cols[(k.key, lvl)]: f"{k.label}, {level_label(lvl)} level" if len(k.levels) > 1 else
+            f"{k.label}: one prediction per clip" for k in kinds() for lvl in k.levels}
+
+
+def compared_words(present) -> list[str]:
+    """What the results heading compares (``segment vs track vs 30 s vs linear baseline``) for the kinds
+    ``present`` (in table order)."""
+    return [w for k in kinds() if k.key in set(present) for w in k.compared_as]
+
+
+def paired_comparisons() -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """The paired model comparisons the results state, ``((kind, level), (kind, level))``: every other kind's
+    track accuracy against the first kind's (the snippet CRNN), the kind expected to beat it named first."""
+    first, *others = kinds()
+    ref = (first.key, first.track_level)
+    return [((k.key, k.track_level), ref) if k.compare_first else (ref, (k.key, k.track_level)) for k in others]
+
+
+#: Training presets (``core.experiment.PRESETS``) on the experiment page.
+PRESET_LABELS = {"recommended": "recommended (default)", "paper": "paper (the article's settings)",
+                 "tuned": "tuned (first reference results)", "fast": "fast (smoke run)",
+                 "small": "small (small datasets: fast)"}
+#: ``--cv`` choices that are words.
+CV_LABELS = {"auto": "auto (folds when the test split is small)", "off": "off (the dataset's own split)"}
+#: Validation signals (``TrainConfig.monitor``) in a table cell.
+MONITOR_WORDS = {"val_track_accuracy": "val track acc", "val_accuracy": "val acc", "val_loss": "val loss"}
+#: Executors (``core.runs.EXECUTORS``).
+EXECUTOR_LABELS = {"local": "local (this machine)", "ray": "Ray cluster"}
 
 
 def level_label(level: str) -> str:
