@@ -159,7 +159,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     from core.dataset import load_dataset
     from core.evaluate import evaluate_run, run_predictor
     from core.experiment import _model_card
-    from core.predictor import write_model_card
+    from core.model_card import write_model_card
     from core.train import TrainConfig, train_run
 
     kind, seed = spec["kind"], int(spec["seed"])

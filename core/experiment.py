@@ -181,7 +181,7 @@ def ensure_full_dataset(dataset, progress: ProgressFn | None = None, should_stop
 
 def _model_card(run_id: str, kind: str, seed: int, dataset, config: TrainConfig) -> dict:
     from core.models import build_model, describe
-    from core.predictor import make_model_card
+    from core.model_card import make_model_card
 
     p = dataset.params
     frames = p.input_frames
@@ -262,7 +262,7 @@ def run_experiment(
     from core.dataset import DatasetError, load_dataset
     from core.evaluate import evaluate_run, run_predictor
     from core.jobs import StoreLock
-    from core.predictor import PredictorError, write_model_card
+    from core.model_card import ModelError as PredictorError, write_model_card
     from core.store import Store, make_run_id, results_frame
     from core.baseline import train_linear
     from core.train import TrainConfig, TrainError, train_run
@@ -395,7 +395,7 @@ def run_experiment(
                         result = train_embedding_head(ds.path, seed, run_dir=run_dir, on_epoch=on_epoch,
                                                       **DEFAULT_HEAD)
                         if n_folds:  # the fold in the card, as the CRNNs' (the demo tells the folds apart)
-                            from core.predictor import read_model_card
+                            from core.model_card import read_model_card
 
                             write_model_card(run_dir, {**read_model_card(run_dir / "model_card.json"),
                                                        **_fold_fields(ds.card.get("cv") or {})})

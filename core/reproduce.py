@@ -429,7 +429,7 @@ def ship_model(repro_out: str | os.PathLike, dest: str | os.PathLike, *, name: s
     import shutil
 
     from core.dataset import load_dataset
-    from core.predictor import read_model_card, write_model_card
+    from core.model_card import read_model_card, write_model_card
     from core.store import results_frame
 
     repro_out, dest = Path(repro_out), Path(dest)
@@ -590,7 +590,7 @@ def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, n
     window (:class:`core.predictor.Predictor`, NumPy)."""
     import shutil
 
-    from core.predictor import read_model_card, validate_model_card, write_model_card
+    from core.model_card import read_model_card, validate_model_card, write_model_card
     from core.train import load_model
 
     dest = Path(dest)

@@ -122,7 +122,7 @@ def train_demo_model(out_dir: str | os.PathLike, *, n_classes: int = 4, per_clas
     """
     from core.dataset import SplitConfig, build_dataset, load_dataset
     from core.features import FeatureParams
-    from core.predictor import make_model_card, write_model_card
+    from core.model_card import make_model_card, write_model_card
     from core.train import TrainConfig, load_model, recalibrate_batchnorm, train_run
     from core.utils import atomic_write_bytes
 

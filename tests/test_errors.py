@@ -40,7 +40,7 @@ def test_every_engine_exception_derives_from_the_one_root():
     from core.errors import GenreLabError, Stopped
 
     found = _engine_exceptions()
-    assert {"core.jobs.LockError", "core.predictor.PredictorError", "core.dataset.BuildStopped",
+    assert {"core.jobs.LockError", "core.model_card.ModelError", "core.dataset.BuildStopped",
             "core.numpy_model.UnsupportedModel"} <= set(found)
     # the one private control-flow exception (a resumed download restarting from zero) never reaches a user
     stray = [n for n, c in found.items() if not issubclass(c, GenreLabError) and n != "core.download._Restart"]
