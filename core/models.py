@@ -16,9 +16,11 @@ Only ``keras.layers`` / ``keras.ops`` are used here, never a backend directly.
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 FILTERS = (16, 32, 64, 128)
@@ -239,6 +241,18 @@ def build_model(kind: str, n_classes: int, n_mels: int, frames: int | None = Non
     if kind not in BUILDERS:
         raise ValueError(f"unknown model kind {kind!r} (use one of {MODEL_KINDS})")
     return BUILDERS[kind](n_classes, n_mels, frames, dropout, ARCHS[arch])
+
+
+def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` file of ours: any kind above, musicnn + head included (the layers of this module are
+    registered with Keras on import). A file that does not load raises :class:`core.train_config.TrainError` with
+    the file and the reason. Inference (:mod:`core.predictor`'s Keras backend) and training both load here."""
+    try:
+        return keras.models.load_model(path, compile=compile)
+    except Exception as exc:
+        from core.train_config import TrainError
+
+        raise TrainError(f"model file {path} does not load: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 def count_flops(model: keras.Model, input_shape: Sequence[int]) -> dict:

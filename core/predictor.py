@@ -317,7 +317,8 @@ class Predictor:
                                  f"a Dense model with {dim} inputs ({self.folder / CARD_NAME})")
 
     def _load_keras(self) -> None:
-        from core.train import TrainError, load_model
+        from core.models import load_model
+        from core.train_config import TrainError
 
         models = []
         for f, _ in self._files:

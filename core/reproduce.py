@@ -446,7 +446,7 @@ def ship_model(repro_out: str | os.PathLike, dest: str | os.PathLike, *, name: s
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    from core.train import load_model
+    from core.models import load_model
 
     # re-saved without the optimizer state (Adam's moments would double the file: 4.5 MB -> ~1.5 MB)
     load_model(run_dir / card.get("model_file", "best.keras"), compile=False).save(tmp / "model.keras")
@@ -591,7 +591,7 @@ def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, n
     import shutil
 
     from core.model_card import read_model_card, validate_model_card, write_model_card
-    from core.train import load_model
+    from core.models import load_model
 
     dest = Path(dest)
     members = cv_members(stores, kind)

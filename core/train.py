@@ -51,7 +51,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from core.models import build_model
+from core.models import build_model, load_model
 from core.utils import atomic_write_json, read_json
 
 STATE_VERSION = 1
@@ -357,10 +357,6 @@ def reseed_dropout(model, seed: int, epoch: int) -> None:
         state.assign(np.asarray([s, 0], dtype=state.dtype))
 
 
-def get_lr(model) -> float:
-    return float(np.asarray(model.optimizer.learning_rate))
-
-
 def set_lr(model, lr: float) -> None:
     model.optimizer.learning_rate.assign(lr)
 
@@ -369,15 +365,6 @@ def save_model_atomic(model, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     os.replace(tmp, path)
-
-
-def load_model(path: str | os.PathLike, compile: bool = True):
-    """Load a ``.keras`` file of ours (raises :class:`TrainError` with the reason if it does not load); the
-    baseline's ``MelStats`` layer is registered by :mod:`core.models` (imported here)."""
-    try:
-        return keras.models.load_model(path, compile=compile)
-    except Exception as exc:
-        raise TrainError(f"model file {path} does not load: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -394,10 +381,6 @@ class TrainResult:
     stop_reason: str = ""
     monitor: str = "val_loss"
     best_value: float | None = None  # the monitored value at the best epoch
-
-    @property
-    def best_model_path(self) -> Path:
-        return self.run_dir / "best.keras"
 
 
 class _StopCheck(keras.callbacks.Callback):
