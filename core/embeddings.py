@@ -722,7 +722,7 @@ def ship_head_model(run_dir: str | os.PathLike, dest: str | os.PathLike, dataset
                          "dataset_command": f"python -m core build-dataset SRC DATASET --max-snippets "
                                             f"{dataset.params.max_snippets}"},
     })
-    write = __import__("core.predictor", fromlist=["write_model_card"]).write_model_card
+    write = __import__("core.model_card", fromlist=["write_model_card"]).write_model_card
     write(dest, card)
     acc = "; ".join(f"{k} {v:.1%}" for k, v in sorted(accuracy.items()))
     head = card.get("head", {})
