@@ -67,10 +67,6 @@ class MusicnnNumpyError(GenreLabError):
 # =========================================================================================================
 # weights
 # =========================================================================================================
-def _bn_parts(layer: str) -> tuple[str, ...]:
-    return mn.BN_PARTS if layer.endswith("_bn") or layer == "penultimate" else ("kernel", "bias")
-
-
 def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """musicnn's weights from ``musicnn.weights.npz`` or from a converted folder (``musicnn_card.json`` +
     its weights file, e.g. ``models/msd-musicnn``)."""
@@ -111,7 +107,7 @@ def read_combined_model(path: str | os.PathLike):
     for layer in mn.CHECKPOINT_MAP:
         if layer not in names:
             continue
-        parts = _bn_parts(layer)
+        parts = mn.weight_parts(layer)
         arrays = w.get(layer, [])
         if len(arrays) != len(parts):
             raise UnsupportedModel(f"musicnn layer {layer} has {len(arrays)} weights, {len(parts)} expected")
@@ -180,7 +176,7 @@ class MusicnnNetwork:
     def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 4,
                  timbral_chunk: int = 64, threads: int | None = None):
         missing = [f"{layer}/{p}" for layer in mn.CHECKPOINT_MAP if layer != "tag_logits"
-                   for p in _bn_parts(layer) if f"{layer}/{p}" not in weights]
+                   for p in mn.weight_parts(layer) if f"{layer}/{p}" not in weights]
         if missing:
             raise MusicnnNumpyError(f"musicnn weights incomplete: {', '.join(missing[:4])}"
                                     + (" ..." if len(missing) > 4 else ""))

@@ -26,10 +26,10 @@ def _engine_exceptions() -> dict[str, type]:
     import core
 
     found = {}
-    for info in pkgutil.iter_modules(core.__path__):
-        if info.name == "__main__":
+    for info in pkgutil.walk_packages(core.__path__, "core."):  # sub-packages' modules too (core.musicnn.*)
+        if info.name == "core.__main__":
             continue
-        mod = importlib.import_module(f"core.{info.name}")
+        mod = importlib.import_module(info.name)
         for name, obj in vars(mod).items():
             if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == mod.__name__:
                 found[f"{mod.__name__}.{name}"] = obj
@@ -41,7 +41,7 @@ def test_every_engine_exception_derives_from_the_one_root():
 
     found = _engine_exceptions()
     assert {"core.jobs.LockError", "core.model_card.ModelError", "core.dataset.BuildStopped",
-            "core.numpy_model.UnsupportedModel"} <= set(found)
+            "core.numpy_model.UnsupportedModel", "core.musicnn.config.MusicnnError"} <= set(found)
     # the one private control-flow exception (a resumed download restarting from zero) never reaches a user
     stray = [n for n, c in found.items() if not issubclass(c, GenreLabError) and n != "core.download._Restart"]
     assert stray == []
