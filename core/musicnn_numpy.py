@@ -713,9 +713,9 @@ class WindowStream:
     def __init__(self, net: MusicnnNetwork, names: Sequence[str] = ("penultimate",), hop_s: float = 1.0,
                  hop_frames: int | None = None):
         if hop_frames is None and not hop_s > 0:
-            raise ValueError("hop must be positive")
+            raise mn.MusicnnError("hop must be positive")
         if hop_frames is not None and hop_frames < 1:
-            raise ValueError("hop must be at least one frame")
+            raise mn.MusicnnError("hop must be at least one frame")
         self.net = net
         self.names = net.check_names(names)
         self.hop_s, self.hop_frames = float(hop_s), hop_frames
@@ -866,7 +866,7 @@ def stream_features(blocks: Iterable[np.ndarray], names: Sequence[str] = ("penul
             progress(ws.n_samples / mn.SR, ws.n_windows)
     take(ws.finish())
     if ws.n_samples == 0:
-        raise ValueError("empty signal")
+        raise mn.MusicnnError("empty signal")
     return WindowFeatures(np.concatenate(starts) if starts else np.zeros(0, np.int64),
                           _concat(parts, ws.names, ws.net.feature_dim), ws.n_samples, ws.padded)
 
@@ -887,7 +887,7 @@ def window_features(y: np.ndarray, sr: int = mn.SR, names: Sequence[str] = ("pen
     if y.ndim > 1:
         y = y.mean(axis=-1 if y.shape[-1] <= 8 else 0)
     if y.size == 0:
-        raise ValueError("empty signal")
+        raise mn.MusicnnError("empty signal")
     if sr != mn.SR:
         from core.audio import resample
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from core import musicnn as mn
+from core.errors import GenreLabError
 from core.features import (FeatureParams, apply_norm, full_clip, mel_spectrogram, peak_offset_db,
                            track_snippets)
 from core.model_card import (AGGREGATIONS, CARD_NAME, ModelCardError, ModelError, check_model_matches_card,
@@ -41,6 +42,11 @@ EPS = 1e-7
 
 #: the predictor's errors are model errors (a model, model file or card that cannot be used)
 PredictorError = ModelError
+
+
+class PredictionInputError(GenreLabError, ValueError):
+    """A signal or a setting a model cannot take (an empty signal, a hop <= 0, a window too short for the model,
+    an unknown aggregation or backend); the message says which. Also a ``ValueError``, which callers catch."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -55,7 +61,7 @@ def aggregate(window_scores: np.ndarray, method: str = "sum") -> np.ndarray:
     _check_aggregation(method)
     s = np.asarray(window_scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] == 0:
-        raise ValueError("window_scores must be a non-empty (n_windows, n_classes) array")
+        raise PredictionInputError("window_scores must be a non-empty (n_windows, n_classes) array")
     if method == "sum":
         return s.sum(axis=0)
     if method == "vote":
@@ -66,7 +72,7 @@ def aggregate(window_scores: np.ndarray, method: str = "sum") -> np.ndarray:
 
 def _check_aggregation(method: str) -> None:
     if method not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {method!r} (use one of {AGGREGATIONS})")
+        raise PredictionInputError(f"unknown aggregation {method!r} (use one of {AGGREGATIONS})")
 
 
 def confidence(agg: np.ndarray, method: str, n_windows: int) -> np.ndarray:
@@ -139,7 +145,7 @@ def window_start_frames(n_frames: int, hop_s: float = 1.0) -> np.ndarray:
     """Start frames of musicnn windows every ``hop_s`` seconds (nearest frame) that fit in ``n_frames``;
     ``[0]`` when not even one fits (the patch is then repeat-padded)."""
     if hop_s <= 0:
-        raise ValueError("hop must be positive")
+        raise PredictionInputError("hop must be positive")
     out = []
     k = 0
     while True:
@@ -219,7 +225,7 @@ class Predictor:
     def __init__(self, model_path: str | os.PathLike, backend: str = "auto", *,
                  card: str | os.PathLike | dict | None = None, batch_size: int | None = None, warmup: bool = True):
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
+            raise PredictionInputError(f"unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
         path = Path(model_path)
         if not path.exists():
             raise PredictorError(f"model file not found: {path}")
@@ -434,7 +440,7 @@ class Predictor:
             take(i, ws.finish())
         ws = streams[0][0]
         if ws.n_samples == 0:
-            raise ValueError("empty signal")
+            raise PredictionInputError("empty signal")
         scores = sum(np.concatenate(p) for p in parts) / len(self._models)
         return scores, np.concatenate(starts), ws.n_samples, ws.padded, heard
 
@@ -472,14 +478,14 @@ class Predictor:
         """The feature parameters of ``window_s``-second windows (the mel front end), checked against the model."""
         p = self.params
         if hop_s <= 0:
-            raise ValueError("hop must be positive")
+            raise PredictionInputError("hop must be positive")
         wp = p if window_s is None or abs(window_s - p.snippet_s) < 1e-9 else replace(
             p, snippet_s=float(window_s), overlap_s=0.0)
         if self._fixed_frames is not None and wp.snippet_frames != self._fixed_frames:
             raise PredictorError(f"this model takes exactly {self._fixed_frames} frames; window {window_s} s "
                                  f"gives {wp.snippet_frames}")
         if wp.snippet_frames < 8:
-            raise ValueError("window too short for the model (needs >= 8 frames)")
+            raise PredictionInputError("window too short for the model (needs >= 8 frames)")
         return wp
 
     @staticmethod
@@ -487,7 +493,7 @@ class Predictor:
         if window_s is not None and abs(window_s - mn.PATCH_SECONDS) > 1e-9:
             raise PredictorError(f"musicnn takes 3 s windows (187 frames), not {window_s} s")
         if hop_s <= 0:
-            raise ValueError("hop must be positive")
+            raise PredictionInputError("hop must be positive")
 
     def _patch_windows(self, y: np.ndarray, window_s: float | None, hop_s: float):
         """musicnn's front end: ``(log-mel, start frames, starts, ends, notes)`` of 3 s windows every ``hop_s``."""
@@ -552,7 +558,7 @@ class Predictor:
         if y.ndim > 1:
             y = y.mean(axis=-1 if y.shape[-1] <= 8 else 0)
         if y.size == 0:
-            raise ValueError("empty signal")
+            raise PredictionInputError("empty signal")
         notes: list[str] = []
         if sr is not None and sr != self.sample_rate:
             from core.audio import resample
