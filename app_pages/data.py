@@ -8,9 +8,9 @@ import numpy as np
 import streamlit as st
 
 from core.audio import slice_wav
-from core.dataset import DatasetError, SplitConfig, build_dataset_args, load_dataset
+from core.dataset import DatasetError, SplitConfig, build_dataset_args, find_identical_build, load_dataset
 from core.features import FeatureParams
-from core.jobs import find_job, job_args, start_job
+from core.jobs import find_job, start_job
 from core.workspace import describe_source, home_dir, list_datasets, list_sources, safe_name, unique_folder
 from ui.charts import counts_figure, envelope, mel_figure, waveform_figure
 from ui.common import HOSTED_CAPS, guarded, hosted_mode, hosted_note, show_error
@@ -287,7 +287,7 @@ def build_section(src: str | None) -> None:
         return
     if hosted_mode():  # Community Cloud: capped (hosted_note above the form says so)
         limit = min(int(limit) or HOSTED_CAPS["tracks_per_class"], HOSTED_CAPS["tracks_per_class"])
-    same = identical_build(src, params, split, int(limit))
+    same = find_identical_build(src, params, split, int(limit))
     if same:
         st.warning(same, icon=":material/content_copy:")
         return
@@ -298,46 +298,6 @@ def build_section(src: str | None) -> None:
         return
     st.session_state["data_last_build"] = str(job_dir)
     st.rerun()
-
-
-def _request(args: list[str]) -> list[str]:
-    """A build's arguments without where it writes and its worker count (what makes it the same)."""
-    out, i = [], 0
-    while i < len(args):
-        if args[i] == "--workers":
-            i += 2
-            continue
-        out.append(args[i])
-        i += 1
-    if len(out) >= 3:  # build-dataset SRC OUT ...
-        out[1], out[2] = str(Path(out[1]).resolve()), "OUT"
-    return out
-
-
-def identical_build(src: str, params: FeatureParams, split: SplitConfig, limit: int) -> str | None:
-    """Why a build of ``src`` with these settings would repeat one that is running or finished (a message for
-    the user), or None. Same audio folder + same features, split and cap = the same dataset."""
-    want = _request(build_dataset_args(src, "OUT", params, split, None, limit))
-    for p in sorted(home_dir("jobs").glob("build-*")):
-        job = find_job(p)
-        if job is None or not job.alive():
-            continue
-        if _request(job_args(job.command)) == want:
-            return (f"Not started: an identical build is running already (“{p.name[len('build-'):]}”, the same "
-                    "audio with the same parameters). Its progress is shown above.")
-    source = str(Path(src).resolve())
-    for d in list_datasets():
-        card = d.get("card") or {}
-        sp = card.get("split") or {}
-        if (d["complete"] and card.get("source") == source and card.get("params") == params.to_dict()
-                and int(card.get("limit_per_class") or 0) == int(limit)
-                and (sp.get("val_share"), sp.get("test_share"), sp.get("seed"), sp.get("split_file"))
-                == (split.val_share, split.test_share, split.seed,
-                    str(split.split_file) if split.split_file else None)):
-            return (f"Not started: “{d['name']}” was built already from this audio with the same parameters "
-                    "(listed below). Change a parameter for a different dataset, or delete that folder to "
-                    "build it again.")
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

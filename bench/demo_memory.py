@@ -54,7 +54,7 @@ def untrained_model(folder: Path) -> Path:
         "import sys; sys.path.insert(0, %r)\n"
         "from core.features import FeatureParams\n"
         "from core.models import build_snippet_crnn\n"
-        "from core.predictor import make_model_card, write_model_card\n"
+        "from core.model_card import make_model_card, write_model_card\n"
         "p = FeatureParams(); m = build_snippet_crnn(10, p.n_mels); m.save(%r)\n"
         "norm = {'min': -100.0, 'max': 40.0, 'mean': [0.0] * p.n_mels, 'std': [1.0] * p.n_mels}\n"
         "write_model_card(%r, make_model_card('snippet', ['genre%%d' %% i for i in range(10)], p, norm, 'minmax'))\n"

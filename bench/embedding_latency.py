@@ -103,7 +103,8 @@ def main() -> None:
     import tempfile
 
     from core.embeddings import build_head, combined_model, musicnn_card
-    from core.predictor import Predictor, write_model_card
+    from core.predictor import Predictor
+    from core.model_card import write_model_card
 
     with tempfile.TemporaryDirectory() as tmp:
         combined_model(model, build_head(4)).save(Path(tmp) / "best.keras")

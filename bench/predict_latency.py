@@ -34,7 +34,8 @@ def main() -> None:
 
     from core.features import FeatureParams
     from core.models import build_full_crnn, build_snippet_crnn
-    from core.predictor import Predictor, make_model_card, write_model_card
+    from core.predictor import Predictor
+    from core.model_card import make_model_card, write_model_card
     from core.synth import synth_clip
 
     classes = [f"c{i}" for i in range(10)]

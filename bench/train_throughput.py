@@ -88,7 +88,7 @@ def main() -> None:
 
     def default_path(cfg):
         model = build_compiled("snippet", n_classes, p, cfg)
-        seq = SnippetSequence(X_mm, y, n_classes, norm, cfg.norm_method, bs, True, 0, workers=cfg.workers)
+        seq = SnippetSequence(X_mm, y, n_classes, norm, cfg, batch_size=bs)
         state = {"epoch": 0}
 
         def run():

@@ -79,7 +79,8 @@ def run_ablation(dataset_path, out, seeds=(0, 1, 2), epochs: int = 8, variants=N
     from core.dataset import load_dataset
     from core.experiment import FULL_STORE_S, ensure_full_dataset
     from core.reproduce import git_commit
-    from core.train import TrainConfig, load_model, train_run
+    from core.models import load_model
+    from core.train import TrainConfig, train_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -404,6 +404,64 @@ def feature_hash(params: FeatureParams) -> str:
     return stable_hash({"params": params.to_dict(), "code": FEATURE_CODE_VERSION})
 
 
+@dataclass
+class BuildRequest:
+    """What a build is asked for, known before any audio is decoded (:func:`build_request`): the source, the
+    feature parameters and split, the tracks (capped, small classes left out), the files skipped so far, and
+    ``key``: the hash of the request (features, split, file list, cap) that ``card.json`` keeps as ``build_key``.
+    Two builds of the same source with the same key are the same dataset."""
+
+    src: Path
+    params: FeatureParams
+    split: SplitConfig
+    custom: dict | None  # the split file's lists, when one is given
+    tracks: list[Track]
+    skipped: list[dict]
+    classes: list[str]
+    left_out: dict[str, str]  # class -> why it is left out
+    need: int  # usable tracks a class needs
+    limit_per_class: int
+    fhash: str  # feature_hash(params)
+    key: str  # the build_key
+
+
+def build_request(src: str | os.PathLike, params: FeatureParams | None = None, split: SplitConfig | None = None, *,
+                  limit_per_class: int = 0, min_tracks_per_class: int | None = None) -> BuildRequest:
+    """Scan ``src`` (file names only: nothing is decoded) and work out what a build with these settings would do;
+    :class:`DatasetError` for a source or split that cannot give a dataset (fewer than two classes, ...)."""
+    params = params or FeatureParams()
+    split = split or SplitConfig()
+    src = Path(src).resolve()
+    tracks, skipped, classes = scan_source(src)
+    if limit_per_class > 0:
+        seen: dict[str, int] = {}
+        kept = []
+        for t in tracks:
+            seen[t.label] = seen.get(t.label, 0) + 1
+            if seen[t.label] <= limit_per_class:
+                kept.append(t)
+            else:
+                reason = f"not used: build capped at {limit_per_class} tracks per class"
+                skipped.append(_skip(t.relpath, t.abs_path, t.label, reason))
+        tracks = kept
+    custom = read_split_file(split.split_file) if split.split_file else None
+    _check_classes(tracks, classes)
+    need = _min_tracks(split, custom, min_tracks_per_class)
+    tracks, classes, left_out = _leave_out_small_classes(tracks, classes, need, skipped)
+    for r in skipped:  # a linked class folder: said in the warnings, not only in the manifest
+        if r.get("link_class"):
+            left_out[r["class"]] = f"class left out: its folder is a {r['reason']}"
+
+    fhash = feature_hash(params)
+    request = {"features": fhash, "split": {"val": split.val_share, "test": split.test_share,
+               "seed": split.seed, "custom": custom}, "files": [t.relpath for t in tracks],
+               "limit": limit_per_class}
+    if min_tracks_per_class:
+        request["min_tracks"] = need
+    return BuildRequest(src, params, split, custom, tracks, skipped, classes, left_out, need, limit_per_class, fhash,
+                        stable_hash(request))  # what was asked for; the build_id adds the files' content
+
+
 def build_dataset(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -431,38 +489,11 @@ def build_dataset(
     normalisation. Classes with fewer than ``min_tracks_per_class`` usable tracks (default: one per split)
     are left out with the reason in the manifest and ``card["left_out_classes"]``; two classes must remain.
     """
-    params = params or FeatureParams()
-    split = split or SplitConfig()
     src, out = Path(src).resolve(), Path(out).resolve()
     if out == src or src in out.parents:
         raise DatasetError("the output folder must not be inside the source folder")
-    tracks, skipped, classes = scan_source(src)
-    if limit_per_class > 0:
-        seen: dict[str, int] = {}
-        kept = []
-        for t in tracks:
-            seen[t.label] = seen.get(t.label, 0) + 1
-            if seen[t.label] <= limit_per_class:
-                kept.append(t)
-            else:
-                reason = f"not used: build capped at {limit_per_class} tracks per class"
-                skipped.append(_skip(t.relpath, t.abs_path, t.label, reason))
-        tracks = kept
-    custom = read_split_file(split.split_file) if split.split_file else None
-    _check_classes(tracks, classes)
-    need = _min_tracks(split, custom, min_tracks_per_class)
-    tracks, classes, left_out = _leave_out_small_classes(tracks, classes, need, skipped)
-    for r in skipped:  # a linked class folder: said in the warnings, not only in the manifest
-        if r.get("link_class"):
-            left_out[r["class"]] = f"class left out: its folder is a {r['reason']}"
-
-    fhash = feature_hash(params)
-    request = {"features": fhash, "split": {"val": split.val_share, "test": split.test_share,
-               "seed": split.seed, "custom": custom}, "files": [t.relpath for t in tracks],
-               "limit": limit_per_class}
-    if min_tracks_per_class:
-        request["min_tracks"] = need
-    build_key = stable_hash(request)  # what was asked for; the build_id adds the files' content
+    req = build_request(src, params, split, limit_per_class=limit_per_class,
+                        min_tracks_per_class=min_tracks_per_class)
     card_path = out / "card.json"
     if out.is_dir() and any(p for p in out.iterdir() if BUILD_LOCK_NAME not in p.name) and not (
             card_path.exists() or any(out.glob(".work-*")) or (out / "manifest.json").exists()):
@@ -471,8 +502,7 @@ def build_dataset(
     out.mkdir(parents=True, exist_ok=True)
     lock = BuildLock(out).acquire(timeout=lock_timeout)
     try:
-        return _build_locked(src, out, params, split, custom, tracks, skipped, classes, left_out, need, fhash,
-                             build_key, limit_per_class, workers, progress, should_stop)
+        return _build_locked(req, out, workers, progress, should_stop)
     except OSError as exc:
         if not is_disk_full(exc):
             raise
@@ -585,10 +615,10 @@ def _seed_work_from_dataset(out: Path, work: Path, tracks: list[Track], old_mani
     return n
 
 
-def _build_locked(src: Path, out: Path, params: FeatureParams, split: SplitConfig, custom: dict | None,
-                  tracks: list[Track], skipped: list[dict], classes: list[str], left_out: dict[str, str],
-                  need: int, fhash: str, build_key: str, limit_per_class: int, workers: int | None,
-                  progress: ProgressFn | None, should_stop: Callable[[], bool] | None) -> Path:
+def _build_locked(req: BuildRequest, out: Path, workers: int | None, progress: ProgressFn | None,
+                  should_stop: Callable[[], bool] | None) -> Path:
+    src, params, split, custom, tracks, skipped = req.src, req.params, req.split, req.custom, req.tracks, req.skipped
+    classes, left_out, need, fhash, build_key = req.classes, dict(req.left_out), req.need, req.fhash, req.key
     card_path = out / "card.json"
     card = _read_card(card_path) if card_path.exists() else None
     old_manifest = None
@@ -699,7 +729,7 @@ def _build_locked(src: Path, out: Path, params: FeatureParams, split: SplitConfi
         "input_shape": [params.input_frames, params.n_mels, 1],
         "counts": counts,
         "n_tracks": len(tracks),
-        "limit_per_class": limit_per_class,
+        "limit_per_class": req.limit_per_class,
         "n_skipped": sum(1 for r in manifest_all if r["skipped"]),
         "versions": library_versions(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -1048,6 +1078,60 @@ def build_dataset_args(src: str | os.PathLike, out: str | os.PathLike, params: F
     if limit_per_class:
         args += ["--limit-per-class", str(int(limit_per_class))]
     return args
+
+
+def request_from_args(args: list[str]) -> BuildRequest:
+    """The :class:`BuildRequest` of a ``build-dataset`` command line (a background job's, :func:`core.jobs.job_args`),
+    read with the command's own parser; :class:`DatasetError` when it is not a build this version can read."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m core", add_help=False, exit_on_error=False)
+    register_cli(parser.add_subparsers(dest="command"))
+    try:
+        a = parser.parse_args(args)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise DatasetError(f"not a build-dataset command line: {' '.join(args)[:200]}") from exc
+    if a.command != "build-dataset":
+        raise DatasetError(f"not a build-dataset command line: {' '.join(args)[:200]}")
+    split = SplitConfig(a.val_share, a.test_share, a.split_seed, a.split_file)
+    return build_request(a.src, params_from_args(a), split, limit_per_class=a.limit_per_class,
+                         min_tracks_per_class=a.min_tracks_per_class)
+
+
+def find_identical_build(src: str | os.PathLike, params: FeatureParams, split: SplitConfig,
+                         limit_per_class: int = 0, home: Path | None = None) -> str | None:
+    """Why a build of ``src`` with these settings would repeat one that is running (a ``build-*`` job in the data
+    home's ``jobs/``) or finished (a complete dataset in ``datasets/``), as a message for the user; None when it
+    would not. The same source folder and the same ``build_key`` (:class:`BuildRequest`: features, split, file
+    list, cap) are the same dataset, whatever the output folder and the worker count. A request that cannot be
+    worked out is no repeat (the build itself then says what is wrong)."""
+    from core.jobs import find_job, job_args
+    from core.workspace import home_dir, list_datasets
+
+    try:
+        mine = build_request(src, params, split, limit_per_class=limit_per_class)
+    except DatasetError:
+        return None
+    for job_dir in sorted(home_dir("jobs", home).glob("build-*")):
+        job = find_job(job_dir)
+        if job is None or not job.alive():
+            continue
+        args = job_args(job.command)
+        try:
+            other = request_from_args(args)
+        except (DatasetError, OSError):
+            continue
+        if (other.src, other.key) == (mine.src, mine.key):
+            return (f"Not started: an identical build is running already (“{Path(args[2]).name}”, the same "
+                    "audio with the same parameters). Its progress is shown above.")
+    for d in list_datasets(home):
+        card = d.get("card") or {}
+        if d["complete"] and card.get("source") == str(mine.src) \
+                and card.get("build_key", card.get("build_id")) == mine.key:
+            return (f"Not started: “{d['name']}” was built already from this audio with the same parameters "
+                    "(listed below). Change a parameter for a different dataset, or delete that folder to "
+                    "build it again.")
+    return None
 
 
 def register_cli(sub) -> None:

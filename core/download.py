@@ -88,12 +88,12 @@ def _host(url: str) -> str:
 
 
 def _normalise_sha256(value: str | None) -> str | None:
-    """Lower-case hex digest, or None; a malformed value is a :class:`ValueError`."""
+    """Lower-case hex digest, or None; a malformed value is a :class:`DownloadError`."""
     if value is None or not str(value).strip():
         return None
     value = str(value).strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise ValueError(f"not a sha256 hex digest (64 hex characters): {value!r}")
+        raise DownloadError(f"not a sha256 hex digest (64 hex characters): {value!r}")
     return value
 
 
@@ -423,7 +423,7 @@ def download_gtzan(dest_dir: str | os.PathLike, url: str | None = None, sha256: 
     sha256 = sha256 or os.environ.get(GTZAN_SHA256_ENV) or (GTZAN_SHA256 if url == GTZAN_URL else None)
     try:
         sha256 = _normalise_sha256(sha256)
-    except ValueError as e:
+    except DownloadError as e:
         raise DownloadError(f"bad GTZAN checksum: {e}") from None
     dest_dir.mkdir(parents=True, exist_ok=True)
     archive = dest_dir / GTZAN_ARCHIVE_NAME
@@ -543,7 +543,7 @@ def download_emotify(dest_dir: str | os.PathLike, url: str | None = None, csv_ur
     try:
         sha256 = _normalise_sha256(sha256 or os.environ.get(EMOTIFY_SHA256_ENV))
         csv_sha256 = _normalise_sha256(csv_sha256 or os.environ.get(EMOTIFY_CSV_SHA256_ENV))
-    except ValueError as e:
+    except DownloadError as e:
         raise DownloadError(f"bad Emotify checksum: {e}") from None
     dest_dir.mkdir(parents=True, exist_ok=True)
     csv_path, archive = dest_dir / EMOTIFY_CSV_NAME, dest_dir / EMOTIFY_ARCHIVE_NAME

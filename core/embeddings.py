@@ -507,7 +507,7 @@ def train_embedding_head(dataset_path: str | os.PathLike, seed: int, hidden: int
 def save_head_model(run_dir, head, ds, emb: Embeddings, res: HeadResult, model_dir=None, config=None) -> Path:
     """``run_dir/best.keras`` (musicnn + head), ``head.keras``, ``history.json``, ``model_card.json``."""
     from core.features import FeatureParams
-    from core.predictor import make_model_card, write_model_card
+    from core.model_card import make_model_card, write_model_card
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -538,7 +538,7 @@ def musicnn_card(classes: list[str], musicnn_card_: dict, **extra: Any) -> dict:
     """A ``model_card.json`` for a musicnn-based classifier: kind ``"musicnn"``; ``params`` describe the 16 kHz,
     96-mel, 3 s input for generic readers (sample rate, snippet length); ``musicnn_input`` is exact."""
     from core.features import FeatureParams
-    from core.predictor import make_model_card
+    from core.model_card import make_model_card
 
     params = FeatureParams(sample_rate=mn.SR, snippet_s=mn.PATCH_SECONDS, overlap_s=2.0, max_snippets=0,
                            n_fft=mn.N_FFT, hop_length=mn.HOP, n_mels=mn.N_MELS, log=True)
@@ -722,7 +722,7 @@ def ship_head_model(run_dir: str | os.PathLike, dest: str | os.PathLike, dataset
                          "dataset_command": f"python -m core build-dataset SRC DATASET --max-snippets "
                                             f"{dataset.params.max_snippets}"},
     })
-    write = __import__("core.predictor", fromlist=["write_model_card"]).write_model_card
+    write = __import__("core.model_card", fromlist=["write_model_card"]).write_model_card
     write(dest, card)
     acc = "; ".join(f"{k} {v:.1%}" for k, v in sorted(accuracy.items()))
     head = card.get("head", {})

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import GenreLabError
+
 AMIN = 1e-10  # power floor before the log: -100 dB
+
+
+class FeatureParamsError(GenreLabError, ValueError):
+    """Feature parameters that cannot be used (a snippet of 0 s, an overlap longer than the snippet, an unknown
+    normalisation ...); the message says which. Also a ``ValueError``, which callers of :class:`FeatureParams` catch."""
 
 
 @dataclass(frozen=True)
@@ -47,23 +54,23 @@ class FeatureParams:
 
     def __post_init__(self) -> None:
         if self.sample_rate < 1000:
-            raise ValueError("sample_rate must be at least 1000 Hz")
+            raise FeatureParamsError("sample_rate must be at least 1000 Hz")
         if self.snippet_s <= 0:
-            raise ValueError("snippet length must be positive")
+            raise FeatureParamsError("snippet length must be positive")
         if not 0 <= self.overlap_s < self.snippet_s:
-            raise ValueError("overlap must be >= 0 and shorter than the snippet")
+            raise FeatureParamsError("overlap must be >= 0 and shorter than the snippet")
         if self.max_snippets < 0:
-            raise ValueError("max_snippets must be >= 0 (0 = all)")
+            raise FeatureParamsError("max_snippets must be >= 0 (0 = all)")
         if self.selection not in ("first", "random"):
-            raise ValueError("selection must be 'first' or 'random'")
+            raise FeatureParamsError("selection must be 'first' or 'random'")
         if self.mode not in ("snippet", "full"):
-            raise ValueError("mode must be 'snippet' or 'full'")
+            raise FeatureParamsError("mode must be 'snippet' or 'full'")
         if self.n_fft < 16 or self.hop_length < 1 or self.n_mels < 1:
-            raise ValueError("n_fft, hop_length and n_mels must be positive")
+            raise FeatureParamsError("n_fft, hop_length and n_mels must be positive")
         if self.full_clip_s <= 0:
-            raise ValueError("full_clip_s must be positive")
+            raise FeatureParamsError("full_clip_s must be positive")
         if self.full_store_s < 0:
-            raise ValueError("full_store_s must be >= 0")
+            raise FeatureParamsError("full_store_s must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Every parameter; ``full_store_s`` (added later) only when set, so earlier build ids hold."""
@@ -274,7 +281,7 @@ def snippet_start_frames(n_samples: int, params: FeatureParams, step_s: float | 
     """
     step = params.step_s if step_s is None else step_s
     if step <= 0:
-        raise ValueError("the hop between snippets must be positive")
+        raise FeatureParamsError("the hop between snippets must be positive")
     total = frames_for(n_samples, params.hop_length)
     need = params.snippet_frames
     if n_samples < params.snippet_samples:
@@ -387,7 +394,7 @@ def apply_norm(X: np.ndarray, norm: dict[str, Any], method: str = "minmax") -> n
         return (X - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
     if method == "none":
         return X
-    raise ValueError(f"unknown normalisation {method!r} (minmax, standard or none)")
+    raise FeatureParamsError(f"unknown normalisation {method!r} (minmax, standard or none)")
 
 
 def snippet_reference(y: np.ndarray, start_frame: int, params: FeatureParams) -> np.ndarray:

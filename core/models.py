@@ -16,13 +16,22 @@ Only ``keras.layers`` / ``keras.ops`` are used here, never a backend directly.
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import keras
+import numpy as np
 from keras import layers, ops
+
+from core.errors import GenreLabError
 
 FILTERS = (16, 32, 64, 128)
 BN_MOMENTUM = 0.9
+
+
+class ModelBuildError(GenreLabError, ValueError):
+    """A model that cannot be built as asked (fewer than two classes, too few mel bands, an unknown kind or
+    architecture); the message says why. Also a ``ValueError``."""
 
 
 #: architecture switches (measured in bench/train_throughput.py and results/ablation): batch norm on the first
@@ -135,10 +144,10 @@ def _crnn(
     arch: dict | None = None,
 ) -> keras.Model:
     if n_classes < 2:
-        raise ValueError("need at least 2 classes")
+        raise ModelBuildError("need at least 2 classes")
     freq_left = _freq_after_pools(n_mels)
     if freq_left < 1:
-        raise ValueError(f"n_mels={n_mels} is too small: the model halves the mel axis three times (need >= 8)")
+        raise ModelBuildError(f"n_mels={n_mels} is too small: the model halves the mel axis three times (need >= 8)")
     inputs = keras.Input(shape=(frames, n_mels, 1), name="mel")
     x = inputs
     pools = [(time_pools[0], 2), (time_pools[1], 2), (time_pools[2], 2), (time_pools[3], freq_left)]
@@ -235,10 +244,22 @@ def build_model(kind: str, n_classes: int, n_mels: int, frames: int | None = Non
     """Build a model of any kind in :data:`BUILDERS`; ``frames`` is fixed for full clips (compute cost) and
     open otherwise; ``arch`` names an entry of :data:`ARCHS` (the CRNNs; the baseline has none)."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r} (use one of {', '.join(ARCHS)})")
+        raise ModelBuildError(f"unknown architecture {arch!r} (use one of {', '.join(ARCHS)})")
     if kind not in BUILDERS:
-        raise ValueError(f"unknown model kind {kind!r} (use one of {MODEL_KINDS})")
+        raise ModelBuildError(f"unknown model kind {kind!r} (use one of {MODEL_KINDS})")
     return BUILDERS[kind](n_classes, n_mels, frames, dropout, ARCHS[arch])
+
+
+def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` file of ours: any kind above, musicnn + head included (the layers of this module are
+    registered with Keras on import). A file that does not load raises :class:`core.train_config.TrainError` with
+    the file and the reason. Inference (:mod:`core.predictor`'s Keras backend) and training both load here."""
+    try:
+        return keras.models.load_model(path, compile=compile)
+    except Exception as exc:
+        from core.train_config import TrainError
+
+        raise TrainError(f"model file {path} does not load: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 def count_flops(model: keras.Model, input_shape: Sequence[int]) -> dict:

@@ -67,10 +67,6 @@ class MusicnnNumpyError(GenreLabError):
 # =========================================================================================================
 # weights
 # =========================================================================================================
-def _bn_parts(layer: str) -> tuple[str, ...]:
-    return mn.BN_PARTS if layer.endswith("_bn") or layer == "penultimate" else ("kernel", "bias")
-
-
 def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """musicnn's weights from ``musicnn.weights.npz`` or from a converted folder (``musicnn_card.json`` +
     its weights file, e.g. ``models/msd-musicnn``)."""
@@ -111,7 +107,7 @@ def read_combined_model(path: str | os.PathLike):
     for layer in mn.CHECKPOINT_MAP:
         if layer not in names:
             continue
-        parts = _bn_parts(layer)
+        parts = mn.weight_parts(layer)
         arrays = w.get(layer, [])
         if len(arrays) != len(parts):
             raise UnsupportedModel(f"musicnn layer {layer} has {len(arrays)} weights, {len(parts)} expected")
@@ -180,7 +176,7 @@ class MusicnnNetwork:
     def __init__(self, weights: dict[str, np.ndarray], name: str = "musicnn", batch: int = 4,
                  timbral_chunk: int = 64, threads: int | None = None):
         missing = [f"{layer}/{p}" for layer in mn.CHECKPOINT_MAP if layer != "tag_logits"
-                   for p in _bn_parts(layer) if f"{layer}/{p}" not in weights]
+                   for p in mn.weight_parts(layer) if f"{layer}/{p}" not in weights]
         if missing:
             raise MusicnnNumpyError(f"musicnn weights incomplete: {', '.join(missing[:4])}"
                                     + (" ..." if len(missing) > 4 else ""))
@@ -717,9 +713,9 @@ class WindowStream:
     def __init__(self, net: MusicnnNetwork, names: Sequence[str] = ("penultimate",), hop_s: float = 1.0,
                  hop_frames: int | None = None):
         if hop_frames is None and not hop_s > 0:
-            raise ValueError("hop must be positive")
+            raise mn.MusicnnError("hop must be positive")
         if hop_frames is not None and hop_frames < 1:
-            raise ValueError("hop must be at least one frame")
+            raise mn.MusicnnError("hop must be at least one frame")
         self.net = net
         self.names = net.check_names(names)
         self.hop_s, self.hop_frames = float(hop_s), hop_frames
@@ -870,7 +866,7 @@ def stream_features(blocks: Iterable[np.ndarray], names: Sequence[str] = ("penul
             progress(ws.n_samples / mn.SR, ws.n_windows)
     take(ws.finish())
     if ws.n_samples == 0:
-        raise ValueError("empty signal")
+        raise mn.MusicnnError("empty signal")
     return WindowFeatures(np.concatenate(starts) if starts else np.zeros(0, np.int64),
                           _concat(parts, ws.names, ws.net.feature_dim), ws.n_samples, ws.padded)
 
@@ -891,7 +887,7 @@ def window_features(y: np.ndarray, sr: int = mn.SR, names: Sequence[str] = ("pen
     if y.ndim > 1:
         y = y.mean(axis=-1 if y.shape[-1] <= 8 else 0)
     if y.size == 0:
-        raise ValueError("empty signal")
+        raise mn.MusicnnError("empty signal")
     if sr != mn.SR:
         from core.audio import resample
 

@@ -439,7 +439,7 @@ def ship_model(repro_out: str | os.PathLike, dest: str | os.PathLike, *, name: s
     import shutil
 
     from core.dataset import load_dataset
-    from core.predictor import read_model_card, write_model_card
+    from core.model_card import read_model_card, write_model_card
     from core.store import results_frame
 
     repro_out, dest = Path(repro_out), Path(dest)
@@ -456,7 +456,7 @@ def ship_model(repro_out: str | os.PathLike, dest: str | os.PathLike, *, name: s
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    from core.train import load_model
+    from core.models import load_model
 
     # re-saved without the optimizer state (Adam's moments would double the file: 4.5 MB -> ~1.5 MB)
     load_model(run_dir / card.get("model_file", "best.keras"), compile=False).save(tmp / "model.keras")
@@ -600,8 +600,8 @@ def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, n
     window (:class:`core.predictor.Predictor`, NumPy)."""
     import shutil
 
-    from core.predictor import read_model_card, validate_model_card, write_model_card
-    from core.train import load_model
+    from core.model_card import read_model_card, validate_model_card, write_model_card
+    from core.models import load_model
 
     dest = Path(dest)
     members = cv_members(stores, kind)

@@ -127,7 +127,7 @@ def run_words(base: dict) -> str:
 def write_crnn_card(run: Run) -> None:
     """The model card of a CRNN or linear-baseline run (its folder is then a model ``Predictor`` opens)."""
     from core.models import build_model, describe
-    from core.predictor import make_model_card, write_model_card
+    from core.model_card import make_model_card, write_model_card
 
     ds, config = run.dataset, run.config
     p = ds.params
@@ -163,7 +163,7 @@ def train_musicnn_head(run: Run, hooks: RunHooks):
     result = train_embedding_head(run.dataset.path, run.seed, run_dir=run.run_dir, on_epoch=hooks.on_epoch,
                                   **DEFAULT_HEAD)
     if run.fold_fields and result.status != "stopped":
-        from core.predictor import read_model_card, write_model_card
+        from core.model_card import read_model_card, write_model_card
 
         card = run.run_dir / "model_card.json"
         write_model_card(run.run_dir, {**read_model_card(card), **run.fold_fields})

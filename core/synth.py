@@ -122,8 +122,9 @@ def train_demo_model(out_dir: str | os.PathLike, *, n_classes: int = 4, per_clas
     """
     from core.dataset import SplitConfig, build_dataset, load_dataset
     from core.features import FeatureParams
-    from core.predictor import make_model_card, write_model_card
-    from core.train import TrainConfig, load_model, recalibrate_batchnorm, train_run
+    from core.model_card import make_model_card, write_model_card
+    from core.models import load_model
+    from core.train import TrainConfig, recalibrate_batchnorm, train_run
     from core.utils import atomic_write_bytes
 
     def say(msg: str, frac: float) -> None:

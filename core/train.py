@@ -51,7 +51,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from core.models import build_model
+from core.models import build_model, load_model
 from core.utils import atomic_write_json, read_json
 
 STATE_VERSION = 1
@@ -69,33 +69,38 @@ from core.train_config import (MONITORS, RESUMABLE_CHANGES, TrainConfig, TrainEr
 class SnippetSequence(keras.utils.PyDataset):
     """Batches ``(x, one_hot_y)`` from a dataset split, normalised on the fly with the training statistics.
 
-    ``x`` is ``(batch, frames, n_mels, 1)`` float32. With ``shuffle`` the order of epoch ``e`` is a
-    permutation drawn from ``default_rng([seed, e])`` (set it with :meth:`set_epoch`); each batch's indices
-    are sorted so memmap reads stay sequential. ``limit`` caps the number of batches.
-
-    Training options (see :class:`TrainConfig`): ``tracks`` + ``per_track`` + ``selection`` choose which
-    snippets of each track an epoch uses; ``crop_frames`` + ``crop_max`` cut a window of ``crop_frames`` from
-    each stored row (offset 0, or drawn per epoch with ``random_crop``); ``augment`` applies SpecAugment masks
-    and mixup with ``label_smoothing`` left to the loss. All draws come from ``default_rng([seed, epoch, ...])``.
+    ``x`` is ``(batch, frames, n_mels, 1)`` float32. ``config`` (:class:`TrainConfig`) gives the normalisation
+    method and the batch size (``batch_size`` overrides it: the 30 s model's own), and for ``training`` batches
+    everything else: with ``shuffle`` the order of epoch ``e`` is a permutation drawn from
+    ``default_rng([seed, e])`` (set it with :meth:`set_epoch`); each batch's indices are sorted so memmap reads
+    stay sequential; ``max_train_batches`` caps the number of batches, ``workers`` sets the loader threads;
+    ``snippets_per_track`` + ``snippet_selection`` choose which snippets of each track (``tracks``: the split's
+    track of each row) an epoch uses; ``full_crop="random"`` draws the offset of the ``crop_frames`` window cut
+    from each stored row (at most ``crop_max``; else offset 0) per epoch; SpecAugment masks and mixup apply, with
+    label smoothing left to the loss. Validation batches (``training=False``) are read in order, whole and
+    unaugmented. All draws come from ``default_rng([seed, epoch, ...])``.
     """
 
-    def __init__(self, X, y, n_classes: int, norm: dict, method: str = "minmax", batch_size: int = 32,
-                 shuffle: bool = True, seed: int = 0, limit: int = 0, workers: int = 1, *, tracks=None,
-                 per_track: int = 0, selection: str = "first", crop_frames: int | None = None, crop_max=None,
-                 random_crop: bool = False, augment: "TrainConfig | None" = None, **kwargs):
-        super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
+    def __init__(self, X, y, n_classes: int, norm: dict, config: TrainConfig | None = None, *, seed: int = 0,
+                 training: bool = True, batch_size: int | None = None, tracks=None, crop_frames: int | None = None,
+                 crop_max=None, **kwargs):
+        config = config or TrainConfig()
+        super().__init__(workers=config.workers if training else 1, use_multiprocessing=False, **kwargs)
         if len(X) != len(y):
             raise ValueError("X and y have different lengths")
         self.X, self.yv = X, np.asarray(y, dtype=np.int64)
-        self.n_classes, self.norm, self.method = n_classes, norm, method
-        self.batch_size, self.shuffle, self.seed, self.limit = batch_size, shuffle, seed, limit
-        self.per_track, self.selection = per_track, selection
-        self.groups = _groups(tracks) if (tracks is not None and per_track) else None
+        self.n_classes, self.norm, self.method = n_classes, norm, config.norm_method
+        self.batch_size, self.seed = int(batch_size or config.batch_size), seed
+        self.shuffle = training and config.shuffle
+        self.limit = config.max_train_batches if training else 0
+        self.per_track = config.snippets_per_track if training else 0
+        self.selection = config.snippet_selection
+        self.groups = _groups(tracks) if (tracks is not None and self.per_track) else None
         self.crop_frames = crop_frames if crop_frames and crop_frames < X.shape[1] else None
         self.crop_max = (np.zeros(len(self.yv), np.int64) if crop_max is None
                          else np.asarray(crop_max, np.int64))
-        self.random_crop = random_crop and self.crop_frames is not None
-        self.augment = augment
+        self.random_crop = training and config.full_crop == "random" and self.crop_frames is not None
+        self.augment = config if training and _augments(config) else None
         self._eye = np.eye(n_classes, dtype=np.float32)
         self.set_epoch(0)
 
@@ -303,14 +308,11 @@ def make_sequences(dataset, config: TrainConfig, seed: int) -> tuple[SnippetSequ
     p = dataset.params
     crop = p.input_frames if p.mode == "full" else None
     bs = config.full_batch_size if (p.mode == "full" and config.full_batch_size) else config.batch_size
-    train = SnippetSequence(
-        dataset.X("train"), dataset.y("train"), n, dataset.norm, config.norm_method, bs,
-        config.shuffle, seed, config.max_train_batches, config.workers, tracks=dataset.track("train"),
-        per_track=config.snippets_per_track if p.mode == "snippet" else 0, selection=config.snippet_selection,
-        crop_frames=crop, crop_max=full_crop_limits(dataset, "train", crop) if crop else None,
-        random_crop=config.full_crop == "random", augment=config if _augments(config) else None)
-    val = SnippetSequence(dataset.X("val"), dataset.y("val"), n, dataset.norm, config.norm_method,
-                          bs, False, seed, crop_frames=crop)
+    train = SnippetSequence(dataset.X("train"), dataset.y("train"), n, dataset.norm, config, seed=seed, batch_size=bs,
+                            tracks=dataset.track("train") if p.mode == "snippet" else None, crop_frames=crop,
+                            crop_max=full_crop_limits(dataset, "train", crop) if crop else None)
+    val = SnippetSequence(dataset.X("val"), dataset.y("val"), n, dataset.norm, config, seed=seed, training=False,
+                          batch_size=bs, crop_frames=crop)
     return train, val
 
 
@@ -357,10 +359,6 @@ def reseed_dropout(model, seed: int, epoch: int) -> None:
         state.assign(np.asarray([s, 0], dtype=state.dtype))
 
 
-def get_lr(model) -> float:
-    return float(np.asarray(model.optimizer.learning_rate))
-
-
 def set_lr(model, lr: float) -> None:
     model.optimizer.learning_rate.assign(lr)
 
@@ -369,15 +367,6 @@ def save_model_atomic(model, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     os.replace(tmp, path)
-
-
-def load_model(path: str | os.PathLike, compile: bool = True):
-    """Load a ``.keras`` file of ours (raises :class:`TrainError` with the reason if it does not load); the
-    baseline's ``MelStats`` layer is registered by :mod:`core.models` (imported here)."""
-    try:
-        return keras.models.load_model(path, compile=compile)
-    except Exception as exc:
-        raise TrainError(f"model file {path} does not load: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -394,10 +383,6 @@ class TrainResult:
     stop_reason: str = ""
     monitor: str = "val_loss"
     best_value: float | None = None  # the monitored value at the best epoch
-
-    @property
-    def best_model_path(self) -> Path:
-        return self.run_dir / "best.keras"
 
 
 class _StopCheck(keras.callbacks.Callback):

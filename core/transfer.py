@@ -340,7 +340,7 @@ def train_transfer(src: str | os.PathLike, out: str | os.PathLike, *, weights: s
     """Features, cross-validation and the final head for ``src``; writes the model folder ``out`` (atomically:
     a temporary folder renamed at the end). Returns the card."""
     from core.dataset import scan_source
-    from core.predictor import validate_model_card, make_model_card
+    from core.model_card import make_model_card, validate_model_card
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

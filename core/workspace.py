@@ -157,7 +157,7 @@ def list_model_folders(home: Path | None = None) -> list[dict[str, Any]]:
     are listed with ``"error"`` (which file and why) and ``"card": None``, so the page lists them as unusable
     and the other models keep working; nothing a folder holds can make this listing fail.
     """
-    from core.predictor import CARD_NAME, PredictorError, model_files, read_model_card
+    from core.model_card import CARD_NAME, ModelError, embedding_weights, model_files, read_model_card
 
     out = []
     seen: set[str] = set()
@@ -173,14 +173,11 @@ def list_model_folders(home: Path | None = None) -> list[dict[str, Any]]:
             try:
                 card = read_model_card(child / CARD_NAME)
                 files = model_files(child, card)  # a truncated .keras, a missing member: listed as unusable
-                emb = card.get("embedding")
-                if emb and not (child / emb["weights"]).is_file():
-                    raise PredictorError(f"{child / CARD_NAME} names the musicnn weights {emb['weights']}, which "
-                                         f"are not in {child}")
+                embedding_weights(child, card)
                 rec["model_file"] = str(files[0][0])
                 rec["card"] = card
                 rec["modified"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(files[0][0].stat().st_mtime))
-            except PredictorError as exc:
+            except ModelError as exc:
                 rec["error"] = str(exc)
             except Exception as exc:  # noqa: BLE001 - one odd folder must not take the page down
                 rec["error"] = f"{child} cannot be read: {type(exc).__name__}: {exc}"[:300]
@@ -193,7 +190,7 @@ def list_tagger_folders(home: Path | None = None) -> list[dict[str, Any]]:
     taggers (50 tags), not genre classifiers, so the demo does not list them as models; ``{"name", "path",
     "origin", "model"}`` so that it can say why."""
     from core import musicnn as mn
-    from core.predictor import is_tagger_folder
+    from core.model_card import is_tagger_folder
 
     out = []
     for origin, root in model_dirs(home):

@@ -18,7 +18,7 @@ def combined_classifier(folder: Path, hidden: int = 16, seed: int = 3) -> Path:
 
     from core import musicnn as mn
     from core.embeddings import build_head, combined_model, musicnn_card
-    from core.predictor import write_model_card
+    from core.model_card import write_model_card
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

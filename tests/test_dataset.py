@@ -342,3 +342,40 @@ def test_gtzan_known_corrupt_file_is_reported_not_fatal(tmp_path):
     row = ds.manifest.set_index("path").loc["tone/jazz.00054.wav"]
     assert row["skipped"] and "known corrupt file" in row["reason"]
     assert ds.card["n_tracks"] == 9
+
+
+def test_an_identical_build_is_found_by_its_build_key(tmp_path, genre_folder):
+    """``find_identical_build``: a finished dataset or a running build job with the same source and build key
+    (whatever the output folder and worker count) is a repeat; another parameter, cap, split or source is not."""
+    import shutil
+
+    from core.dataset import build_dataset_args, build_request, find_identical_build, request_from_args
+    from core.utils import atomic_write_json
+
+    home = tmp_path / "home"
+    params, split = FeatureParams(max_snippets=2), SplitConfig()
+    assert find_identical_build(genre_folder, params, split, home=home) is None  # nothing built, nothing running
+    build_dataset(genre_folder, home / "datasets" / "first", params, split, workers=1)
+    same = find_identical_build(genre_folder, params, split, home=home)
+    assert same is not None and same.startswith("Not started: “first” was built already")
+    key = load_dataset(home / "datasets" / "first").card["build_key"]
+    assert build_request(genre_folder, params, split).key == key
+    assert find_identical_build(genre_folder, FeatureParams(max_snippets=2, n_mels=40), split, home=home) is None
+    assert find_identical_build(genre_folder, params, split, limit_per_class=4, home=home) is None
+    assert find_identical_build(genre_folder, params, SplitConfig(seed=1), home=home) is None
+    copy = shutil.copytree(genre_folder, tmp_path / "copy")  # the same files in another folder: another source
+    assert find_identical_build(copy, params, split, home=home) is None
+    assert find_identical_build(tmp_path / "nowhere", params, split, home=home) is None  # the build will say why
+
+    # a running build job (this process stands in for it) of the copy, into another folder, with 3 workers
+    args = build_dataset_args(copy, home / "datasets" / "second", params, split, workers=3)
+    assert request_from_args(args).key == build_request(copy, params, split).key
+    job = home / "jobs" / "build-second"
+    job.mkdir(parents=True)
+    atomic_write_json(job / "job.json", {"pid": os.getpid(), "command": [sys.executable, "-m", "core", *args,
+                                                                        "--events", str(job / "events.jsonl")]})
+    running = find_identical_build(copy, params, split, home=home)
+    assert running is not None and "identical build is running already (“second”" in running
+    assert find_identical_build(copy, params, split, limit_per_class=4, home=home) is None
+    with pytest.raises(DatasetError):
+        request_from_args(["demo-model", "OUT"])

@@ -184,7 +184,8 @@ def test_head_selected_on_validation_track_accuracy(embedded):
 def test_ship_head_model(embedded, tmp_path):
     from core.dataset import load_dataset
     from core.embeddings import ship_head_model, train_embedding_head
-    from core.predictor import Predictor, read_model_card
+    from core.predictor import Predictor
+    from core.model_card import read_model_card
 
     path, _, _ = embedded
     ds = load_dataset(path)

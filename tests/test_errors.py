@@ -26,10 +26,10 @@ def _engine_exceptions() -> dict[str, type]:
     import core
 
     found = {}
-    for info in pkgutil.iter_modules(core.__path__):
-        if info.name == "__main__":
+    for info in pkgutil.walk_packages(core.__path__, "core."):  # sub-packages' modules too (core.musicnn.*)
+        if info.name == "core.__main__":
             continue
-        mod = importlib.import_module(f"core.{info.name}")
+        mod = importlib.import_module(info.name)
         for name, obj in vars(mod).items():
             if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == mod.__name__:
                 found[f"{mod.__name__}.{name}"] = obj
@@ -40,8 +40,8 @@ def test_every_engine_exception_derives_from_the_one_root():
     from core.errors import GenreLabError, Stopped
 
     found = _engine_exceptions()
-    assert {"core.jobs.LockError", "core.predictor.PredictorError", "core.dataset.BuildStopped",
-            "core.numpy_model.UnsupportedModel"} <= set(found)
+    assert {"core.jobs.LockError", "core.model_card.ModelError", "core.dataset.BuildStopped",
+            "core.numpy_model.UnsupportedModel", "core.musicnn.config.MusicnnError"} <= set(found)
     # the one private control-flow exception (a resumed download restarting from zero) never reaches a user
     stray = [n for n, c in found.items() if not issubclass(c, GenreLabError) and n != "core.download._Restart"]
     assert stray == []
@@ -131,3 +131,26 @@ def test_real_data_tests_skip_saying_what_to_download(monkeypatch, tmp_path):
         assert want in str(info.value) and "README" not in str(info.value)
     (tmp_path / "data" / "genres").mkdir(parents=True)  # where download-gtzan puts GTZAN
     assert conftest.gtzan_path() == tmp_path / "data" / "genres"
+
+
+def test_bad_values_a_user_gives_are_engine_errors_and_still_value_errors():
+    """A setting or signal a user gives that cannot be used (a 0 s snippet, a hop of 0, an empty clip, too few mel
+    bands, a malformed checksum) raises through the one root, so the CLI and the pages show its message as it is;
+    it stays a ValueError for the callers that validate with one."""
+    import numpy as np
+
+    from core.errors import GenreLabError
+    from core.features import FeatureParams
+    from core.download import _normalise_sha256
+    from core.models import build_snippet_crnn
+    from core.musicnn import log_mel
+    from core.predictor import aggregate
+
+    calls = [lambda: FeatureParams(snippet_s=0), lambda: aggregate(np.ones((2, 3)), "median"),
+             lambda: log_mel(np.zeros(0, np.float32)), lambda: build_snippet_crnn(4, n_mels=4)]
+    for call in calls:
+        with pytest.raises(GenreLabError) as err:
+            call()
+        assert isinstance(err.value, ValueError), err.value
+    with pytest.raises(GenreLabError, match="not a sha256 hex digest"):
+        _normalise_sha256("abc")

@@ -38,7 +38,7 @@ def _write_card(folder, card: dict) -> None:
 def crnn_ensemble(tmp_path_factory):
     from core.features import FeatureParams
     from core.models import build_snippet_crnn
-    from core.predictor import make_model_card
+    from core.model_card import make_model_card
 
     folder = tmp_path_factory.mktemp("crnn-ensemble")
     p = FeatureParams()
@@ -107,7 +107,7 @@ def _musicnn_heads_folder(folder, features, n_members=2, **card_extra):
     """musicnn.weights.npz (the shipped MSD_musicnn) + small Dense heads on ``features`` + the card."""
     from core.embeddings import build_head
     from core.musicnn_numpy import FEATURE_DIMS
-    from core.predictor import make_model_card
+    from core.model_card import make_model_card
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(_need(MSD) / "musicnn.weights.npz", folder / "musicnn.weights.npz")
@@ -263,7 +263,8 @@ CARD_ERRORS = [
 
 @pytest.mark.parametrize("changes,message", CARD_ERRORS, ids=[m.split(" ")[0] for _, m in CARD_ERRORS])
 def test_card_schema_errors_name_the_field(crnn_ensemble, tmp_path, changes, message):
-    from core.predictor import ModelCardError, Predictor
+    from core.predictor import Predictor
+    from core.model_card import ModelCardError
 
     folder = tmp_path / "m"
     shutil.copytree(crnn_ensemble, folder)
@@ -275,7 +276,8 @@ def test_card_schema_errors_name_the_field(crnn_ensemble, tmp_path, changes, mes
 
 def test_bad_member_files_are_clear_errors(crnn_ensemble, heads_folder, tmp_path):
     from core.errors import GenreLabError
-    from core.predictor import ModelCardError, Predictor, PredictorError
+    from core.predictor import Predictor, PredictorError
+    from core.model_card import ModelCardError
     from core.workspace import list_model_folders
 
     home = tmp_path / "home"

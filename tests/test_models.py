@@ -141,7 +141,7 @@ assert m.MODEL_KINDS == ("snippet", "full", "linear")
 names = {k: m.build_model(k, 3, 16, 256).name for k in m.MODEL_KINDS}
 assert names == {"snippet": "snippet_crnn", "full": "full_crnn", "linear": "linear_baseline"}, names
 m.build_model("linear", 3, 16).save(sys.argv[1])
-from core.train import load_model  # loads the baseline's MelStats layer without core.baseline
+from core.models import load_model  # loads the baseline's MelStats layer without core.baseline
 load_model(sys.argv[1], compile=False)
 assert "core.baseline" not in sys.modules
 import core.baseline  # and the baseline (which uses the registry and TrainResult) imports on its own

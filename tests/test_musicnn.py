@@ -86,7 +86,7 @@ def test_log_mel_shape_and_short_signals():
 
 
 def test_pool_permutation_undoes_tf_interleaving():
-    from core.musicnn import _pool_permutation
+    from core.musicnn.convert import _pool_permutation
 
     mx, mean = np.arange(753.0), 1000 + np.arange(753.0)
     tf_order = np.stack([mx, mean], axis=1).reshape(-1)  # tf.concat([max, mean], 2) then flatten

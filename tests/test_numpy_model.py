@@ -65,7 +65,7 @@ def test_unsupported_layers_fall_back_to_keras(tmp_path, monkeypatch):
     import keras
 
     from core.features import FeatureParams
-    from core.predictor import make_model_card, write_model_card
+    from core.model_card import make_model_card, write_model_card
 
     p = FeatureParams()
     x_in = keras.Input(shape=(None, p.n_mels, 1))
@@ -89,7 +89,8 @@ def test_numpy_backend_refuses_a_keras_only_model_with_a_clear_error(tmp_path):
 
     from core.errors import GenreLabError
     from core.features import FeatureParams
-    from core.predictor import PredictorError, make_model_card, write_model_card
+    from core.predictor import PredictorError
+    from core.model_card import make_model_card, write_model_card
 
     p = FeatureParams()
     x_in = keras.Input(shape=(None, p.n_mels, 1))
@@ -143,7 +144,7 @@ def test_predict_cli_says_when_a_model_needs_keras_without_a_traceback(tmp_path)
     import soundfile as sf
 
     from core.features import FeatureParams
-    from core.predictor import make_model_card, write_model_card
+    from core.model_card import make_model_card, write_model_card
     from core.synth import synth_clip
     from engine_helpers import run_core
 

@@ -13,7 +13,7 @@ from engine_helpers import build_tiny, run_core
 def trained(tmp_path_factory):
     """A 1-epoch snippet model with its model card, and its dataset."""
     from core.dataset import load_dataset
-    from core.predictor import make_model_card, write_model_card
+    from core.model_card import make_model_card, write_model_card
     from core.train import TrainConfig, train_run
 
     root = tmp_path_factory.mktemp("pred")

@@ -72,10 +72,11 @@ def test_cosine_schedule_warms_up_then_decays_and_never_reduces_on_plateau():
 
 
 def test_random_snippet_selection_is_per_track_and_redrawn_every_epoch(tiny):
-    from core.train import SnippetSequence
+    from core.train import SnippetSequence, TrainConfig
 
     X, y, tr = tiny.X("train"), tiny.y("train"), np.asarray(tiny.track("train"))
-    seq = SnippetSequence(X, y, 3, tiny.norm, batch_size=4, seed=3, tracks=tr, per_track=2, selection="random")
+    seq = SnippetSequence(X, y, 3, tiny.norm, TrainConfig(batch_size=4, snippets_per_track=2,
+                                                      snippet_selection="random"), seed=3, tracks=tr)
     counts = np.bincount(tr[seq.order])
     assert set(counts[counts > 0]) == {2} and len(seq.order) == 2 * len(np.unique(tr))
     e0 = np.sort(seq.order)
@@ -83,7 +84,8 @@ def test_random_snippet_selection_is_per_track_and_redrawn_every_epoch(tiny):
     assert not np.array_equal(e0, np.sort(seq.order))
     seq.set_epoch(0)
     assert np.array_equal(e0, np.sort(seq.order))  # a function of (seed, epoch)
-    first = SnippetSequence(X, y, 3, tiny.norm, seed=3, tracks=tr, per_track=2, selection="first", shuffle=False)
+    first = SnippetSequence(X, y, 3, tiny.norm, TrainConfig(snippets_per_track=2, snippet_selection="first",
+                                                        shuffle=False), seed=3, tracks=tr)
     for t in np.unique(tr):
         rows = np.flatnonzero(tr == t)
         assert list(first.order[np.isin(first.order, rows)]) == list(rows[:2])

@@ -472,7 +472,8 @@ TAMPERED = [
 
 @pytest.mark.parametrize("name,tamper,message", TAMPERED, ids=[t[0] for t in TAMPERED])
 def test_tampered_cards_are_refused_naming_the_file_and_field(tmp_path, name, tamper, message):
-    from core.predictor import ModelCardError, Predictor
+    from core.predictor import Predictor
+    from core.model_card import ModelCardError
 
     folder = _model_copy(tmp_path / "m", tamper)
     with pytest.raises(ModelCardError, match=message) as err:

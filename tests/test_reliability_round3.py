@@ -548,7 +548,8 @@ CARD_ATTACKS = [
 
 @pytest.mark.parametrize("name,tamper,message", CARD_ATTACKS, ids=[a[0] for a in CARD_ATTACKS])
 def test_cards_are_checked_against_the_registry_and_the_model(tmp_path, name, tamper, message):
-    from core.predictor import ModelCardError, Predictor
+    from core.predictor import Predictor
+    from core.model_card import ModelCardError
 
     folder = _card_copy(tmp_path / "m", tamper)
     with pytest.raises(ModelCardError, match=message) as err:
@@ -561,7 +562,8 @@ def test_the_card_kinds_are_the_model_registry(real_store, tmp_path):
     the musicnn head, with the names their models carry; a card naming the wrong kind for a real linear
     baseline is refused, and each shipped card passes."""
     from core.models import BUILDERS, build_model
-    from core.predictor import ModelCardError, Predictor, read_model_card
+    from core.predictor import Predictor
+    from core.model_card import ModelCardError, read_model_card
     from core.train_config import KIND_MODEL_NAMES, KINDS
 
     assert set(KINDS) == set(BUILDERS) | {"musicnn"}
@@ -639,13 +641,13 @@ def replace(a, b):
         os.kill(os.getpid(), signal.SIGKILL)  # killed between writing the temp file and renaming it
     return real(a, b)
 os.replace = replace
-from core.predictor import write_model_card
+from core.model_card import write_model_card
 write_model_card({folder!r}, {{"kind": "snippet"}})
 """
 
 
 def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
-    from core.predictor import write_model_card
+    from core.model_card import write_model_card
 
     folder = tmp_path / "run"
     folder.mkdir()

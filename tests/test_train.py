@@ -19,10 +19,10 @@ _cfg = quick_config
 
 
 def test_sequence_batches_are_normalised_one_hot_and_shuffled_per_epoch(tiny):
-    from core.train import SnippetSequence
+    from core.train import SnippetSequence, TrainConfig
 
     X, y = tiny.X("train"), tiny.y("train")
-    seq = SnippetSequence(X, y, 3, tiny.norm, "minmax", batch_size=8, seed=1)
+    seq = SnippetSequence(X, y, 3, tiny.norm, TrainConfig(norm_method="minmax", batch_size=8), seed=1)
     xb, yb = seq[0]
     assert xb.shape == (8, X.shape[1], X.shape[2], 1) and xb.dtype == np.float32
     assert yb.shape == (8, 3) and np.all(yb.sum(axis=1) == 1)
@@ -33,7 +33,8 @@ def test_sequence_batches_are_normalised_one_hot_and_shuffled_per_epoch(tiny):
     assert not np.array_equal(first, seq.order)
     seq.set_epoch(0)
     assert np.array_equal(first, seq.order)  # the order is a function of (seed, epoch) only
-    std = SnippetSequence(X, y, 3, tiny.norm, "standard", batch_size=len(y), shuffle=False)
+    std = SnippetSequence(X, y, 3, tiny.norm, TrainConfig(norm_method="standard", batch_size=len(y)),
+                          training=False)
     xs, _ = std[0]
     assert abs(float(xs.mean())) < 0.2 and 0.5 < float(xs.std()) < 1.5
 

@@ -184,7 +184,7 @@ def available_models() -> list[dict[str, Any]]:
     labels are unique (``core.workspace.distinct_labels``: data set, kind, seed / fold, date).
     """
     from core.folds import fold_parent
-    from core.predictor import CARD_NAME, PredictorError, read_model_card
+    from core.model_card import CARD_NAME, ModelError as PredictorError, read_model_card
     from core.workspace import at_chance, distinct_labels
 
     folders: list[dict[str, Any]] = []
