@@ -520,8 +520,9 @@ def job_status(job: Job) -> dict[str, Any]:
             st.setdefault("done", ev.get("done"))
             st.setdefault("total", ev.get("total"))
             eta, ts = ev.get("eta_s"), ev.get("ts")
-            # the estimate as of now: the time since that event is gone from it
-            st["eta_s"] = (max(0.0, float(eta) - (now - float(ts))) if isinstance(eta, (int, float))
+            # the estimate as of now: the time since that event is gone from it (never added: ``ts`` is rounded
+            # to 10 ms, so a fresh event can look a few ms younger than now)
+            st["eta_s"] = (max(0.0, float(eta) - max(0.0, now - float(ts))) if isinstance(eta, (int, float))
                            and isinstance(ts, (int, float)) else None)
             break
     first = next((ev.get("ts") for ev in events if isinstance(ev.get("ts"), (int, float))), None)

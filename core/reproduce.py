@@ -305,6 +305,11 @@ def register_cli(sub) -> None:
     e.add_argument("--citation", required=True, help="the training data's citation")
     e.add_argument("--description", default="", help="one line about the model")
     e.add_argument("--kind", default="snippet", choices=shippable)
+    e.add_argument("--source-name", default=None,
+                   help="the training data's name on the card (default: the dataset's source folder name)")
+    e.add_argument("--reproduce", default=None, metavar="COMMAND",
+                   help="the command that reproduces the whole model (folds, training and this step), recorded on "
+                        "the card instead of this command line")
     e.set_defaults(func=_cli_ship_ensemble)
 
 
@@ -315,7 +320,7 @@ def _cli_ship_ensemble(a) -> int:
         if sys.argv[1:2] == ["ship-ensemble"] else None
     try:
         dest = ship_ensemble(a.stores, a.dest, name=a.name, citation=a.citation, description=a.description,
-                             kind=a.kind, command=cmd)
+                             kind=a.kind, command=a.reproduce or cmd, source=a.source_name)
     except (ReproduceError, PredictorError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -592,7 +597,8 @@ def cv_figures(members: list[dict[str, Any]], classes: list[str]) -> dict[str, A
 
 
 def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, name: str, citation: str,
-                  description: str = "", kind: str = "snippet", command: str | None = None) -> Path:
+                  description: str = "", kind: str = "snippet", command: str | None = None,
+                  source: str | None = None) -> Path:
     """Every finished ``kind`` run of the cross-validation ``stores`` as one model folder: the members'
     ``.keras`` files (re-saved without optimizer state), each with its own normalisation (its fold's training
     statistics), a card with the cross-validated figures (:func:`cv_figures`) and the aggregation with the best
@@ -613,7 +619,9 @@ def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, n
     cv = cv_figures(members, classes)
     keep = [i for i, m in enumerate(members) if m["seed"] in cv["seeds"]]  # seeds that cover every fold
     members, cards = [members[i] for i in keep], [cards[i] for i in keep]
-    source = read_json_safe(Path(str(members[0]["dataset"])) / "card.json").get("source") or members[0]["store"]
+    if not source:
+        source = Path(str(read_json_safe(Path(str(members[0]["dataset"])) / "card.json").get("source")
+                          or members[0]["store"])).name
     best = max(ENSEMBLE_AGGREGATIONS, key=lambda a: (round(cv["accuracy"][a]["mean"], 6),
                                                      -ENSEMBLE_AGGREGATIONS.index(a)))
     members_sorted = sorted(zip(members, cards), key=lambda mc: (mc[0]["fold"], mc[0]["seed"]))
@@ -634,7 +642,7 @@ def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, n
     card.update(
         name=name, description=description, model_file=entries[0]["file"], members=entries,
         aggregation=best, hop_s=1.0,
-        training_data={"source": Path(str(source)).name, "citation": citation,
+        training_data={"source": source, "citation": citation,
                        "classes": classes, "n_tracks": cv["n_tracks"]},
         cv={**cv, "chosen_aggregation": best},
         accuracy={f"track_{a}/cv": round(acc[a]["mean"], 4) for a in ENSEMBLE_AGGREGATIONS},

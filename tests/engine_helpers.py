@@ -41,3 +41,29 @@ def quick_config(**kw):
     from core.train_config import TrainConfig
 
     return TrainConfig(**{**dict(lr=1e-3, max_epochs=1, patience=3, lr_patience=2), **kw})
+
+
+#: the shipped from-scratch CRNN (an ensemble of fold models since issue 22)
+SHIPPED_CRNN = ROOT / "models" / "emotify-crnn"
+
+
+def shipped_crnn_member(dst: Path) -> Path:
+    """A single-model folder (``model.keras`` + ``model_card.json``) made of the shipped CRNN ensemble's first
+    member with its own normalisation: a real, trained CRNN folder for the tests of model folders and cards
+    (skips when the shipped model is not in this checkout)."""
+    import json
+    import shutil
+
+    import pytest
+
+    if not (SHIPPED_CRNN / "model_card.json").is_file():
+        pytest.skip("the shipped models/emotify-crnn is not in this checkout")
+    card = json.loads((SHIPPED_CRNN / "model_card.json").read_text())
+    member = (card.get("members") or [{"file": card.get("model_file", "model.keras"), "norm": card["norm"]}])[0]
+    dst.mkdir(parents=True)
+    shutil.copyfile(SHIPPED_CRNN / member["file"], dst / "model.keras")
+    for k in ("members", "cv", "accuracy", "selected_by"):
+        card.pop(k, None)
+    card.update(model_file="model.keras", norm=member["norm"], name=f"{card.get('name', 'crnn')} member")
+    (dst / "model_card.json").write_text(json.dumps(card))
+    return dst

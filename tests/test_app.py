@@ -103,6 +103,15 @@ def test_demo_on_a_fresh_clone_uses_a_shipped_model(fresh_clone_home):
     assert_clean(at)
     choice = at.selectbox(key="demo_model").value
     assert "shipped" in str(choice) or any(p.parent.name in str(choice) for p in (ROOT / "models").glob("*/"))
+    if "gtzan10-musicnn" in shipped:  # the 10-genre default, its cross-validated figure in the summary and card
+        assert str(choice).endswith("gtzan10-musicnn")
+        card = json.loads((ROOT / "models" / "gtzan10-musicnn" / "model_card.json").read_text())
+        fig = card["cv"]["accuracy"][card["aggregation"]]
+        assert any(f"cross-validated track accuracy {fig['mean']:.0%}" in t for t in texts(at.caption))
+        md = " ".join(texts(at.markdown))
+        assert "**Cross-validated accuracy** (5-fold, over all 80 tracks" in md
+        assert f"{fig['mean']:.1%} ± {fig['sd']:.1%}" in md and "(default)" in md
+        assert "| level | validation | test |" not in md  # no empty held-out table beside it
     _upload(at, "clip.wav", demo_clip_wav(1, 8.0))
     assert_clean(at)
     assert not at.error
@@ -589,6 +598,8 @@ def test_default_model_key():
           "error": "bad card"}]
     assert default_model_key(m) == "shipped:e"
     assert default_model_key(m[:3]) == "shipped:b"
+    ten = {"key": "shipped:g", "origin": "shipped", "path": "/r/models/gtzan10-musicnn", "card": {"name": "x"}}
+    assert default_model_key(m + [ten]) == "shipped:g"  # the 10-genre musicnn model first
     assert default_model_key(m[:2]) == "run:1"
     assert default_model_key([]) is None
 

@@ -41,7 +41,7 @@ def _poisoned_wav(path: Path, seconds: float = 4.0, sr: int = 22050, value: floa
 
 
 def _shipped_model() -> Path:
-    if not (SHIPPED / "model.keras").exists():
+    if not (SHIPPED / "model_card.json").exists():
         pytest.skip("the shipped models/emotify-crnn is not in this checkout")
     return SHIPPED
 
@@ -507,7 +507,9 @@ def test_experiment_page_names_the_damaged_store_and_the_repair(tmp_path, monkey
 
 # --- 5. model cards: one schema -------------------------------------------------------------------------------------
 def _card_copy(dst: Path, tamper=None, text: str | None = None) -> Path:
-    shutil.copytree(_shipped_model(), dst)
+    from engine_helpers import shipped_crnn_member
+
+    shipped_crnn_member(dst)  # a single-model card: the fields below are its own, not an ensemble member's
     if text is not None:
         (dst / "model_card.json").write_text(text)
     elif tamper is not None:

@@ -78,6 +78,15 @@ def test_ship_ensemble_writes_a_folder_the_predictor_runs_as_the_mean_of_its_mem
     assert card["cv"]["n_tracks"] == 8 and card["aggregation"] in ("sum", "vote", "logprob")
     assert card["reproduction"]["command"].startswith("python -m core ship-ensemble")
     assert (dest / "MODEL_CARD.md").read_text().count("Cross-validated") == 1
+    # the card can name its data and the whole recipe (folds, training, this step) instead of this command
+    again = tmp_path / "ens2"
+    r = run_core("ship-ensemble", str(again), *map(str, stores), "--name", "tiny-cv", "--citation", "synthetic",
+                 "--source-name", "Tiny textures (8 tracks)", "--reproduce", "bash make_all.sh DATA WORK")
+    assert r.returncode == 0, r.stderr
+    card2 = json.loads((again / "model_card.json").read_text())
+    assert card2["training_data"]["source"] == "Tiny textures (8 tracks)"
+    assert card2["reproduction"]["command"] == "bash make_all.sh DATA WORK"
+    assert "`bash make_all.sh DATA WORK`" in (again / "MODEL_CARD.md").read_text()
     y = synth_clip(0, 4.0, 22050, seed=5)
     ens = Predictor(dest)
     assert ens.backend == "numpy"
