@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.kinds import kinds, track_level_of
+from core.kinds import track_level_of
 from core.workspace import REPO_ROOT, home_dir, list_model_folders
 from ui.text import kind_label
 
