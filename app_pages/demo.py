@@ -9,7 +9,8 @@ import streamlit as st
 
 from core.audio import MAX_CLIP_BYTES, MAX_CLIP_SECONDS, UPLOAD_AUDIO_EXTENSIONS, UploadError, decode_clip, slice_wav
 from core.jobs import start_job
-from core.predictor import AGGREGATIONS
+from core.errors import GenreLabError
+from core.model_card import AGGREGATIONS
 from core.synth import DEMO_MODEL_NAME, demo_clip_wav
 from core.utils import sha256_bytes
 from core.workspace import REPO_ROOT, home_dir, list_tagger_folders
@@ -396,10 +397,15 @@ def cv_view(card: dict) -> None:
                 f"tracks of its data set: each tested by a model that did not train on it; mean ± SD over {over})"
                 "\n\n| track-level, aggregation | accuracy |\n| --- | ---: |\n" + "\n".join(rows))
     notes = []
-    if isinstance(cv.get("seed_ensemble_sum"), (int, float)):
-        notes.append(f"The {len(cv.get('seeds') or [])} seeds of a fold together (sum): "
-                     f"{_pct(cv['seed_ensemble_sum'])}; the shipped ensemble of every fold's models has no held-out "
+    together = (cv.get("seed_ensemble") or {}).get(chosen), AGG_LABELS.get(chosen, chosen)
+    if not isinstance(together[0], (int, float)):  # cards written by ship-ensemble: the sum only
+        together = cv.get("seed_ensemble_sum"), AGG_LABELS.get("sum", "sum")
+    if isinstance(together[0], (int, float)):
+        notes.append(f"The {len(cv.get('seeds') or [])} seeds of a fold together ({together[1]}): "
+                     f"{_pct(together[0])}; the shipped ensemble of every fold's models has no held-out "
                      "figure of its own: expect about that.")
+    if isinstance(cv.get("hop_s"), (int, float)):
+        notes.append(f"Measured with windows every {cv['hop_s']:g} s, the model's default.")
     notes.append("Music unlike the training data (other recordings, other genres' borders) can score lower.")
     st.caption(" ".join(notes))
 
@@ -448,8 +454,8 @@ def classify_section(model: dict, card: dict) -> None:
         with st.spinner("Listening ..."):
             res = _classify(model["path"], model_stamp(model["path"]), clip_hash, data, name, window_s, hop_s)
             clip = _decoded(clip_hash, data, name, sr)
-    except (UploadError, ValueError) as exc:
-        show_error(exc if isinstance(exc, UploadError) else UploadError(str(exc)))
+    except GenreLabError as exc:  # unreadable audio, a clip the model cannot take, a damaged model folder
+        show_error(exc)
         return
     res = res.with_aggregation(agg)
     show_result(res, clip, 1.0 if card.get("kind") == "full" else hop_s, clip_hash)

@@ -219,11 +219,14 @@ class Predictor:
     TensorFlow import, a fraction of the memory; every kind shipped), ``"keras"`` loads the models with Keras,
     ``"auto"`` uses NumPy when the models' layers allow it and Keras otherwise (``$GENRELAB_INFERENCE=keras``
     forces Keras). ``.backend`` says which one runs. ``batch_size``: windows per forward pass (default per
-    backend, :data:`DEFAULT_BATCH`); ``warmup`` traces Keras' predict function on load (NumPy needs none).
+    backend, :data:`DEFAULT_BATCH`); ``warmup`` traces Keras' predict function on load (NumPy needs none);
+    ``threads``: an ensemble's NumPy members score on this many threads at once, each with one BLAS thread
+    (default :func:`core.musicnn_numpy.default_threads`: the CPUs this process may use, at most 4).
     """
 
     def __init__(self, model_path: str | os.PathLike, backend: str = "auto", *,
-                 card: str | os.PathLike | dict | None = None, batch_size: int | None = None, warmup: bool = True):
+                 card: str | os.PathLike | dict | None = None, batch_size: int | None = None, warmup: bool = True,
+                 threads: int | None = None):
         if backend not in BACKENDS:
             raise PredictionInputError(f"unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
         path = Path(model_path)
@@ -252,6 +255,10 @@ class Predictor:
         self.members = [f.name for f in self.model_files] if path.is_dir() and self.card.get("members") else []
         self._weights_path = embedding_weights(self.folder, self.card)
         self._overlapping: dict = {}  # Keras musicnn: the shared front end per member (built on first use)
+        from core.musicnn_numpy import default_threads
+
+        self.threads = max(1, int(threads)) if threads else default_threads()
+        self._pool = None  # the threads an ensemble's NumPy members run on (_member_pool)
         self.backend = self._load(backend)
         self.model = self._models[0]  # the first (or only) model: its input and output shapes
         self.batch_size = int(batch_size or DEFAULT_BATCH[self.backend])
@@ -366,9 +373,12 @@ class Predictor:
         return self.params.sample_rate
 
     # ----- scoring -------------------------------------------------------------------------------------------
-    def _batched(self, model, X: np.ndarray) -> np.ndarray:
-        bs = self.batch_size
-        out = [np.asarray(model.predict_on_batch(X[a:a + bs]), dtype=np.float64) for a in range(0, len(X), bs)]
+    def _batched(self, model, X: np.ndarray, held: bool = False, bs: int | None = None) -> np.ndarray:
+        """``model``'s scores of ``X`` in batches of ``bs`` (default :attr:`batch_size`); ``held``: the caller
+        holds one BLAS thread (NumPy models)."""
+        bs = bs or self.batch_size
+        run = model.forward if held and hasattr(model, "forward") else model.predict_on_batch
+        out = [np.asarray(run(X[a:a + bs]), dtype=np.float64) for a in range(0, len(X), bs)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
     def predict_features(self, X: np.ndarray) -> np.ndarray:
@@ -379,14 +389,35 @@ class Predictor:
         _check_finite_features(X)
         if self.front_end == "musicnn":
             return self._musicnn_patch_scores(X)
-        total = None
-        for model, (_, norm) in zip(self._models, self._files):
+        pairs = list(zip(self._models, self._files))
+        threaded = self.backend == "numpy" and len(pairs) > 1 and self.threads > 1
+        # members on T threads take batches of batch_size / T: as many windows in flight as one thread's batch
+        bs = max(1, self.batch_size // self.threads) if threaded else self.batch_size
+
+        def member(pair) -> np.ndarray:
+            model, (_, norm) = pair
             Xn = apply_norm(X, norm if norm is not None else self.norm, self.norm_method)
             if len(model.input_shape) == 4:  # the CRNNs and the baseline take one channel
                 Xn = Xn[..., None]
-            s = self._batched(model, Xn)
-            total = s if total is None else total + s
-        return total / len(self._models)
+            return self._batched(model, Xn, held=threaded, bs=bs)
+
+        if not threaded:
+            return np.sum([member(p) for p in pairs], axis=0) / len(pairs)
+        from core.musicnn_numpy import trim_heap
+        from core.numpy_model import single_blas_thread
+
+        with single_blas_thread():  # one BLAS thread each, the members on threads of their own
+            scores = list(self._member_pool().map(member, pairs))
+        trim_heap()  # what the threads freed stays in their malloc arenas until trimmed (a server would keep it)
+        return np.sum(scores, axis=0) / len(pairs)
+
+    def _member_pool(self):
+        """The threads an ensemble's NumPy members run on (:attr:`threads`; created on first use)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="members")
+        return self._pool
 
     def _musicnn_patch_scores(self, X: np.ndarray) -> np.ndarray:
         """Mean class scores of the members on ``(k, 187, 96)`` patches, each patch on its own."""

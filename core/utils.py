@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +95,24 @@ def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
                          "again")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # read it (os.umask sets and returns the old one), then put it back
+    os.umask(mask)
+    return mask
+
+
+#: the process's umask, read once at import (reading it means setting it: not from several threads at a time)
+_UMASK = _current_umask()
+
+
+def _file_mode(path: Path) -> int:
+    """The permission bits a replaced file keeps, or a new file gets (``0666`` less the umask, as ``open``)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename). The temp file names
     its writer (:data:`_TMP_RE`), and killed writers' leftovers in the folder are removed
@@ -103,6 +122,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     clean_stale_temps(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{host_id()}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would make shipped cards unreadable to other users
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -62,7 +62,7 @@ def shipped_crnn_member(dst: Path) -> Path:
     member = (card.get("members") or [{"file": card.get("model_file", "model.keras"), "norm": card["norm"]}])[0]
     dst.mkdir(parents=True)
     shutil.copyfile(SHIPPED_CRNN / member["file"], dst / "model.keras")
-    for k in ("members", "cv", "accuracy", "selected_by"):
+    for k in ("members", "cv", "accuracy", "selected_by", "hop_s"):  # hop_s: the tests' windows every 1 s
         card.pop(k, None)
     card.update(model_file="model.keras", norm=member["norm"], name=f"{card.get('name', 'crnn')} member")
     (dst / "model_card.json").write_text(json.dumps(card))

@@ -71,7 +71,8 @@ def test_crnn_ensemble_is_the_mean_of_its_members_in_numpy_and_keras(crnn_ensemb
     m0, m1 = Predictor(crnn_ensemble / "m0.keras"), Predictor(crnn_ensemble / "m1.keras")
     assert m0.members == [] and m1._files[0][1] == {"min": -90.0, "max": 30.0}
     mean = (m0.predict_array(y).window_scores + m1.predict_array(y).window_scores) / 2
-    np.testing.assert_allclose(a.window_scores, mean, atol=1e-9)
+    # float32 products in other batch sizes (the ensemble's members on two threads take half batches): 1e-6
+    np.testing.assert_allclose(a.window_scores, mean, atol=1e-6)
     assert not np.allclose(m0.predict_array(y).window_scores, m1.predict_array(y).window_scores, atol=1e-3)
     X, *_ = lite.window_features(y)
     np.testing.assert_allclose(lite.predict_features(X), a.window_scores, atol=1e-9)

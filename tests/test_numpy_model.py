@@ -35,6 +35,31 @@ def test_crnn_matches_keras(tmp_path, kind):
     assert lite.input_shape == tuple(model.input_shape) and lite.output_shape == (None, 7)
 
 
+def test_max_pools_run_before_monotone_activations_only():
+    """A valid max-pool moves before the ELU / ReLU (and dropout) in front of it (the same numbers, a quarter of
+    the activation's work); not before a softmax, nor a 'same'-padded pool."""
+    from core.numpy_model import _pool_first
+
+    def spec(cls, **cfg):
+        return (cls, {"name": cls.lower(), **cfg}, [])
+
+    names = lambda specs: [c for c, _, _ in specs]  # noqa: E731
+    chain = [spec("Conv2D"), spec("ELU"), spec("Dropout"), spec("MaxPooling2D", pool_size=(2, 2))]
+    assert names(_pool_first(chain)) == ["Conv2D", "MaxPooling2D", "ELU", "Dropout"]
+    relu = [spec("Conv2D"), spec("Activation", activation="relu"), spec("MaxPooling2D", pool_size=(2, 2))]
+    assert names(_pool_first(relu)) == ["Conv2D", "MaxPooling2D", "Activation"]
+    soft = [spec("Conv2D"), spec("Activation", activation="softmax"), spec("MaxPooling2D", pool_size=(2, 2))]
+    assert names(_pool_first(soft)) == names(soft)
+    same = [spec("Conv2D"), spec("ELU"), spec("MaxPooling2D", pool_size=(2, 2), padding="same")]
+    assert names(_pool_first(same)) == names(same)
+    x = np.random.default_rng(1).normal(size=(2, 9, 7, 3)).astype(np.float32)  # odd sizes: valid pooling crops
+    from core.numpy_model import _elu, _maxpool
+
+    elu, pool = _elu({}, []), _maxpool({"pool_size": (2, 3)}, [])
+    np.testing.assert_array_equal(pool(elu(x)), elu(pool(x)))
+    assert pool(x).shape == (2, 4, 2, 3)
+
+
 def test_linear_baseline_matches_keras(tmp_path):
     from core.models import build_linear
 

@@ -646,4 +646,6 @@ def test_predict_cli_on_a_long_file_stays_in_bounded_memory_and_shows_progress(t
     assert r.returncode == 0, r.stderr
     assert "299 windows" in r.stdout
     assert "of 15.0 min classified" in r.stderr  # progress for a long file
-    assert _peak_mb(r.stderr) < 250, r.stderr  # measured: 193 MB; the whole-signal path peaked at 519 MB
+    # measured: 219 MB with the members one after the other, 250 MB on two threads (the ensemble's default on 2 cores);
+    # the whole-signal path peaked at 519 MB
+    assert _peak_mb(r.stderr) < 300, r.stderr

@@ -709,3 +709,17 @@ def test_deleting_a_held_lock_file_never_gives_two_holders(tmp_path, delete):
         holder.wait()
     with StoreLock(store, command="next") as lock:  # the holder is gone: the lock is free again
         assert lock.held and StoreLock(store).holder()["command"] == "next"
+
+
+def test_atomic_writes_give_new_files_the_umask_mode_and_keep_an_existing_files_mode(tmp_path):
+    """mkstemp makes 0600 temp files: a card written atomically must not become unreadable to other users."""
+    import stat as st
+
+    from core.utils import _UMASK, atomic_write_json
+
+    new = tmp_path / "card.json"
+    atomic_write_json(new, {"a": 1})
+    assert st.S_IMODE(new.stat().st_mode) == 0o666 & ~_UMASK
+    os.chmod(new, 0o640)
+    atomic_write_json(new, {"a": 2})
+    assert st.S_IMODE(new.stat().st_mode) == 0o640 and json.loads(new.read_text()) == {"a": 2}

@@ -95,6 +95,11 @@ def test_ship_ensemble_writes_a_folder_the_predictor_runs_as_the_mean_of_its_mem
                                                   "model_file": m["file"]}).predict_array(y, aggregation="sum")
                for m in card["members"]]
     np.testing.assert_allclose(res.window_scores, np.mean([s.window_scores for s in singles], axis=0), atol=1e-6)
+    # the members score on threads of their own (one BLAS thread each): the same numbers as one after another
+    one = Predictor(dest, threads=1).predict_array(y, aggregation="sum")
+    two = Predictor(dest, threads=2).predict_array(y, aggregation="sum")
+    assert two.window_scores.shape == one.window_scores.shape
+    np.testing.assert_allclose(two.window_scores, one.window_scores, atol=1e-6)
     # an incomplete store set is a clear error, not a folder
     r = run_core("ship-ensemble", str(tmp_path / "none"), str(tmp_path / "nostore"), "--name", "x", "--citation", "y")
     assert r.returncode == 2 and "Traceback" not in r.stderr
