@@ -494,11 +494,7 @@ def ship_model(repro_out: str | os.PathLike, dest: str | os.PathLike, *, name: s
         f"- **Selected** as the best validation track-level accuracy of {n_seeds} seeds; produced by "
         f"`{doc.get('command')}` at commit {doc.get('commit')}",
         "", "Development figures on a small set: expect lower accuracy on music unlike the training data.", ""]
-    atomic_write_bytes(tmp / "MODEL_CARD.md", "\n".join(lines).encode("utf-8"))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
+    return _finish_folder(tmp, dest, lines)
 
 
 def read_json_safe(path: Path) -> dict:
@@ -596,6 +592,15 @@ def cv_figures(members: list[dict[str, Any]], classes: list[str]) -> dict[str, A
             "seed_ensemble_sum": round(ens_right / ens_total, 4)}
 
 
+def _finish_folder(tmp: Path, dest: Path, card_md: list[str]) -> Path:
+    """Write ``MODEL_CARD.md`` into the staged folder ``tmp``, then put it in the place of ``dest``."""
+    atomic_write_bytes(tmp / "MODEL_CARD.md", "\n".join(card_md).encode("utf-8"))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
 def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, name: str, citation: str,
                   description: str = "", kind: str = "snippet", command: str | None = None,
                   source: str | None = None) -> Path:
@@ -670,8 +675,4 @@ def ship_ensemble(stores: list[str | os.PathLike], dest: str | os.PathLike, *, n
         f"- **Training data**: {card['training_data']['source']}, {cv['n_tracks']} tracks. {citation}",
         f"- **Reproduce**: `{command}` at commit {card['reproduction']['commit']}",
         "", "Development figures on a small set: expect lower accuracy on music unlike the training data.", ""]
-    atomic_write_bytes(tmp / "MODEL_CARD.md", "\n".join(lines).encode("utf-8"))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
+    return _finish_folder(tmp, dest, lines)

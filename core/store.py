@@ -105,6 +105,18 @@ def _sqlite_error(db_path: Path, exc: sqlite3.DatabaseError) -> Exception:
     return exc
 
 
+@contextmanager
+def _read_as_user_errors(db_path: Path):
+    """Re-raise a SQLite error of the block as :func:`_sqlite_error` reads it (damaged index, full disk)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        err = _sqlite_error(db_path, exc)
+        if err is exc:
+            raise
+        raise err from exc
+
+
 #: (db path) -> the file versions that passed quick_check in this process (checked once per version)
 _CHECKED: dict[str, tuple] = {}
 
@@ -280,7 +292,7 @@ class Store:
         :class:`DamagedStoreError` / :class:`core.errors.DiskFullError`."""
         con = self._connect()
         try:
-            try:
+            with _read_as_user_errors(self.db_path):
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     yield con
@@ -291,23 +303,14 @@ class Store:
                     except sqlite3.DatabaseError:
                         pass
                     raise
-            except sqlite3.DatabaseError as exc:
-                err = _sqlite_error(self.db_path, exc)
-                if err is exc:
-                    raise
-                raise err from exc
         finally:
             con.close()
 
     def query(self, sql: str, args: Iterable = ()) -> list[dict]:
         con = self._connect()
         try:
-            return [dict(r) for r in con.execute(sql, tuple(args)).fetchall()]
-        except sqlite3.DatabaseError as exc:
-            err = _sqlite_error(self.db_path, exc)
-            if err is exc:
-                raise
-            raise err from exc
+            with _read_as_user_errors(self.db_path):
+                return [dict(r) for r in con.execute(sql, tuple(args)).fetchall()]
         finally:
             con.close()
 
