@@ -469,7 +469,7 @@ EMOTIFY_CSV_NAME = "data.csv"
 EMOTIFY_FOLDER_NAME = "emotify"
 EMOTIFY_MARKER_NAME = ".emotify.extracted.json"
 EMOTIFY_CITATION = ("Aljanaki, Wiering & Veltkamp, \"Studying emotion induced by music through a crowdsourcing "
-                    "game\", Information Processing & Management, 2015")
+                    "game\", Information Processing & Management 52(1), 2016")
 
 
 def read_emotify_csv(path: str | os.PathLike) -> dict[int, str]:
