@@ -1,5 +1,6 @@
-"""Shared fixtures: generated audio only. A few tests (marked ``shared`` / ``gtzan``) also run on real music when
-a folder of it sits beside the checkout (``../shared/data``); elsewhere they skip, saying what to download."""
+"""Shared fixtures: generated audio only. A few tests (marked ``shared`` / ``gtzan``) also run on real music in the
+folder ``$GENRELAB_TEST_MUSIC`` names (default: ``../shared/data`` beside the checkout, where this project's
+development machine keeps it); where it is absent they skip, saying what to download."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+#: the real-music folder of the ``shared`` tests: ``$GENRELAB_TEST_MUSIC``, else ``../shared/data``
+SHARED_DATA = Path(os.environ.get("GENRELAB_TEST_MUSIC", "").strip() or ROOT.parent / "shared" / "data").expanduser()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,22 +29,24 @@ GET_SHARED = {
 
 
 def shared_path(*parts: str) -> Path:
-    """Path under ../shared/data; the calling test is skipped when it is absent, with what to download."""
+    """Path under :data:`SHARED_DATA`; the calling test is skipped when it is absent, with what to download."""
     p = SHARED_DATA.joinpath(*parts)
     if not p.exists():
         how = GET_SHARED.get(parts[0] if parts else "", f"a copy of it at {p}")
-        pytest.skip(f"needs real music that is not here ({p}); to run it: {how}")
+        pytest.skip(f"needs real music that is not here ({p}); to run it: {how} (or set GENRELAB_TEST_MUSIC to "
+                    "a folder that holds it)")
     return p
 
 
 def gtzan_path() -> Path:
-    """Full GTZAN when it is in ../shared/data (``gtzan/``, or ``genres/`` as ``download-gtzan`` leaves it), else the
+    """Full GTZAN when it is in :data:`SHARED_DATA` (``gtzan/``, or ``genres/`` as ``download-gtzan`` leaves it), else the
     GTZAN excerpts; skip, saying how to download GTZAN, when none is there."""
     for name in ("gtzan", "genres", "gtzan-excerpts"):
         p = SHARED_DATA / name
         if p.exists():
             return p
-    pytest.skip(f"needs GTZAN audio, not found in {SHARED_DATA}; to run it: {GET_SHARED['gtzan']}")
+    pytest.skip(f"needs GTZAN audio, not found in {SHARED_DATA}; to run it: {GET_SHARED['gtzan']} (or set "
+                "GENRELAB_TEST_MUSIC to a folder that holds it)")
 
 
 @pytest.fixture
