@@ -7,7 +7,7 @@ Loads ``models/emotify-crnn`` (15 snippet CRNNs; ``--model`` another ensemble fo
   every 1 s: what the code did before the members ran on threads (only the max-pool itself is this code's
   faster one: the old ``.max(axis=(2, 4))`` made the previous commit slower still);
 * **pool first**: the same with each max-pool moved before its monotone activation (``core.numpy_model._pool_first``);
-* **threads**: and the members on ``core.musicnn_numpy.default_threads()`` threads (one BLAS thread each);
+* **threads**: and the members on ``core.numpy_model.default_threads()`` threads (one BLAS thread each);
 * **default**: and the model card's window hop (its cross-validated default; 1.5 s for emotify-crnn).
 
 Prints the median of ``--repeats`` per set-up (after one warm-up), CPU time, the ratio to the baseline, and the

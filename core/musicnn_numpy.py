@@ -50,6 +50,8 @@ import numpy as np
 
 from core import musicnn as mn
 from core.errors import GenreLabError
+from core.numpy_model import default_threads, trim_heap
+from core.numpy_model import single_blas_thread as compute  # the network's products: BLAS on one thread
 
 #: the per-window outputs a caller can ask for, and their widths
 FEATURE_DIMS = {"mean_pool": 753, "max_pool": 753, "penultimate": 200, "taggram": 50}
@@ -537,51 +539,6 @@ class MusicnnNetwork:
         if b - a >= n * P:  # windows that do not overlap (a hop of 3 s or more): nothing to share
             return self.rest(X, TIM, names)
         return self.rest(X, TIM, names, self._temporal_shared(xn[a:b], np.asarray(rel_starts) - a))
-
-
-@functools.cache
-def _libc():
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def trim_heap() -> None:
-    """glibc's ``malloc_trim(0)``: memory the worker threads freed stays in their malloc arenas (resident) until
-    trimmed; a long-running server (the demo) would keep ~100 MB after each musicnn classification. A no-op
-    elsewhere."""
-    lib = _libc()
-    if lib is not None and hasattr(lib, "malloc_trim"):
-        lib.malloc_trim(0)
-
-
-def default_threads() -> int:
-    """Threads for the network: the CPUs this process may use (at most 4), or ``$GENRELAB_THREADS``."""
-    env = os.environ.get("GENRELAB_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(4, n))
-
-
-def compute():
-    """Context for the network's products: BLAS on one thread (the work is split across threads at the level of
-    chunks and window batches instead: on 2 shared cores a threaded BLAS spent ~1.8x the CPU time for the same
-    work). A no-op without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        import contextlib
-
-        return contextlib.nullcontext()
 
 
 def count_macs(n_frames: int, start_frames: Sequence[int], batch: int = 4) -> dict[str, int]:

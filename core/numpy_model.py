@@ -13,6 +13,7 @@ This module imports neither Keras nor TensorFlow (nor anything of the engine but
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -257,16 +258,52 @@ class NumpyModel:
     __call__ = predict_on_batch
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the NumPy runtime (also core.musicnn_numpy's and an ensemble's threads in core.predictor)
+# ---------------------------------------------------------------------------------------------------------
 def single_blas_thread():
-    """Context limiting BLAS to one thread (threadpoolctl, installed with scikit-learn); a no-op without it."""
+    """Context limiting BLAS to one thread (threadpoolctl, installed with scikit-learn); a no-op without it. The
+    work is split across threads at a coarser level instead (chunks, window batches, ensemble members): on 2
+    shared cores a threaded BLAS spent ~1.8x the CPU time for the same small products."""
     try:
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl comes with librosa's scikit-learn
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         import contextlib
 
         return contextlib.nullcontext()
+
+
+def default_threads() -> int:
+    """Threads for NumPy inference: the CPUs this process may use (at most 4), or ``$GENRELAB_THREADS``."""
+    env = os.environ.get("GENRELAB_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """glibc's ``malloc_trim(0)``: memory worker threads freed stays in their malloc arenas (resident) until
+    trimmed; a long-running server (the demo) would keep ~100 MB after each musicnn classification. A no-op
+    elsewhere."""
+    lib = _libc()
+    if lib is not None and hasattr(lib, "malloc_trim"):
+        lib.malloc_trim(0)
 
 
 def _inbound_names(layer: dict) -> list[str]:

@@ -221,7 +221,7 @@ class Predictor:
     forces Keras). ``.backend`` says which one runs. ``batch_size``: windows per forward pass (default per
     backend, :data:`DEFAULT_BATCH`); ``warmup`` traces Keras' predict function on load (NumPy needs none);
     ``threads``: an ensemble's NumPy members score on this many threads at once, each with one BLAS thread
-    (default :func:`core.musicnn_numpy.default_threads`: the CPUs this process may use, at most 4).
+    (default :func:`core.numpy_model.default_threads`: the CPUs this process may use, at most 4).
     """
 
     def __init__(self, model_path: str | os.PathLike, backend: str = "auto", *,
@@ -255,7 +255,7 @@ class Predictor:
         self.members = [f.name for f in self.model_files] if path.is_dir() and self.card.get("members") else []
         self._weights_path = embedding_weights(self.folder, self.card)
         self._overlapping: dict = {}  # Keras musicnn: the shared front end per member (built on first use)
-        from core.musicnn_numpy import default_threads
+        from core.numpy_model import default_threads
 
         self.threads = max(1, int(threads)) if threads else default_threads()
         self._pool = None  # the threads an ensemble's NumPy members run on (_member_pool)
@@ -403,8 +403,7 @@ class Predictor:
 
         if not threaded:
             return np.sum([member(p) for p in pairs], axis=0) / len(pairs)
-        from core.musicnn_numpy import trim_heap
-        from core.numpy_model import single_blas_thread
+        from core.numpy_model import single_blas_thread, trim_heap
 
         with single_blas_thread():  # one BLAS thread each, the members on threads of their own
             scores = list(self._member_pool().map(member, pairs))

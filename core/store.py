@@ -106,7 +106,7 @@ def _sqlite_error(db_path: Path, exc: sqlite3.DatabaseError) -> Exception:
 
 
 @contextmanager
-def _read_as_user_errors(db_path: Path):
+def _as_user_errors(db_path: Path):
     """Re-raise a SQLite error of the block as :func:`_sqlite_error` reads it (damaged index, full disk)."""
     try:
         yield
@@ -292,7 +292,7 @@ class Store:
         :class:`DamagedStoreError` / :class:`core.errors.DiskFullError`."""
         con = self._connect()
         try:
-            with _read_as_user_errors(self.db_path):
+            with _as_user_errors(self.db_path):
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     yield con
@@ -309,7 +309,7 @@ class Store:
     def query(self, sql: str, args: Iterable = ()) -> list[dict]:
         con = self._connect()
         try:
-            with _read_as_user_errors(self.db_path):
+            with _as_user_errors(self.db_path):
                 return [dict(r) for r in con.execute(sql, tuple(args)).fetchall()]
         finally:
             con.close()
